@@ -1,0 +1,347 @@
+"""The fetch loop: once per interval, ask the exchanges, aggregate, hand on one price.
+
+One loop per daemon, on the clock: interval k starts at ``start + k * interval`` (no
+drift), a cycle never overlaps the next (an overrun skips the missed slots), and every
+request has a timeout, so a cycle always ends. Retryable errors are retried with
+tenacity while the interval's budget allows. Each source has a circuit breaker shared
+by all pairs, because exchanges rate-limit per client, not per pair.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+)
+from tenacity.stop import stop_base
+from tenacity.wait import wait_exponential_jitter
+
+from bittrade_feed import aggregate
+from bittrade_feed.clock import Clock
+from bittrade_feed.config import Config
+from bittrade_feed.errors import (
+    SourceError,
+    SourceGeoBlocked,
+    SourceRateLimited,
+    StoreError,
+)
+from bittrade_feed.metrics import Metrics
+from bittrade_feed.models import FeedStatus, Quote, Tick, TickDraft
+from bittrade_feed.sources import SOURCES, Source
+
+log = structlog.get_logger("bittrade_feed.fetcher")
+
+FAILURES_TO_OPEN = 3
+"""Consecutive failed requests before a source is rested."""
+MAX_REST_INTERVALS = 32
+"""The longest rest, in intervals (backoff doubles up to this)."""
+
+Sink = Callable[[TickDraft], Awaitable[Tick]]
+StatusSink = Callable[[FeedStatus], None]
+
+
+@dataclass(slots=True)
+class SourceHealth:
+    """One source's circuit breaker and what /api/sources reports about it."""
+
+    name: str
+    state: str = "closed"
+    failures: int = 0
+    rests: int = 0
+    open_until: float = 0.0
+    last_success: float | None = None
+    last_error: float | None = None
+    last_error_reason: str | None = None
+    last_error_message: str | None = None
+
+    def allow(self, now: float) -> bool:
+        """Whether to ask this source now; an elapsed rest turns into one probe."""
+        if self.state == "open" and now >= self.open_until:
+            self.state = "half_open"
+        return self.state in ("closed", "half_open")
+
+    def succeeded(self, wall: float) -> None:
+        """A valid quote closes the breaker and resets the backoff."""
+        self.state, self.failures, self.rests = "closed", 0, 0
+        self.last_success = wall
+
+    def failed(self, err: SourceError, now: float, wall: float, interval: float) -> None:
+        """Count a failure; rest the source when it keeps failing or asks us to."""
+        self.failures += 1
+        self.last_error, self.last_error_reason = wall, err.reason
+        self.last_error_message = err.message
+        if isinstance(err, SourceGeoBlocked):
+            self.state = "disabled"
+        elif isinstance(err, SourceRateLimited):
+            self._rest(now, err.retry_after or interval * 2 ** min(self.rests, 5))
+        elif self.state == "half_open" or self.failures >= FAILURES_TO_OPEN:
+            self._rest(now, interval * min(2**self.rests, MAX_REST_INTERVALS))
+
+    def _rest(self, now: float, seconds: float) -> None:
+        self.state = "open"
+        self.open_until = now + seconds
+        self.rests += 1
+
+    def to_json(self) -> dict[str, Any]:
+        """The /api/sources view (timestamps as epoch seconds, converted by the caller)."""
+        return {
+            "name": self.name,
+            "state": self.state,
+            "consecutive_failures": self.failures,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "last_error_reason": self.last_error_reason,
+            "last_error_message": self.last_error_message,
+        }
+
+
+@dataclass(slots=True)
+class PairState:
+    """What the loop remembers about one pair between intervals."""
+
+    last_tick_wall: float
+    status: FeedStatus
+
+
+class Fetcher:
+    """Runs the fetch loop and keeps per-source and per-pair state."""
+
+    def __init__(
+        self,
+        config: Config,
+        session: aiohttp.ClientSession,
+        clock: Clock,
+        metrics: Metrics,
+        sink: Sink,
+        on_status: StatusSink,
+        last_ticks: dict[str, Tick] | None = None,
+    ) -> None:
+        self.session = session
+        self.clock = clock
+        self.metrics = metrics
+        self.sink = sink
+        self.on_status = on_status
+        self.health: dict[str, SourceHealth] = {}
+        self.pairs: dict[str, PairState] = {}
+        self.cycles = 0
+        self.last_cycle_mono: float | None = None
+        self._last_ticks = last_ticks or {}
+        self.reconfigure(config)
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a new config; it applies from the next cycle. Breaker state is kept."""
+        self.config = config
+        self.sources: dict[str, Source] = {}
+        for pair in config.fetch.pairs:
+            for name in config.sources_for(pair):
+                self.sources[name] = build_source(name, config)
+        now = self.clock.time()
+        for pair in config.fetch.pairs:
+            if pair not in self.pairs:
+                tick = self._last_ticks.get(pair)
+                since = tick.ts_ms / 1000 if tick else now
+                status = FeedStatus(pair, "live", round(since * 1000), "")
+                self.pairs[pair] = PairState(since, status)
+        for name in self.sources:
+            if name not in self.health:
+                self.health[name] = SourceHealth(name)
+            elif self.health[name].state == "disabled":
+                # A reload is the operator's way to say "try the geo-blocked one again".
+                self.health[name] = SourceHealth(name)
+            self.metrics.set_circuit(name, self.health[name].state)
+        self.metrics.declare(config.fetch.pairs, self.sources)
+
+    async def run(self) -> None:
+        """Fetch every interval until cancelled."""
+        next_at = self.clock.monotonic()
+        while True:
+            await self.run_cycle()
+            interval = self.config.fetch.interval
+            next_at += interval
+            now = self.clock.monotonic()
+            if now > next_at:
+                missed = math.ceil((now - next_at) / interval)
+                log.warning("fetch cycle overran", missed_intervals=missed)
+                next_at += missed * interval
+            await self.clock.sleep(next_at - now)
+
+    async def run_cycle(self) -> None:
+        """Fetch, aggregate and publish every pair once."""
+        started = self.clock.monotonic()
+        deadline = started + self.config.fetch.interval * 0.9
+        await asyncio.gather(*(self._cycle_pair(p, deadline) for p in self.config.fetch.pairs))
+        self.cycles += 1
+        self.last_cycle_mono = self.clock.monotonic()
+
+    async def _cycle_pair(self, pair: str, deadline: float) -> None:
+        started = time.perf_counter()
+        names = self.config.sources_for(pair)
+        report: dict[str, str] = {}
+        agg = self.config.aggregation
+        if agg.strategy == "failover":
+            quotes: list[Quote] = []
+            for name in names:
+                quote = await self._ask(name, pair, deadline, report)
+                if quote is not None:
+                    quotes.append(quote)
+                    break
+            outcome = aggregate.failover(pair, quotes, self._now_ms())
+        else:
+            answers = await asyncio.gather(
+                *(self._ask(name, pair, deadline, report) for name in names)
+            )
+            quotes = [q for q in answers if q is not None]
+            outcome = aggregate.median(pair, quotes, agg.quorum, agg.max_deviation, self._now_ms())
+        for q in outcome.outliers:
+            self.metrics.outliers.labels(q.source).inc()
+            report[q.source] = f"outlier {q.price}"
+        tick = await self._publish(pair, outcome)
+        log.info(
+            "fetch",
+            pair=pair,
+            outcome="published" if tick else "skipped",
+            price=str(tick.price) if tick else None,
+            id=tick.id if tick else None,
+            reason=outcome.reason or None,
+            sources=report,
+            duration_s=round(time.perf_counter() - started, 4),
+        )
+
+    async def _publish(self, pair: str, outcome: aggregate.Outcome) -> Tick | None:
+        state = self.pairs[pair]
+        tick: Tick | None = None
+        reason = outcome.reason
+        if outcome.draft is not None:
+            try:
+                tick = await self.sink(outcome.draft)
+            except StoreError as exc:
+                self.metrics.ticks_skipped.labels(pair, "store_error").inc()
+                reason = f"could not store the price: {exc}"
+                log.error("store failed", pair=pair, reason=str(exc))
+        else:
+            self.metrics.ticks_skipped.labels(pair, "no_quorum").inc()
+        if tick is not None:
+            state.last_tick_wall = tick.ts_ms / 1000
+            self.metrics.ticks.labels(pair).inc()
+            self.metrics.last_tick.labels(pair).set(state.last_tick_wall)
+            self.metrics.last_price.labels(pair).set(float(tick.price))
+            if state.status.state == "stale":
+                self._set_status(pair, "live", tick.ts_ms, "price updated")
+        elif state.status.state == "live":
+            age = self.clock.time() - state.last_tick_wall
+            if age >= self.config.fetch.stale_after:
+                self._set_status(pair, "stale", round(state.last_tick_wall * 1000), reason)
+        return tick
+
+    def _set_status(self, pair: str, state: str, since_ms: int, reason: str) -> None:
+        status = FeedStatus(pair, state, since_ms, reason)
+        self.pairs[pair].status = status
+        self.metrics.stale.labels(pair).set(1 if state == "stale" else 0)
+        level = log.warning if state == "stale" else log.info
+        level("feed " + state, pair=pair, reason=reason)
+        self.on_status(status)
+
+    async def _ask(
+        self, name: str, pair: str, deadline: float, report: dict[str, str]
+    ) -> Quote | None:
+        """One source, with retries inside the budget; ``None`` if it gave nothing usable."""
+        health = self.health[name]
+        if not health.allow(self.clock.monotonic()):
+            report[name] = f"resting ({health.state})"
+            return None
+        source = self.sources[name]
+        timeout = self.config.fetch.request_timeout
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(lambda e: isinstance(e, SourceError) and e.retryable),
+                stop=stop_after_attempt(self.config.fetch.max_attempts)
+                | _PastDeadline(self.clock, deadline, timeout),
+                wait=wait_exponential_jitter(initial=0.25, max=2.0),
+                sleep=self.clock.sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    quote = await self._request(source, pair, timeout)
+        except SourceError as err:
+            was = health.state
+            health.failed(
+                err, self.clock.monotonic(), self.clock.time(), self.config.fetch.interval
+            )
+            report[name] = f"{err.reason}: {err.message}"
+            if health.state != was:
+                self.metrics.set_circuit(name, health.state)
+                _log_breaker(name, health, err)
+            return None
+        if health.state != "closed":
+            log.info("source recovered", source=name)
+        health.succeeded(self.clock.time())
+        self.metrics.set_circuit(name, "closed")
+        self.metrics.source_last_success.labels(name).set(health.last_success or 0)
+        report[name] = str(quote.price)
+        return quote
+
+    async def _request(self, source: Source, pair: str, timeout: float) -> Quote:
+        started = time.perf_counter()
+        try:
+            quote = await source.fetch(self.session, pair, timeout, self.clock)
+        except SourceError as err:
+            self.metrics.upstream_requests.labels(source.name, err.reason).inc()
+            raise
+        finally:
+            self.metrics.upstream_duration.labels(source.name).observe(
+                time.perf_counter() - started
+            )
+        self.metrics.upstream_requests.labels(source.name, "ok").inc()
+        return quote
+
+    def _now_ms(self) -> int:
+        return round(self.clock.time() * 1000)
+
+
+def build_source(name: str, config: Config) -> Source:
+    """Instantiate a configured source with its overrides."""
+    cls = SOURCES[name]
+    exchange = config.exchange(name)
+    if name == "simulated":
+        return cls(exchange.base_url, seed=exchange.seed, volatility=exchange.volatility)  # type: ignore[call-arg]
+    return cls(exchange.base_url)
+
+
+class _PastDeadline(stop_base):
+    """Stop retrying when another wait plus a full request would end past the deadline."""
+
+    def __init__(self, clock: Clock, deadline: float, timeout: float) -> None:
+        self.clock, self.deadline, self.timeout = clock, deadline, timeout
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        wait = retry_state.upcoming_sleep or 0.0
+        return self.clock.monotonic() + wait + self.timeout > self.deadline
+
+
+def _log_breaker(name: str, health: SourceHealth, err: SourceError) -> None:
+    if health.state == "disabled":
+        log.error(
+            "source disabled until restart or reload",
+            source=name,
+            reason=err.reason,
+            detail=err.message,
+        )
+    elif health.state == "open":
+        log.warning(
+            "source resting",
+            source=name,
+            reason=err.reason,
+            failures=health.failures,
+            rests=health.rests,
+        )

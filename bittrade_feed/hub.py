@@ -1,0 +1,370 @@
+"""The broadcast hub: every tick is encoded once and written to every subscriber.
+
+A tick becomes one ``bytes`` frame per wire format (SSE chunked, SSE raw for HTTP/1.0,
+WebSocket), and the same object is handed to ``transport.write`` of each subscriber of
+its pair: no per-subscriber encoding, task, queue or await on the broadcast path.
+A subscriber whose unsent bytes pass ``max_buffer_bytes`` is aborted (``slow``), so one
+stalled reader neither slows the others nor grows our memory.
+
+One shared timer sends heartbeats to idle subscribers and retires connections past
+their (jittered) lifetime. Resume: a ring of recent ticks answers most reconnects
+without touching SQLite; older resume points fall back to the store; past what can be
+replayed the client gets one ``resync`` event with the latest snapshot.
+
+The hub's single input is ``publish(tick)`` / ``publish_status(status)``: ticks arrive
+from the local fetcher today, from another daemon through Redis later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import struct
+from collections import deque
+from collections.abc import Iterable, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from bittrade_feed.clock import Clock
+from bittrade_feed.config import StreamConfig
+from bittrade_feed.metrics import Metrics
+from bittrade_feed.models import FeedStatus, Tick
+
+log = structlog.get_logger("bittrade_feed.hub")
+
+# Wire formats; a subscriber has exactly one.
+SSE_CHUNKED = 0
+SSE_RAW = 1
+WS = 2
+FORMATS = (SSE_CHUNKED, SSE_RAW, WS)
+TRANSPORT_OF = ("sse", "sse", "ws")
+
+SSE_HEARTBEAT = b": keep-alive\n\n"
+WS_PING = b"\x89\x00"
+
+
+class Transport(Protocol):
+    """The part of ``asyncio.Transport`` the hub uses."""
+
+    def write(self, data: bytes) -> None: ...  # noqa: D102
+    def is_closing(self) -> bool: ...  # noqa: D102
+    def get_write_buffer_size(self) -> int: ...  # noqa: D102
+    def abort(self) -> None: ...  # noqa: D102
+
+
+class Replay(Protocol):
+    """The store queries resume needs (so the hub does not depend on SQLite)."""
+
+    async def since_id(self, after: int, pairs: Sequence[str], limit: int) -> list[Tick]: ...  # noqa: D102
+    async def min_id(self) -> int: ...  # noqa: D102
+
+
+class Subscriber:
+    """One open stream."""
+
+    __slots__ = ("done", "expires", "fmt", "last_write", "pairs", "transport")
+
+    def __init__(
+        self, transport: Transport, fmt: int, pairs: tuple[str, ...], now: float, expires: float
+    ) -> None:
+        self.transport = transport
+        self.fmt = fmt
+        self.pairs = pairs
+        self.last_write = now
+        self.expires = expires
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+
+def sse_frame(event: str, data: Any, event_id: int | None = None) -> bytes:
+    """One SSE event; compact JSON contains no newline, so one ``data:`` line suffices."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return f"{head}event: {event}\ndata: {body}\n\n".encode()
+
+
+def ws_message(event: str, data: Any) -> bytes:
+    """The WebSocket text payload: the same JSON, with the event type inside."""
+    return json.dumps(
+        {"event": event, "data": data}, separators=(",", ":"), ensure_ascii=False
+    ).encode()
+
+
+def ws_frame(payload: bytes) -> bytes:
+    """An unmasked, uncompressed, final text frame, as a server sends it (RFC 6455 §5.2)."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, n) + payload
+    return struct.pack("!BBQ", 0x81, 127, n) + payload
+
+
+def chunk(frame: bytes) -> bytes:
+    """Frame bytes as one HTTP/1.1 chunk (``Transfer-Encoding: chunked``)."""
+    return b"%x\r\n%b\r\n" % (len(frame), frame)
+
+
+def encode(event: str, data: Any, event_id: int | None = None) -> tuple[bytes, bytes, bytes]:
+    """One event in every wire format, indexed by ``SSE_CHUNKED``, ``SSE_RAW``, ``WS``."""
+    sse = sse_frame(event, data, event_id)
+    return chunk(sse), sse, ws_frame(ws_message(event, data))
+
+
+class Hub:
+    """Subscribers, the replay ring, and the broadcast."""
+
+    def __init__(
+        self, config: StreamConfig, clock: Clock, metrics: Metrics, replay: Replay
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.metrics = metrics
+        self.replay = replay
+        self.latest: dict[str, Tick] = {}
+        self.statuses: dict[str, FeedStatus] = {}
+        self.max_id = 0
+        self._ring: deque[Tick] = deque()
+        self._ring_floor = 0
+        """Every tick with an id above this is in the ring."""
+        self._by_pair: dict[str, tuple[set[Subscriber], ...]] = {}
+        self._count = [0, 0, 0]
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    # -- set-up -------------------------------------------------------------
+
+    def load(
+        self,
+        recent: Sequence[Tick],
+        latest: dict[str, Tick],
+        max_id: int,
+        statuses: Iterable[FeedStatus],
+    ) -> None:
+        """Seed the ring and snapshot from the store at start-up (``recent`` oldest first)."""
+        self._ring = deque(recent[-self.config.replay_limit :] if self.config.replay_limit else ())
+        self._ring_floor = self._ring[0].id - 1 if self._ring else max_id
+        self.max_id = max_id
+        self.latest.update(latest)
+        for status in statuses:
+            self.statuses[status.pair] = status
+
+    def start(self) -> None:
+        """Start the shared heartbeat timer."""
+        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="hub-heartbeat")
+
+    async def stop(self) -> None:
+        """Stop the timer and close every stream (reason ``shutdown``)."""
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        self.close_all("shutdown")
+
+    # -- input ---------------------------------------------------------------
+
+    def publish(self, tick: Tick) -> None:
+        """Hand a stored tick to every subscriber of its pair."""
+        self.latest[tick.pair] = tick
+        self.max_id = max(self.max_id, tick.id)
+        if self.config.replay_limit:
+            if len(self._ring) >= self.config.replay_limit:
+                self._ring_floor = self._ring.popleft().id
+            self._ring.append(tick)
+        else:
+            self._ring_floor = tick.id
+        self._broadcast(tick.pair, encode("price", tick.to_json(), tick.id))
+
+    def publish_status(self, status: FeedStatus) -> None:
+        """Tell every subscriber of the pair that it went stale or live again (no id)."""
+        self.statuses[status.pair] = status
+        self._broadcast(status.pair, encode("status", status.to_json()))
+
+    def _broadcast(self, pair: str, frames: tuple[bytes, bytes, bytes]) -> None:
+        groups = self._by_pair.get(pair)
+        if not groups:
+            return
+        started = self.clock.monotonic()
+        cap = self.config.max_buffer_bytes
+        gone: list[tuple[Subscriber, str]] = []
+        for fmt in FORMATS:
+            subs = groups[fmt]
+            if not subs:
+                continue
+            data = frames[fmt]
+            sent = 0
+            for sub in subs:
+                transport = sub.transport
+                if transport.is_closing():
+                    gone.append((sub, "client"))
+                    continue
+                transport.write(data)
+                sub.last_write = started
+                sent += 1
+                if transport.get_write_buffer_size() > cap:
+                    gone.append((sub, "slow"))
+            transport_name = TRANSPORT_OF[fmt]
+            self.metrics.events_sent.labels(transport_name).inc(sent)
+            self.metrics.bytes_sent.labels(transport_name).inc(sent * len(data))
+        for sub, reason in gone:
+            self.close(sub, reason)
+        self.metrics.broadcast_duration.observe(self.clock.monotonic() - started)
+
+    # -- subscribers ----------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        """Subscribers connected now."""
+        return sum(self._count)
+
+    def full(self) -> bool:
+        """Whether a new subscriber must be refused."""
+        return self.count >= self.config.max_subscribers
+
+    async def subscribe(
+        self, transport: Transport, fmt: int, pairs: tuple[str, ...], last_id: int | None
+    ) -> Subscriber:
+        """Send the opening frames (snapshot, replay or resync) and attach the subscriber.
+
+        After the optional store query nothing awaits, so no tick published meanwhile can
+        fall between the replay and the live stream.
+        """
+        rows: list[Tick] | None = None
+        min_id = 0
+        if last_id is not None and self._ring_floor > last_id:
+            rows = await self.replay.since_id(last_id, pairs, self.config.replay_limit + 1)
+            min_id = await self.replay.min_id()
+        opening = self._opening(pairs, last_id, rows, min_id)
+        now = self.clock.monotonic()
+        sub = Subscriber(transport, fmt, pairs, now, self._expiry(now))
+        for pair in pairs:
+            self._by_pair.setdefault(pair, (set(), set(), set()))[fmt].add(sub)
+        self._count[fmt] += 1
+        self.metrics.connections_opened.labels(TRANSPORT_OF[fmt]).inc()
+        self.metrics.subscribers.labels(TRANSPORT_OF[fmt]).inc()
+        if opening:
+            transport.write(b"".join(frames[fmt] for frames in opening))
+        return sub
+
+    def _opening(
+        self, pairs: tuple[str, ...], last_id: int | None, rows: list[Tick] | None, min_id: int
+    ) -> list[tuple[bytes, bytes, bytes]]:
+        wanted = set(pairs)
+        if last_id is None:
+            ticks = sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
+        elif last_id > self.max_id:
+            return self._resync(pairs, f"event id {last_id} is ahead of this feed ({self.max_id})")
+        else:
+            if rows is None:
+                after = last_id
+                ticks = []
+            else:
+                if len(rows) > self.config.replay_limit:
+                    return self._resync(
+                        pairs, f"more than {self.config.replay_limit} events missed"
+                    )
+                if min_id > last_id + 1:
+                    return self._resync(pairs, f"events after {last_id} are no longer kept")
+                ticks = rows
+                after = rows[-1].id if rows else last_id
+            ticks = ticks + [t for t in self._ring if t.id > after and t.pair in wanted]
+            if len(ticks) > self.config.replay_limit:
+                return self._resync(pairs, f"more than {self.config.replay_limit} events missed")
+        frames = [encode("price", t.to_json(), t.id) for t in ticks]
+        frames += [
+            encode("status", self.statuses[p].to_json()) for p in pairs if p in self.statuses
+        ]
+        return frames
+
+    def _resync(self, pairs: tuple[str, ...], reason: str) -> list[tuple[bytes, bytes, bytes]]:
+        ticks = sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
+        last = ticks[-1].id if ticks else None
+        data = {"reason": reason, "ticks": [t.to_json() for t in ticks]}
+        frames = [encode("resync", data, last)]
+        frames += [
+            encode("status", self.statuses[p].to_json()) for p in pairs if p in self.statuses
+        ]
+        return frames
+
+    def close(self, sub: Subscriber, reason: str) -> None:
+        """Detach a subscriber and wake its handler; ``slow`` ones are aborted at once."""
+        if sub.done.done():
+            return
+        if reason == "slow":
+            # Its unsent bytes are the problem: drop them instead of waiting to flush.
+            sub.transport.abort()
+        sub.done.set_result(reason)
+        self.detach(sub, reason)
+
+    def detach(self, sub: Subscriber, reason: str = "client") -> None:
+        """Forget a subscriber (idempotent); called by the handler when it ends."""
+        removed = False
+        for pair in sub.pairs:
+            groups = self._by_pair.get(pair)
+            if groups is not None and sub in groups[sub.fmt]:
+                groups[sub.fmt].discard(sub)
+                removed = True
+        if not removed:
+            return
+        if not sub.done.done():
+            sub.done.set_result(reason)
+        transport = TRANSPORT_OF[sub.fmt]
+        self._count[sub.fmt] -= 1
+        self.metrics.subscribers.labels(transport).dec()
+        self.metrics.connections_closed.labels(transport, reason).inc()
+
+    def close_all(self, reason: str) -> None:
+        """Close every stream (shutdown)."""
+        for groups in list(self._by_pair.values()):
+            for subs in groups:
+                for sub in list(subs):
+                    self.close(sub, reason)
+
+    def subscribers(self) -> list[Subscriber]:
+        """Every connected subscriber (each once)."""
+        seen: dict[int, Subscriber] = {}
+        for groups in self._by_pair.values():
+            for subs in groups:
+                for sub in subs:
+                    seen[id(sub)] = sub
+        return list(seen.values())
+
+    # -- the shared timer -----------------------------------------------------
+
+    def _expiry(self, now: float) -> float:
+        lifetime = self.config.max_lifetime
+        if not lifetime:
+            return float("inf")
+        # Jitter spreads the reconnects of clients that all connected at once.
+        return now + lifetime * random.uniform(0.85, 1.15)
+
+    async def _heartbeat_loop(self) -> None:
+        period = self.config.heartbeat / 3
+        while True:
+            await self.clock.sleep(period)
+            self.tick_timer()
+
+    def tick_timer(self) -> None:
+        """Heartbeat idle subscribers, retire expired ones, forget dead ones."""
+        now = self.clock.monotonic()
+        idle_before = now - self.config.heartbeat
+        beats = [0, 0, 0]
+        for sub in self.subscribers():
+            transport = sub.transport
+            if transport.is_closing():
+                self.close(sub, "client")
+            elif now >= sub.expires:
+                self.close(sub, "lifetime")
+            elif sub.last_write <= idle_before:
+                transport.write(_HEARTBEATS[sub.fmt])
+                sub.last_write = now
+                beats[sub.fmt] += 1
+                if transport.get_write_buffer_size() > self.config.max_buffer_bytes:
+                    self.close(sub, "slow")
+        for fmt in FORMATS:
+            if beats[fmt]:
+                self.metrics.bytes_sent.labels(TRANSPORT_OF[fmt]).inc(
+                    beats[fmt] * len(_HEARTBEATS[fmt])
+                )
+
+
+_HEARTBEATS = (chunk(SSE_HEARTBEAT), SSE_HEARTBEAT, WS_PING)

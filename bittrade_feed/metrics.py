@@ -1,0 +1,186 @@
+"""Every Prometheus series the daemon exports, in one place.
+
+Names follow the Prometheus conventions: ``bittrade_feed_`` prefix, base units,
+``_total`` on counters, label values drawn from fixed sets (configured sources and
+pairs, the outcome words of ``errors.SOURCE_ERROR_REASONS``), so cardinality is bounded.
+The registry is injected so tests get a fresh one each.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from bittrade_feed import __version__
+from bittrade_feed.errors import SOURCE_ERROR_REASONS
+
+UPSTREAM_OUTCOMES = ("ok", *SOURCE_ERROR_REASONS)
+CIRCUIT_STATES = ("closed", "open", "half_open", "disabled")
+TRANSPORTS = ("sse", "ws")
+CLOSE_REASONS = ("client", "slow", "shutdown", "limit", "lifetime", "resubscribe")
+SKIP_REASONS = ("no_quorum", "store_error")
+
+
+def new_registry() -> CollectorRegistry:
+    """A registry with the standard process and platform collectors, as the default has."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry
+
+
+class Metrics:
+    """The daemon's instruments, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        Info("bittrade_feed_build", "Version of this daemon.", registry=r).info(
+            {"version": __version__, "python_version": platform.python_version()}
+        )
+        self.upstream_requests = Counter(
+            "bittrade_feed_upstream_requests",
+            "Exchange requests by source and outcome.",
+            ["source", "outcome"],
+            registry=r,
+        )
+        self.upstream_duration = Histogram(
+            "bittrade_feed_upstream_request_duration_seconds",
+            "Time for one exchange request, retries counted separately.",
+            ["source"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.circuit_state = Gauge(
+            "bittrade_feed_source_circuit_state",
+            "1 for the circuit-breaker state each source is in.",
+            ["source", "state"],
+            registry=r,
+        )
+        self.source_last_success = Gauge(
+            "bittrade_feed_source_last_success_timestamp_seconds",
+            "Unix time of each source's last valid quote.",
+            ["source"],
+            registry=r,
+        )
+        self.ticks = Counter(
+            "bittrade_feed_ticks", "Prices published, by pair.", ["pair"], registry=r
+        )
+        self.ticks_skipped = Counter(
+            "bittrade_feed_ticks_skipped",
+            "Intervals that published no price, by pair and reason.",
+            ["pair", "reason"],
+            registry=r,
+        )
+        self.outliers = Counter(
+            "bittrade_feed_outliers",
+            "Quotes dropped for straying from the median, by source.",
+            ["source"],
+            registry=r,
+        )
+        self.last_tick = Gauge(
+            "bittrade_feed_last_tick_timestamp_seconds",
+            "Unix time of the latest published price, by pair.",
+            ["pair"],
+            registry=r,
+        )
+        self.last_price = Gauge(
+            "bittrade_feed_last_price",
+            "Latest published price, in the pair's quote currency.",
+            ["pair"],
+            registry=r,
+        )
+        self.stale = Gauge(
+            "bittrade_feed_stale",
+            "1 while a pair's price is stale (no quorum for longer than stale_after).",
+            ["pair"],
+            registry=r,
+        )
+        self.subscribers = Gauge(
+            "bittrade_feed_subscribers",
+            "Connected subscribers by transport.",
+            ["transport"],
+            registry=r,
+        )
+        self.connections_opened = Counter(
+            "bittrade_feed_connections_opened",
+            "Subscriber connections accepted, by transport.",
+            ["transport"],
+            registry=r,
+        )
+        self.connections_closed = Counter(
+            "bittrade_feed_connections_closed",
+            "Subscriber connections closed, by transport and reason.",
+            ["transport", "reason"],
+            registry=r,
+        )
+        self.events_sent = Counter(
+            "bittrade_feed_events_sent",
+            "Events handed to subscribers, by transport.",
+            ["transport"],
+            registry=r,
+        )
+        self.bytes_sent = Counter(
+            "bittrade_feed_sent_bytes",
+            "Bytes handed to subscriber sockets, by transport.",
+            ["transport"],
+            registry=r,
+        )
+        self.broadcast_duration = Histogram(
+            "bittrade_feed_broadcast_duration_seconds",
+            "Time to hand one event to every subscriber.",
+            buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.store_write_duration = Histogram(
+            "bittrade_feed_store_write_duration_seconds",
+            "Time to commit one price to SQLite.",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1),
+            registry=r,
+        )
+        self.store_write_errors = Counter(
+            "bittrade_feed_store_write_errors", "Failed price commits.", registry=r
+        )
+        self.store_rows = Gauge(
+            "bittrade_feed_store_rows", "Prices kept in the database.", registry=r
+        )
+        self.store_size = Gauge(
+            "bittrade_feed_store_size_bytes", "Size of the database file.", registry=r
+        )
+        for transport in TRANSPORTS:
+            self.subscribers.labels(transport)
+            self.connections_opened.labels(transport)
+            self.events_sent.labels(transport)
+            self.bytes_sent.labels(transport)
+            for reason in CLOSE_REASONS:
+                self.connections_closed.labels(transport, reason)
+
+    def declare(self, pairs: Iterable[str], sources: Iterable[str]) -> None:
+        """Create every labelled series up front, so absent means zero, not unknown."""
+        for pair in pairs:
+            self.ticks.labels(pair)
+            self.last_tick.labels(pair)
+            self.stale.labels(pair)
+            for reason in SKIP_REASONS:
+                self.ticks_skipped.labels(pair, reason)
+        for source in sources:
+            self.upstream_duration.labels(source)
+            self.outliers.labels(source)
+            self.source_last_success.labels(source)
+            for outcome in UPSTREAM_OUTCOMES:
+                self.upstream_requests.labels(source, outcome)
+
+    def set_circuit(self, source: str, state: str) -> None:
+        """Mark ``state`` as the one current state of ``source``'s breaker."""
+        for s in CIRCUIT_STATES:
+            self.circuit_state.labels(source, s).set(1 if s == state else 0)

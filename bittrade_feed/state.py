@@ -1,0 +1,27 @@
+"""The typed keys under which the application keeps its state (no module globals)."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from bittrade_feed.clock import Clock
+from bittrade_feed.config import Config
+from bittrade_feed.fetcher import Fetcher
+from bittrade_feed.hub import Hub
+from bittrade_feed.metrics import Metrics
+from bittrade_feed.store import Store
+
+CONFIG = web.AppKey("config", Config)
+"""The start-up config; settings that may change on reload are read from ``FETCHER``."""
+CLOCK = web.AppKey("clock", Clock)
+METRICS = web.AppKey("metrics", Metrics)
+SESSION = web.AppKey("session", aiohttp.ClientSession)
+STORE = web.AppKey("store", Store)
+HUB = web.AppKey("hub", Hub)
+FETCHER = web.AppKey("fetcher", Fetcher)
+
+
+def current_config(app: web.Application) -> Config:
+    """The config in force: the fetcher holds it, because SIGHUP may have replaced it."""
+    return app[FETCHER].config

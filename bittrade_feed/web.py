@@ -1,0 +1,285 @@
+"""The aiohttp application: state under typed keys, lifecycles in ``cleanup_ctx``, routes.
+
+``create_app(config)`` builds everything from the config; tests inject a clock, a
+metrics registry and base URLs (through the config) instead of patching anything.
+Start-up order is session, store, hub, fetcher; teardown runs in reverse, so the
+fetch loop stops before the database closes and no accepted price is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.aiohttp import make_aiohttp_handler
+
+from bittrade_feed import __version__
+from bittrade_feed.clock import Clock, SystemClock
+from bittrade_feed.config import Config
+from bittrade_feed.errors import StoreError
+from bittrade_feed.fetcher import Fetcher
+from bittrade_feed.hub import Hub
+from bittrade_feed.metrics import Metrics, new_registry
+from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts, parse_ts
+from bittrade_feed.problems import Problem, problem_middleware
+from bittrade_feed.state import CLOCK, CONFIG, FETCHER, HUB, METRICS, SESSION, STORE, current_config
+from bittrade_feed.store import Store
+from bittrade_feed.streams import price_stream, requested_pairs, ws_stream
+
+log = structlog.get_logger("bittrade_feed.web")
+
+FETCH_ENABLED = web.AppKey("fetch_enabled", bool)
+
+MAX_RANGE_LIMIT = 10_000
+DEFAULT_RANGE_LIMIT = 1000
+DEFAULT_RANGE_SECONDS = 3600
+
+
+def create_app(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    registry: CollectorRegistry | None = None,
+    fetch: bool = True,
+) -> web.Application:
+    """Build the daemon's application; ``fetch=False`` leaves the fetch loop stopped."""
+    app = web.Application(middlewares=[problem_middleware])
+    app[CONFIG] = config
+    app[CLOCK] = clock or SystemClock()
+    app[METRICS] = Metrics(registry if registry is not None else new_registry())
+    app[FETCH_ENABLED] = fetch
+
+    app.cleanup_ctx.extend([_session_ctx, _store_ctx, _hub_ctx, _fetcher_ctx])
+    app.on_shutdown.append(_on_shutdown)
+    app.add_routes(
+        [
+            web.get("/api/price", get_price),
+            web.get("/api/prices", get_prices),
+            web.get("/api/sources", get_sources),
+            web.get("/api/price-stream", price_stream),
+            web.get("/api/ws", ws_stream),
+            web.get("/healthz", healthz),
+            web.get("/readyz", readyz),
+            web.get("/metrics", metrics_handler),
+            web.get("/", index),
+        ]
+    )
+    return app
+
+
+async def _session_ctx(app: web.Application) -> AsyncIterator[None]:
+    connector = aiohttp.TCPConnector(limit=32, ttl_dns_cache=300)
+    headers = {"User-Agent": f"bittrade-feed/{__version__}"}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        app[SESSION] = session
+        yield
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = await Store.open(app[CONFIG].database.path)
+    app[STORE] = store
+    try:
+        yield
+    finally:
+        await store.close()
+
+
+async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    store = app[STORE]
+    config = app[CONFIG]
+    hub = Hub(config.stream, app[CLOCK], app[METRICS], store)
+    latest = await store.latest(config.fetch.pairs)
+    hub.load(await store.recent(config.stream.replay_limit), latest, await store.max_id(), ())
+    app[HUB] = hub
+    hub.start()
+    yield
+    await hub.stop()
+
+
+async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
+    store, hub, metrics = app[STORE], app[HUB], app[METRICS]
+
+    async def sink(draft: TickDraft) -> Tick:
+        started = time.perf_counter()
+        try:
+            tick = await store.insert(draft)
+        except StoreError:
+            metrics.store_write_errors.inc()
+            raise
+        finally:
+            metrics.store_write_duration.observe(time.perf_counter() - started)
+        hub.publish(tick)
+        return tick
+
+    fetcher = Fetcher(
+        app[CONFIG], app[SESSION], app[CLOCK], metrics, sink, hub.publish_status, hub.latest
+    )
+    hub.statuses.update({p: s.status for p, s in fetcher.pairs.items()})
+    app[FETCHER] = fetcher
+    task = asyncio.create_task(fetcher.run(), name="fetch-loop") if app[FETCH_ENABLED] else None
+    yield
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    # Streams never end by themselves: close them so graceful shutdown is quick.
+    app[HUB].close_all("shutdown")
+
+
+def _pair(request: web.Request) -> str:
+    pairs = requested_pairs(request, "pair", single=True)
+    return pairs[0]
+
+
+def _status(request: web.Request, pair: str) -> FeedStatus:
+    return request.app[FETCHER].pairs[pair].status
+
+
+def _config(request: web.Request) -> Config:
+    return current_config(request.app)
+
+
+async def get_price(request: web.Request) -> web.Response:
+    """The latest price of one pair (``?pair=``, default the first configured)."""
+    pair = _pair(request)
+    tick = request.app[HUB].latest.get(pair)
+    status = _status(request, pair)
+    if tick is None:
+        raise Problem(
+            503,
+            f"no price for {pair} yet: {status.reason or 'the first fetch has not succeeded'}",
+            headers={"Retry-After": str(int(_config(request).fetch.interval))},
+            pair=pair,
+        )
+    age = request.app[CLOCK].time() - tick.ts_ms / 1000
+    return web.json_response(
+        {**tick.to_json(), "stale": status.state == "stale", "age_seconds": round(age, 3)}
+    )
+
+
+async def get_prices(request: web.Request) -> web.Response:
+    """Stored prices of one pair between ``since`` and ``until`` (RFC 3339), oldest first."""
+    pair = _pair(request)
+    now_ms = round(request.app[CLOCK].time() * 1000)
+    until = _time_param(request, "until", now_ms + 1)
+    since = _time_param(request, "since", until - DEFAULT_RANGE_SECONDS * 1000)
+    if since >= until:
+        raise Problem(400, "since must be earlier than until", param="since")
+    limit = _int_param(request, "limit", DEFAULT_RANGE_LIMIT, 1, MAX_RANGE_LIMIT)
+    ticks = await request.app[STORE].between(pair, since, until, limit)
+    return web.json_response(
+        {
+            "pair": pair,
+            "since": format_ts(since),
+            "until": format_ts(until),
+            "count": len(ticks),
+            "truncated": len(ticks) == limit,
+            "prices": [t.to_json() for t in ticks],
+        }
+    )
+
+
+async def get_sources(request: web.Request) -> web.Response:
+    """Each source's breaker state, last success and last error."""
+    fetcher = request.app[FETCHER]
+    config = fetcher.config
+    out: list[dict[str, Any]] = []
+    for name, health in fetcher.health.items():
+        if name not in fetcher.sources:
+            continue
+        view = health.to_json()
+        for key in ("last_success", "last_error"):
+            if view[key] is not None:
+                view[key] = format_ts(round(view[key] * 1000))
+        view["pairs"] = [p for p in config.fetch.pairs if name in config.sources_for(p)]
+        view["simulated"] = name == "simulated"
+        out.append(view)
+    return web.json_response({"sources": out})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """The process and its event loop answer."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when every pair has a fresh price and the database takes writes."""
+    config, clock = _config(request), request.app[CLOCK]
+    checks: dict[str, dict[str, Any]] = {}
+    now = clock.time()
+    for pair in config.fetch.pairs:
+        tick = request.app[HUB].latest.get(pair)
+        age = None if tick is None else now - tick.ts_ms / 1000
+        ok = age is not None and age < config.fetch.stale_after
+        checks[f"price:{pair}"] = {
+            "ok": ok,
+            "detail": "no price yet"
+            if age is None
+            else f"latest price is {age:.1f} s old (limit {config.fetch.stale_after:g} s)",
+        }
+    try:
+        await request.app[STORE].check_writable()
+        checks["database"] = {"ok": True, "detail": "writable"}
+    except StoreError as exc:
+        checks["database"] = {"ok": False, "detail": str(exc)}
+    ready = all(c["ok"] for c in checks.values())
+    return web.json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+async def metrics_handler(request: web.Request) -> web.StreamResponse:
+    """Prometheus exposition (text or OpenMetrics, by ``Accept``)."""
+    metrics = request.app[METRICS]
+    store = request.app[STORE]
+    try:
+        metrics.store_rows.set(await store.count())
+        metrics.store_size.set(await store.size_bytes())
+    except StoreError as exc:
+        log.warning("store metrics unavailable", reason=str(exc))
+    handler = make_aiohttp_handler(metrics.registry)
+    return await handler(request)
+
+
+async def index(request: web.Request) -> web.Response:
+    """A plain landing page until the dashboard ships."""
+    links = "".join(
+        f'<li><a href="{p}">{p}</a></li>'
+        for p in ("/api/price", "/api/prices", "/api/sources", "/api/price-stream", "/metrics")
+    )
+    return web.Response(
+        text=f"<!doctype html><title>bittrade-feed</title><h1>bittrade-feed</h1><ul>{links}</ul>",
+        content_type="text/html",
+    )
+
+
+def _time_param(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse_ts(raw) if not raw.isdigit() else int(raw) * 1000
+    except ValueError:
+        raise Problem(
+            400,
+            f"{name}={raw!r} is not a time: use RFC 3339 (2026-11-23T20:31:00Z) or Unix seconds",
+            param=name,
+        ) from None
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise Problem(400, f"{name}={raw!r} must be a whole number from {lo} to {hi}", param=name)
+    return int(raw)

@@ -1,0 +1,25 @@
+"""Shared fixtures: recorded exchange bodies and a hand-driven clock."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakeclock import FakeClock
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def recorded(exchange: str, case: int = 0) -> Any:
+    """The body of a real recorded response from tests/fixtures/recorded/."""
+    data = json.loads((FIXTURES / "recorded" / f"{exchange}.json").read_text())
+    return data["cases"][case]["body"]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    """A clock that moves only when the test says so."""
+    return FakeClock()

@@ -54,7 +54,7 @@ def median(
             None,
             tuple(outliers),
             f"quorum not met: {len(kept)} of {quorum} sources agree within "
-            f"{max_deviation * 100:g}% of the median",
+            f"{float(max_deviation) * 100:g}% of the median",
         )
     price = canonical(statistics.median(q.price for q in kept))
     return Outcome(TickDraft(pair, price, ts_ms, _names(kept)), tuple(outliers))

@@ -7,15 +7,19 @@ fixes a file in one pass instead of one key per restart.
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
+import json
 import math
 import os
 import tomllib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from bittrade_feed.errors import ConfigError
 from bittrade_feed.models import split_pair
@@ -36,6 +40,7 @@ class ServerConfig:
     metrics_host: str = ""
     """Serve /metrics on its own address too (empty: only on the main listener)."""
     metrics_port: int = 0
+    """The port of that second listener; set both or neither."""
     shutdown_timeout: float = 10.0
 
 
@@ -57,8 +62,10 @@ class FetchConfig:
     """Per pair, the enabled sources in priority order."""
     interval: float = 30.0
     request_timeout: float = 5.0
+    """Seconds one request may take; the file's default is 5, or the interval if shorter."""
     max_attempts: int = 3
     stale_after: float = 90.0
+    """Seconds without a price before the feed is stale; the file default: 3 intervals, >= 90."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +149,11 @@ def load_config(path: Path | None) -> Config:
     except FileNotFoundError:
         raise ConfigError([(str(path), "file not found")]) from None
     except OSError as exc:
-        raise ConfigError([(str(path), f"cannot read: {exc.strerror}")]) from None
+        raise ConfigError([(str(path), f"cannot read: {exc.strerror or exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([(str(path), "not valid TOML: the file is not UTF-8 text")]) from None
     return parse_config(raw)
 
 
@@ -160,34 +169,80 @@ T = TypeVar("T")
 
 
 class _Reader:
-    """Takes keys out of the document, noting every fault with its full key path."""
+    """Takes keys out of the document, noting every fault once with its full key path."""
 
     def __init__(self, raw: dict[str, Any]) -> None:
         self.raw = raw
         self.errors: list[tuple[str, str]] = []
         self._seen: set[str] = set()
+        """Keys the schema has: read, whether or not the file sets them."""
+        self._reported: set[str] = set()
+        self._sections: set[str] = set()
+        """Tables the schema has, whether or not the file sets them."""
+        self._not_tables: set[str] = set()
 
     def finish(self) -> None:
-        for key in _leaf_keys(self.raw):
-            if not any(key == s or key.startswith(s + ".") for s in self._seen):
-                self.errors.append((key, "unknown key"))
+        """Report the keys nobody read, then raise every fault at once."""
+        self._report_unknown(self.raw, "")
         if self.errors:
             raise ConfigError(self.errors)
 
+    def _report_unknown(self, node: dict[str, Any], prefix: str) -> None:
+        for name, value in node.items():
+            key = prefix + name
+            if key in self._seen or key in self._reported:
+                continue
+            if isinstance(value, dict) and key in self._sections:
+                self._report_unknown(value, key + ".")
+                continue
+            known = sorted(
+                {
+                    s[len(prefix) :].split(".")[0]
+                    for s in self._seen | self._sections
+                    if s.startswith(prefix) and "[" not in s
+                }
+            )
+            close = difflib.get_close_matches(name, known, n=1)
+            if close:
+                hint = f" (did you mean {prefix}{close[0]}?)"
+            elif known:
+                hint = f" (expected one of: {', '.join(known)})"
+            else:
+                hint = ""
+            self.fail(key, f"unknown key{hint}")
+
     def fail(self, key: str, problem: str) -> None:
+        """Record one fault; the key is never reported again as unknown."""
         self.errors.append((key, problem))
+        self._reported.add(key)
+
+    def faulted(self, key: str) -> bool:
+        """Whether a fault was recorded at ``key`` or inside it."""
+        return any(k == key or k.startswith((key + ".", key + "[")) for k, _ in self.errors)
+
+    def has(self, key: str) -> bool:
+        """Whether the file sets ``key`` (inside tables that are tables)."""
+        table, _, name = key.rpartition(".")
+        return name in (self.table(table) if table else self.raw)
 
     def table(self, key: str) -> dict[str, Any]:
+        """The table at ``key`` (empty if absent); a non-table is reported once, at its key."""
         node: Any = self.raw
+        path = ""
         for part in key.split("."):
-            node = node.get(part, {}) if isinstance(node, dict) else {}
-        if not isinstance(node, dict):
-            self.fail(key, f"must be a table, not {_kind(node)}")
-            self._seen.add(key)
-            return {}
-        return node
+            path = f"{path}.{part}" if path else part
+            self._sections.add(path)
+            node = node.get(part, {})
+            if not isinstance(node, dict):
+                if path not in self._not_tables:
+                    self._not_tables.add(path)
+                    self.fail(path, f"must be a table, not {_kind(node)}")
+                return {}
+        table: dict[str, Any] = node
+        return table
 
     def get(self, key: str, default: T, check: Callable[[Any], T]) -> T:
+        """The checked value of ``key``, or ``default`` if it is absent or bad."""
         table, _, name = key.rpartition(".")
         node = self.table(table) if table else self.raw
         self._seen.add(key)
@@ -199,11 +254,19 @@ class _Reader:
             self.fail(key, str(bad))
             return default
 
-    @contextmanager
-    def claim(self, key: str) -> Iterator[dict[str, Any]]:
-        """Hand a whole sub-table to the caller, who reports its own keys."""
-        self._seen.add(key)
-        yield self.table(key)
+    def items(self, key: str, check: Callable[[Any], T]) -> list[T] | None:
+        """The list at ``key``, each item checked and faulted as ``key[i]``; ``None`` if absent."""
+        if not self.has(key):
+            self._seen.add(key)
+            return None
+        raw: list[Any] = self.get(key, [], _list)
+        good: list[T] = []
+        for i, item in enumerate(raw):
+            try:
+                good.append(check(item))
+            except _Bad as bad:
+                self.fail(f"{key}[{i}]", str(bad))
+        return good
 
 
 class _Bad(ValueError):
@@ -218,7 +281,7 @@ def _kind(value: Any) -> str:
         str: "a string",
         list: "a list",
         dict: "a table",
-    }.get(type(value), type(value).__name__)
+    }.get(type(value), "a date/time")
 
 
 def _number(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callable[[Any], float]:
@@ -237,7 +300,8 @@ def _number(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callab
 def _integer(lo: int, hi: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise _Bad(f"must be an integer, not {_kind(value)}")
+            hint = " (write it without a decimal point)" if isinstance(value, float) else ""
+            raise _Bad(f"must be an integer, not {_kind(value)}{hint}")
         if not lo <= value <= hi:
             raise _Bad(f"{value} is out of range: must be from {lo} to {hi}")
         return value
@@ -247,11 +311,10 @@ def _integer(lo: int, hi: int) -> Callable[[Any], int]:
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
     def check(value: Any) -> str:
-        if not isinstance(value, str):
-            raise _Bad(f"must be a string, not {_kind(value)}")
-        if value not in options:
-            raise _Bad(f"{value!r} is not one of {', '.join(options)}")
-        return value
+        text = _string(value)
+        if text not in options:
+            raise _Bad(f"{text!r} is not one of {', '.join(options)}")
+        return text
 
     return check
 
@@ -262,35 +325,84 @@ def _string(value: Any) -> str:
     return value
 
 
-def _url(value: Any) -> str:
+def _list(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        hint = f" (write [{json.dumps(value)}])" if isinstance(value, str) else ""
+        raise _Bad(f"must be a list, not {_kind(value)}{hint}")
+    return value
+
+
+def _host(value: Any, *, optional: bool = False) -> str:
     text = _string(value)
-    if not text.startswith(("http://", "https://")):
-        raise _Bad(f"{text!r} must start with http:// or https://")
+    if optional and not text:
+        return text
+    if not text.strip():
+        raise _Bad("must not be empty (for example 127.0.0.1, or 0.0.0.0 for every interface)")
+    if "/" in text or any(c.isspace() for c in text):
+        raise _Bad(f"{text!r} is not a host name or address (no scheme, path or spaces)")
+    if text.startswith("["):
+        raise _Bad(f"{text!r}: write an IPv6 address without brackets, like ::1")
+    if ":" in text:
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise _Bad(f"{text!r} looks like host:port; put the port in its own key") from None
     return text
 
 
-def _string_list(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _Bad(f"must be a list of strings, not {_kind(value)}")
-    return tuple(value)
+def _url(value: Any) -> str:
+    text = _string(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _Bad(f"{text!r} is not an http:// or https:// URL with a host")
+    return text
+
+
+def _db_path(value: Any) -> Path:
+    text = _string(value)
+    if not text.strip():
+        raise _Bad("must not be empty (leave the key out for the default)")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise _Bad(f"{text!r} is a directory; name the file, like {path / DB_FILENAME}")
+    return path
+
+
+def _pair(value: Any) -> str:
+    text = _string(value)
+    try:
+        split_pair(text)
+    except ValueError as exc:
+        if text != text.upper() and _valid_pair(text.upper()):
+            raise _Bad(f"{text!r} must be upper case: {text.upper()}") from None
+        raise _Bad(str(exc)) from None
+    return text
+
+
+def _valid_pair(text: str) -> bool:
+    try:
+        split_pair(text)
+    except ValueError:
+        return False
+    return True
+
+
+_WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - compared against, never bound
 
 
 def _build(r: _Reader) -> Config:
     server = ServerConfig(
-        host=r.get("server.host", "127.0.0.1", _string),
-        port=r.get("server.port", 8080, _integer(0, 65535)),
-        metrics_host=r.get("server.metrics_host", "", _string),
+        host=r.get("server.host", "127.0.0.1", _host),
+        port=r.get("server.port", 8080, _integer(1, 65535)),
+        metrics_host=r.get("server.metrics_host", "", partial(_host, optional=True)),
         metrics_port=r.get("server.metrics_port", 0, _integer(0, 65535)),
         shutdown_timeout=r.get("server.shutdown_timeout", 10.0, _number(0.1, 300)),
     )
-    if server.metrics_host and not server.metrics_port:
-        r.fail("server.metrics_port", "must be set when server.metrics_host is")
-    db_path = r.get("database.path", "", _string)
+    _check_metrics_listener(r, server)
     database = DatabaseConfig(
-        path=Path(db_path) if db_path else default_db_path(),
+        path=r.get("database.path", default_db_path(), _db_path),
         retention_days=r.get("database.retention_days", 0.0, _number(0)),
     )
-    fetch = _build_fetch(r)
     aggregation = AggregationConfig(
         strategy=r.get("aggregation.strategy", "median", _choice(STRATEGIES)),
         quorum=r.get("aggregation.quorum", 2, _integer(1, 50)),
@@ -298,14 +410,7 @@ def _build(r: _Reader) -> Config:
             str(r.get("aggregation.max_deviation", 0.01, _number(0, 1, lo_open=True)))
         ),
     )
-    if aggregation.strategy == "median":
-        for pair, names in fetch.sources.items():
-            if len(names) < aggregation.quorum:
-                r.fail(
-                    f"feed.sources.{pair}",
-                    f"{len(names)} source(s) enabled but aggregation.quorum is "
-                    f"{aggregation.quorum}: no price could ever be published",
-                )
+    fetch = _build_fetch(r, aggregation)
     stream = StreamConfig(
         heartbeat=r.get("stream.heartbeat", 15.0, _number(1, 300)),
         retry_ms=r.get("stream.retry_ms", 3000, _integer(100, 600_000)),
@@ -321,80 +426,129 @@ def _build(r: _Reader) -> Config:
     return Config(server, database, fetch, aggregation, _build_exchanges(r), stream, log)
 
 
-def _build_fetch(r: _Reader) -> FetchConfig:
+def _check_metrics_listener(r: _Reader, server: ServerConfig) -> None:
+    # Both or neither: a port alone would leave us guessing which interface to expose.
+    if server.metrics_host and not server.metrics_port:
+        if not r.faulted("server.metrics_port"):
+            r.fail("server.metrics_port", "must be set when server.metrics_host is (1 to 65535)")
+    elif server.metrics_port and not server.metrics_host:
+        if not r.faulted("server.metrics_host"):
+            r.fail(
+                "server.metrics_host",
+                "must be set when server.metrics_port is (for example 127.0.0.1)",
+            )
+    elif server.metrics_port == server.port and (
+        server.metrics_host == server.host
+        or server.metrics_host in _WILDCARDS
+        or server.host in _WILDCARDS
+    ):
+        r.fail(
+            "server.metrics_port",
+            f"{server.port} is already server.port on the same address; pick another port",
+        )
+
+
+def _build_fetch(r: _Reader, aggregation: AggregationConfig) -> FetchConfig:
     pairs: list[str] = []
-    for i, pair in enumerate(r.get("feed.pairs", ("BTC-USD",), _string_list)):
-        try:
-            split_pair(pair)
-        except ValueError as exc:
-            r.fail(f"feed.pairs[{i}]", str(exc))
-            continue
+    listed = r.items("feed.pairs", _pair)
+    for i, pair in enumerate(listed or ()):
         if pair in pairs:
-            r.fail(f"feed.pairs[{i}]", f"{pair} is listed twice")
-        pairs.append(pair)
-    if not pairs and not any(k.startswith("feed.pairs") for k, _ in r.errors):
-        r.fail("feed.pairs", "must list at least one pair")
+            r.fail(f"feed.pairs[{i}]", f"{pair} is listed twice; remove one")
+        else:
+            pairs.append(pair)
+    if listed is None:
+        pairs = ["BTC-USD"]
+    elif not pairs and not r.faulted("feed.pairs"):
+        r.fail("feed.pairs", 'must list at least one pair (for example ["BTC-USD"])')
     interval = r.get("feed.interval", 30.0, _number(0.05, 86400))
-    sources: dict[str, tuple[str, ...]] = {}
-    with r.claim("feed.sources") as table:
-        for pair in table:
-            if pair not in pairs:
-                r.fail(f"feed.sources.{pair}", f"{pair} is not in feed.pairs")
-        for pair in pairs:
-            names = r.get(f"feed.sources.{pair}", default_sources(pair), _string_list)
-            sources[pair] = _check_sources(r, pair, names)
     fetch = FetchConfig(
         pairs=tuple(pairs),
-        sources=sources,
+        sources={},
         interval=interval,
-        request_timeout=r.get("feed.request_timeout", 5.0, _number(0.05, 120)),
+        # Defaults follow a short interval, so `interval = 2` alone is a valid file.
+        request_timeout=r.get("feed.request_timeout", min(5.0, interval), _number(0.05, 120)),
         max_attempts=r.get("feed.max_attempts", 3, _integer(1, 10)),
         stale_after=r.get("feed.stale_after", max(90.0, 3 * interval), _number(0.05)),
     )
     if fetch.stale_after < fetch.interval:
-        r.fail("feed.stale_after", f"{fetch.stale_after:g} is shorter than feed.interval")
+        r.fail(
+            "feed.stale_after",
+            f"{fetch.stale_after:g} s is shorter than feed.interval ({fetch.interval:g} s); "
+            "make it at least two or three intervals",
+        )
     if fetch.request_timeout > fetch.interval:
-        r.fail("feed.request_timeout", f"{fetch.request_timeout:g} is longer than feed.interval")
+        r.fail(
+            "feed.request_timeout",
+            f"{fetch.request_timeout:g} s is longer than feed.interval ({fetch.interval:g} s); "
+            "lower it or raise feed.interval",
+        )
+    for pair in r.table("feed.sources"):
+        if pair not in pairs:
+            r.fail(
+                f"feed.sources.{pair}", f"{pair} is not in feed.pairs; add it there or remove it"
+            )
+    for pair in pairs:
+        fetch.sources[pair] = _pair_sources(r, pair, aggregation)
     return fetch
 
 
-def _check_sources(r: _Reader, pair: str, names: tuple[str, ...]) -> tuple[str, ...]:
-    good: list[str] = []
+def _pair_sources(r: _Reader, pair: str, aggregation: AggregationConfig) -> tuple[str, ...]:
+    key = f"feed.sources.{pair}"
+    faults = len(r.errors)
+    names = r.items(key, _string)
+    if names is None:
+        good = default_sources(pair)
+        if not good:
+            r.fail("feed.pairs", f"no known source lists {pair}; remove it")
+        elif aggregation.strategy == "median" and len(good) < aggregation.quorum:
+            r.fail(
+                "aggregation.quorum",
+                f"{aggregation.quorum} is more than the {len(good)} source(s) that list {pair}; "
+                f'lower it or use strategy "failover"',
+            )
+        return good
+    chosen: list[str] = []
     for i, name in enumerate(names):
-        key = f"feed.sources.{pair}[{i}]"
+        item = f"{key}[{i}]"
         if name not in SOURCES:
-            r.fail(key, f"{name!r} is not a known source ({', '.join(SOURCES)})")
-        elif name in good:
-            r.fail(key, f"{name} is listed twice")
+            r.fail(item, f"{name!r} is not a known source ({', '.join(SOURCES)})")
+        elif name in chosen:
+            r.fail(item, f"{name} is listed twice; remove one")
         elif not SOURCES[name]().supports(pair):
-            r.fail(key, f"{name} does not list {pair}")
+            only = ", ".join(f"-{q}" for q in sorted(SOURCES[name].quote_currencies or ()))
+            r.fail(item, f"{name} does not list {pair} (it lists only {only} pairs)")
         else:
-            good.append(name)
+            chosen.append(name)
+    if len(r.errors) > faults:
+        return tuple(chosen)
     if not names:
-        r.fail(f"feed.sources.{pair}", "must name at least one source")
-    return tuple(good)
+        r.fail(key, "must name at least one source (remove the key to use every source)")
+    elif aggregation.strategy == "median" and len(chosen) < aggregation.quorum:
+        r.fail(
+            key,
+            f"{len(chosen)} source(s) but aggregation.quorum is {aggregation.quorum}, so no price "
+            "could ever be published; add sources or lower the quorum",
+        )
+    return tuple(chosen)
 
 
 def _build_exchanges(r: _Reader) -> dict[str, ExchangeConfig]:
     exchanges: dict[str, ExchangeConfig] = {}
-    with r.claim("exchanges") as table:
-        for name in table:
-            if name not in SOURCES:
-                r.fail(f"exchanges.{name}", f"{name!r} is not a known source")
-                continue
-            key = f"exchanges.{name}"
-            exchanges[name] = ExchangeConfig(
-                base_url=r.get(f"{key}.base_url", None, _url),
-                seed=r.get(f"{key}.seed", 0, _integer(0, 2**63)),
+    for name in r.table("exchanges"):
+        key = f"exchanges.{name}"
+        if name not in SOURCES:
+            r.fail(key, f"{name!r} is not a known source ({', '.join(SOURCES)})")
+            continue
+        exchange = ExchangeConfig(base_url=r.get(f"{key}.base_url", None, _url))
+        if name == "simulated":
+            exchange = replace(
+                exchange,
+                seed=r.get(f"{key}.seed", 0, _integer(0, 2**63 - 1)),
                 volatility=r.get(f"{key}.volatility", 0.0005, _number(0, 0.5)),
             )
-    return exchanges
-
-
-def _leaf_keys(node: dict[str, Any], prefix: str = "") -> Iterator[str]:
-    for key, value in node.items():
-        path = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            yield from _leaf_keys(value, path + ".")
         else:
-            yield path
+            for knob in ("seed", "volatility"):
+                if knob in r.table(key):
+                    r.fail(f"{key}.{knob}", "only the simulated source takes this; remove it")
+        exchanges[name] = exchange
+    return exchanges

@@ -25,7 +25,7 @@ from tenacity import (
     stop_after_attempt,
 )
 from tenacity.stop import stop_base
-from tenacity.wait import wait_exponential_jitter
+from tenacity.wait import wait_random_exponential
 
 from bittrade_feed import aggregate
 from bittrade_feed.clock import Clock
@@ -45,7 +45,7 @@ log = structlog.get_logger("bittrade_feed.fetcher")
 FAILURES_TO_OPEN = 3
 """Consecutive failed requests before a source is rested."""
 MAX_REST_INTERVALS = 32
-"""The longest rest, in intervals (backoff doubles up to this)."""
+"""The longest rest, in intervals; rests start at two intervals and double up to this."""
 
 Sink = Callable[[TickDraft], Awaitable[Tick]]
 StatusSink = Callable[[FeedStatus], None]
@@ -86,7 +86,7 @@ class SourceHealth:
         elif isinstance(err, SourceRateLimited):
             self._rest(now, err.retry_after or interval * 2 ** min(self.rests, 5))
         elif self.state == "half_open" or self.failures >= FAILURES_TO_OPEN:
-            self._rest(now, interval * min(2**self.rests, MAX_REST_INTERVALS))
+            self._rest(now, interval * min(2 ** (self.rests + 1), MAX_REST_INTERVALS))
 
     def _rest(self, now: float, seconds: float) -> None:
         self.state = "open"
@@ -267,7 +267,7 @@ class Fetcher:
                 retry=retry_if_exception(lambda e: isinstance(e, SourceError) and e.retryable),
                 stop=stop_after_attempt(self.config.fetch.max_attempts)
                 | _PastDeadline(self.clock, deadline, timeout),
-                wait=wait_exponential_jitter(initial=0.25, max=2.0),
+                wait=wait_random_exponential(multiplier=0.25, max=2.0),
                 sleep=self.clock.sleep,
                 reraise=True,
             ):

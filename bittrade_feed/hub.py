@@ -18,8 +18,10 @@ from the local fetcher today, from another daemon through Redis later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
+import socket
 import struct
 from collections import deque
 from collections.abc import Iterable, Sequence
@@ -234,6 +236,7 @@ class Hub:
             rows = await self.replay.since_id(last_id, pairs, self.config.replay_limit + 1)
             min_id = await self.replay.min_id()
         opening = self._opening(pairs, last_id, rows, min_id)
+        _bound_kernel_buffer(transport, self.config.max_buffer_bytes)
         now = self.clock.monotonic()
         sub = Subscriber(transport, fmt, pairs, now, self._expiry(now))
         for pair in pairs:
@@ -368,3 +371,18 @@ class Hub:
 
 
 _HEARTBEATS = (chunk(SSE_HEARTBEAT), SSE_HEARTBEAT, WS_PING)
+
+
+def _bound_kernel_buffer(transport: Transport, cap: int) -> None:
+    """Fix the socket's send buffer near the cap instead of letting it autotune to MBs.
+
+    Without this a reader that stalls first fills a kernel buffer of up to
+    ``net.ipv4.tcp_wmem`` (4 MiB here) before our own cap even sees a byte, so the
+    memory a stalled subscriber can pin would not be bounded by our setting.
+    """
+    get_extra_info = getattr(transport, "get_extra_info", None)
+    sock = get_extra_info("socket") if get_extra_info is not None else None
+    if sock is not None:
+        # The kernel doubles the value it is given (socket(7)), so half the cap it is.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(cap // 2, 4096))

@@ -57,6 +57,9 @@ class Store:
         except sqlite3.Error as exc:
             await db.close()
             raise StoreError(f"cannot prepare database {path}: {exc}") from exc
+        except BaseException:
+            await db.close()
+            raise
         return store
 
     async def _prepare(self) -> None:

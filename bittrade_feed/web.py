@@ -36,6 +36,7 @@ log = structlog.get_logger("bittrade_feed.web")
 
 FETCH_ENABLED = web.AppKey("fetch_enabled", bool)
 
+RETENTION_PERIOD = 3600.0
 MAX_RANGE_LIMIT = 10_000
 DEFAULT_RANGE_LIMIT = 1000
 DEFAULT_RANGE_SECONDS = 3600
@@ -55,7 +56,7 @@ def create_app(
     app[METRICS] = Metrics(registry if registry is not None else new_registry())
     app[FETCH_ENABLED] = fetch
 
-    app.cleanup_ctx.extend([_session_ctx, _store_ctx, _hub_ctx, _fetcher_ctx])
+    app.cleanup_ctx.extend([_session_ctx, _store_ctx, _hub_ctx, _fetcher_ctx, _retention_ctx])
     app.on_shutdown.append(_on_shutdown)
     app.add_routes(
         [
@@ -127,6 +128,30 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
     if task is not None:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    days = app[CONFIG].database.retention_days
+    task = asyncio.create_task(_retention_loop(app, days), name="retention") if days else None
+    yield
+    if task is not None:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def _retention_loop(app: web.Application, days: float) -> None:
+    """Hourly, delete prices older than ``days`` (each pair's latest is always kept)."""
+    clock, store = app[CLOCK], app[STORE]
+    while True:
+        cutoff_ms = round((clock.time() - days * 86400) * 1000)
+        try:
+            deleted = await store.delete_older_than(cutoff_ms)
+        except StoreError as exc:
+            log.error("retention failed", reason=str(exc))
+        else:
+            if deleted:
+                log.info("retention", deleted=deleted, older_than_days=days)
+        await clock.sleep(RETENTION_PERIOD)
 
 
 async def _on_shutdown(app: web.Application) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.daemon import daemon_config, fx
 from tests.fakeclock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -23,3 +24,6 @@ def recorded(exchange: str, case: int = 0) -> Any:
 def clock() -> FakeClock:
     """A clock that moves only when the test says so."""
     return FakeClock()
+
+
+__all__ = ["clock", "daemon_config", "fx", "recorded"]

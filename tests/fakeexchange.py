@@ -57,7 +57,7 @@ class FakeExchanges:
     """The server's state: scripted answers and request counts per exchange."""
 
     def __init__(self) -> None:
-        self.answers: dict[str, Answer] = {}
+        self.answers: dict[str, list[Answer]] = {}
         self.requests: Counter[str] = Counter()
         self.paths: dict[str, str] = {}
         self.base = ""
@@ -68,7 +68,11 @@ class FakeExchanges:
 
     def answer(self, exchange: str, **kwargs: Any) -> None:
         """Script the next answers of ``exchange`` (until changed)."""
-        self.answers[exchange] = Answer(**kwargs)
+        self.answers[exchange] = [Answer(**kwargs)]
+
+    def script(self, exchange: str, *answers: Answer) -> None:
+        """Answer with each of ``answers`` in turn, then keep repeating the last."""
+        self.answers[exchange] = list(answers)
 
     def price(self, exchange: str, price: str | Decimal) -> None:
         """Serve the recorded body of ``exchange`` with a given price."""
@@ -84,14 +88,13 @@ class FakeExchanges:
         exchange = request.match_info["exchange"]
         self.requests[exchange] += 1
         self.paths[exchange] = request.path_qs
-        answer = self.answers.get(exchange)
-        if answer is None:
+        queue = self.answers.get(exchange)
+        if not queue:
             return web.Response(status=404, text="not scripted")
+        answer = queue.pop(0) if len(queue) > 1 else queue[0]
         if answer.delay:
             await asyncio.sleep(answer.delay)
         if answer.raw is not None:
-            return web.Response(
-                status=answer.status, body=answer.raw, headers=answer.headers,
-                content_type=answer.headers.get("Content-Type", "text/html"),
-            )
+            headers = {"Content-Type": "text/html", **answer.headers}
+            return web.Response(status=answer.status, body=answer.raw, headers=headers)
         return web.json_response(answer.body, status=answer.status, headers=answer.headers)

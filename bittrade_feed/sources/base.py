@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import aiohttp
 
@@ -28,6 +28,7 @@ from bittrade_feed.errors import (
     SourceRejectedPrice,
     SourceTimeout,
     SourceUnavailable,
+    SourceWrongPair,
 )
 from bittrade_feed.models import Quote, split_pair
 
@@ -82,7 +83,7 @@ class Source(ABC):
                 headers={"Accept": "application/json"},
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.content.read(MAX_BODY_BYTES + 1)
+                raw = await _read_capped(resp.content, MAX_BODY_BYTES + 1)
                 self._check_status(resp.status, resp.headers, raw)
                 content_type = resp.headers.get("Content-Type", "")
         except TimeoutError as exc:
@@ -97,7 +98,7 @@ class Source(ABC):
         if status == 200:
             return
         snippet = _snippet(raw)
-        if status == 429 or status == 418:
+        if status in {429, 418}:
             retry_after = parse_retry_after(headers.get("Retry-After"))
             raise SourceRateLimited(self.name, f"HTTP {status}: {snippet}", retry_after)
         if status == 451:
@@ -134,6 +135,20 @@ class Source(ABC):
         return quote
 
     # Helpers for parse() implementations: each names what is missing.
+
+    def body_error(
+        self, detail: str, *, rate_limited: bool = False, retryable: bool = False
+    ) -> NoReturn:
+        """Raise for an error the exchange reported inside a 200 body."""
+        message = f"error in 200: {detail}"
+        if rate_limited:
+            raise SourceRateLimited(self.name, message, None)
+        raise SourceBadBody(self.name, message, retryable=retryable)
+
+    def echoed(self, got: Any, asked: str, where: str) -> None:
+        """``SourceWrongPair`` unless the instrument echoed back at ``where`` is ``asked``."""
+        if got != asked:
+            raise SourceWrongPair(self.name, f"asked for {asked}, got {where} = {got!r}")
 
     def field(self, body: Any, *path: str | int) -> Any:
         """Walk ``body`` along ``path``; a missing step is ``SourceBadBody`` naming it."""
@@ -180,13 +195,25 @@ def parse_retry_after(value: str | None) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # isdigit() alone also accepts digits like "²" that float() refuses.
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     return max(0.0, when.timestamp() - time.time())
+
+
+async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
+    # read(n) returns whatever has arrived, up to n bytes, not n bytes: loop to EOF or limit.
+    raw = bytearray()
+    while len(raw) < limit:
+        chunk = await content.read(limit - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return bytes(raw)
 
 
 def _snippet(raw: bytes, limit: int = 120) -> str:

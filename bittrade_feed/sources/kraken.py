@@ -41,11 +41,11 @@ class Kraken(Source):
         result = self.field(body, "result")
         if not isinstance(result, dict) or len(result) != 1:
             raise SourceBadBody(self.name, "result must hold exactly one pair")
-        # Kraken renames the key (XBTUSD comes back as XXBTZUSD), so match loosely:
-        # both currency codes must appear in it, or it answered for something else.
+        # Kraken renames the key (XBTUSD comes back as XXBTZUSD), so match loosely: the
+        # base must appear in it and the quote end it ("USD" is also inside "XBTUSDT").
         ((key, ticker),) = result.items()
         base, quote = (_ALIASES.get(c, c) for c in split_pair(pair))
-        if base not in key or quote not in key:
+        if base not in key or not key.endswith(quote):
             raise SourceWrongPair(self.name, f"asked for {base}{quote}, got {key}")
         price = self.price(self.field(ticker, "c", 0), "c[0]")
         return Quote(self.name, pair, price, received_at)

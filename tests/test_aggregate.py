@@ -1,0 +1,115 @@
+"""Aggregation: median, outlier rejection, quorum, failover."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bittrade_feed.aggregate import canonical, failover, median
+from bittrade_feed.models import Quote
+
+PAIR = "BTC-USD"
+ONE_PCT = Decimal("0.01")
+
+
+def quotes(*prices: str) -> list[Quote]:
+    return [Quote(f"s{i}", PAIR, Decimal(p), 0.0) for i, p in enumerate(prices)]
+
+
+def test_median_of_odd_count() -> None:
+    """Three agreeing quotes publish their middle value and name all three sources."""
+    out = median(PAIR, quotes("100", "101", "100.5"), 2, ONE_PCT, 1000)
+    assert out.draft is not None
+    assert out.draft.price == Decimal("100.5")
+    assert out.draft.sources == ("s0", "s1", "s2")
+    assert out.draft.ts_ms == 1000
+
+
+def test_median_of_even_count_is_exact_mean_of_middles() -> None:
+    """Two middle quotes are averaged exactly in Decimal, not float."""
+    out = median(PAIR, quotes("64123.45", "64123.46"), 2, ONE_PCT, 0)
+    assert out.draft is not None
+    assert str(out.draft.price) == "64123.455"
+
+
+def test_outlier_dropped_and_reported() -> None:
+    """A quote 5% off the median is dropped; the rest still make quorum."""
+    out = median(PAIR, quotes("100", "100.2", "105", "99.9"), 2, ONE_PCT, 0)
+    assert out.draft is not None
+    assert [q.source for q in out.outliers] == ["s2"]
+    assert out.draft.sources == ("s0", "s1", "s3")
+    assert out.draft.price == Decimal("100")
+
+
+def test_zero_like_flash_crash_quote_cannot_move_price() -> None:
+    """The bisq#29 case: with (129000, 131000, 1) the tiny quote is dropped, not averaged in."""
+    out = median(PAIR, quotes("129000", "131000", "1"), 2, Decimal("0.02"), 0)
+    assert out.draft is not None
+    assert out.draft.price == Decimal("130000")
+
+
+def test_quorum_not_met_says_why() -> None:
+    """Fewer valid quotes than the quorum publish nothing, with a reason."""
+    out = median(PAIR, quotes("100"), 2, ONE_PCT, 0)
+    assert out.draft is None
+    assert out.reason == "quorum not met: 1 of 2 sources"
+
+
+def test_quorum_counted_after_outliers() -> None:
+    """Two quotes that disagree by more than the band leave too few in agreement."""
+    out = median(PAIR, quotes("100", "120"), 2, ONE_PCT, 0)
+    assert out.draft is None
+    assert "agree within 1% of the median" in out.reason
+
+
+def test_failover_takes_first_in_priority_order() -> None:
+    """Failover publishes the first quote it is given and names only that source."""
+    out = failover(PAIR, quotes("100", "200"), 0)
+    assert out.draft is not None
+    assert (out.draft.price, out.draft.sources) == (Decimal("100"), ("s0",))
+
+
+def test_failover_with_nothing() -> None:
+    """Failover with no answers publishes nothing, with a reason."""
+    out = failover(PAIR, [], 0)
+    assert out.draft is None
+    assert "no source" in out.reason
+
+
+def test_canonical_never_uses_exponents() -> None:
+    """Trailing zeros go, but 60000 stays 60000 rather than 6E+4."""
+    assert str(canonical(Decimal("73380.60000"))) == "73380.6"
+    assert str(canonical(Decimal("60000"))) == "60000"
+    assert str(canonical(Decimal("60000.000"))) == "60000"
+    assert str(canonical(Decimal("0.00012300"))) == "0.000123"
+
+
+prices = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("1000000"), places=2)
+
+
+@given(st.lists(prices, min_size=1, max_size=12), st.integers(1, 5))
+def test_published_price_within_accepted_range(values: list[Decimal], quorum: int) -> None:
+    """Whatever the quotes, a published price lies between the lowest and highest kept quote."""
+    qs = [Quote(f"s{i}", PAIR, v, 0.0) for i, v in enumerate(values)]
+    out = median(PAIR, qs, quorum, Decimal("0.05"), 0)
+    if out.draft is None:
+        assert out.reason
+        return
+    kept = [q.price for q in qs if q.source in out.draft.sources]
+    assert len(kept) >= quorum
+    assert min(kept) <= out.draft.price <= max(kept)
+    for q in out.outliers:
+        assert q.source not in out.draft.sources
+
+
+@given(st.lists(prices, min_size=3, max_size=9))
+def test_single_wild_quote_never_moves_price_far(values: list[Decimal]) -> None:
+    """Adding one absurd quote to agreeing ones keeps the price within the honest range."""
+    base = values[0]
+    honest = [base * (1 + Decimal(i) / 1000) for i in range(len(values))]
+    qs = [Quote(f"s{i}", PAIR, v, 0.0) for i, v in enumerate([*honest, base * 1000])]
+    out = median(PAIR, qs, 2, ONE_PCT, 0)
+    assert out.draft is not None
+    assert min(honest) <= out.draft.price <= max(honest)

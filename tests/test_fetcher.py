@@ -1,0 +1,278 @@
+"""The fetch loop against fake exchanges on loopback, with time driven by a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bittrade_feed.config import Config
+from bittrade_feed.fetcher import Fetcher
+from bittrade_feed.metrics import Metrics, new_registry
+from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts
+from tests.fakeclock import FakeClock, settle
+from tests.fakeexchange import Answer, FakeExchanges, with_price
+
+PAIR = "BTC-USDT"
+
+
+class Harness:
+    """A Fetcher wired to a list sink, with helpers to drive it."""
+
+    def __init__(self, fetcher: Fetcher, clock: FakeClock) -> None:
+        self.fetcher = fetcher
+        self.clock = clock
+        self.ticks: list[Tick] = []
+        self.statuses: list[FeedStatus] = []
+
+    def sample(self, name: str, **labels: str) -> float | None:
+        return self.fetcher.metrics.registry.get_sample_value(name, labels)
+
+    async def cycle(self) -> None:
+        """Run one cycle to the end, moving fake time while it waits on the clock."""
+        task = asyncio.ensure_future(self.fetcher.run_cycle())
+        while not task.done():
+            await self.clock.advance(0.25)
+            await asyncio.sleep(0.005)
+        await task
+
+
+@pytest.fixture
+async def harness(
+    daemon_config: Callable[..., Config], clock: FakeClock
+) -> AsyncIterator[Callable[..., Awaitable[Harness]]]:
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def build(sources: tuple[str, ...] = ("kraken", "bitfinex"), **sections: Any) -> Harness:
+        session = aiohttp.ClientSession()
+        sessions.append(session)
+        box: list[Harness] = []
+
+        async def sink(draft: TickDraft) -> Tick:
+            h = box[0]
+            tick = Tick(len(h.ticks) + 1, draft.pair, draft.price, draft.ts_ms, draft.sources)
+            h.ticks.append(tick)
+            return tick
+
+        def on_status(status: FeedStatus) -> None:
+            box[0].statuses.append(status)
+
+        config = daemon_config(sources, **sections)
+        fetcher = Fetcher(config, session, clock, Metrics(new_registry()), sink, on_status)
+        box.append(Harness(fetcher, clock))
+        return box[0]
+
+    yield build
+    for session in sessions:
+        await session.close()
+
+
+async def test_cycle_publishes_median_of_sources(harness, fx: FakeExchanges) -> None:
+    """One cycle asks each source once and publishes the median with both names."""
+    h = await harness()
+    await h.cycle()
+    assert [(str(t.price), t.sources) for t in h.ticks] == [("73365.3", ("bitfinex", "kraken"))]
+    assert fx.requests == {"kraken": 1, "bitfinex": 1}
+    assert fx.paths["kraken"] == "/kraken/0/public/Ticker?pair=XBTUSDT"
+    assert h.sample("bittrade_feed_upstream_requests_total", source="kraken", outcome="ok") == 1
+    assert h.sample("bittrade_feed_ticks_total", pair=PAIR) == 1
+
+
+async def test_timeout_counts_and_other_source_still_serves(harness, fx: FakeExchanges) -> None:
+    """A source slower than request_timeout is a timeout; with quorum 1 the other still ticks."""
+    h = await harness(aggregation={"quorum": 1}, feed={"request_timeout": 0.2})
+    fx.answer("bitfinex", body=with_price("bitfinex", "73350"), delay=2.0)
+    await h.cycle()
+    assert [t.sources for t in h.ticks] == [("kraken",)]
+    assert h.sample("bittrade_feed_upstream_requests_total", source="bitfinex", outcome="timeout")
+    health = h.fetcher.health["bitfinex"]
+    assert (health.last_error_reason, health.failures) == ("timeout", 1)
+
+
+async def test_retryable_error_retried_within_interval(harness, fx: FakeExchanges) -> None:
+    """A 503 then a good answer costs two requests and still makes the tick."""
+    h = await harness(feed={"max_attempts": 3})
+    fx.script(
+        "kraken",
+        Answer(status=503, body={"error": ["EService:Unavailable"]}),
+        Answer(body=with_price("kraken", "73380.6")),
+    )
+    await h.cycle()
+    assert len(h.ticks) == 1
+    assert fx.requests["kraken"] == 2
+    assert h.fetcher.health["kraken"].state == "closed"
+
+
+async def test_rate_limit_honours_retry_after(harness, fx: FakeExchanges, clock: FakeClock) -> None:
+    """A 429 with Retry-After rests the source that long, then it is probed again."""
+    h = await harness(aggregation={"quorum": 1}, feed={"max_attempts": 3})
+    fx.answer(
+        "kraken",
+        status=429,
+        body={"error": ["EAPI:Rate limit exceeded"]},
+        headers={"Retry-After": "120"},
+    )
+    await h.cycle()
+    assert fx.requests["kraken"] == 1, "a 429 is not retried inside the interval"
+    assert h.fetcher.health["kraken"].state == "open"
+    fx.price("kraken", "73380.6")
+    await clock.advance(60)
+    await h.cycle()
+    assert fx.requests["kraken"] == 1, "still resting before Retry-After has passed"
+    await clock.advance(61)
+    await h.cycle()
+    assert fx.requests["kraken"] == 2
+    assert h.fetcher.health["kraken"].state == "closed"
+
+
+async def test_circuit_breaker_rests_failing_source_with_backoff(
+    harness, fx: FakeExchanges, clock: FakeClock
+) -> None:
+    """Three failed intervals open the breaker; a failed probe doubles the rest."""
+    h = await harness(aggregation={"quorum": 1})
+    fx.answer("kraken", status=500, raw=b"oops")
+    interval = h.fetcher.config.fetch.interval
+    for _ in range(3):
+        await h.cycle()
+        await clock.advance(interval)
+    health = h.fetcher.health["kraken"]
+    assert (health.state, fx.requests["kraken"]) == ("open", 3)
+    assert h.sample("bittrade_feed_source_circuit_state", source="kraken", state="open") == 1
+    await h.cycle()
+    assert fx.requests["kraken"] == 3, "resting: not asked"
+    await clock.advance(interval)
+    await h.cycle()
+    assert fx.requests["kraken"] == 4, "probed once the rest is over"
+    assert health.state == "open" and health.rests == 2
+    await clock.advance(interval)
+    await h.cycle()
+    assert fx.requests["kraken"] == 4, "second rest is twice as long"
+    fx.price("kraken", "73380.6")
+    await clock.advance(interval * 3)
+    await h.cycle()
+    assert health.state == "closed"
+    assert h.ticks[-1].sources == ("bitfinex", "kraken")
+
+
+async def test_geo_block_disables_until_reload(
+    harness, fx: FakeExchanges, clock: FakeClock
+) -> None:
+    """A 451 disables the source for good; a config reload gives it another chance."""
+    h = await harness(aggregation={"quorum": 1})
+    fx.answer("kraken", status=451, body={"code": 0, "msg": "restricted location"})
+    await h.cycle()
+    assert h.fetcher.health["kraken"].state == "disabled"
+    await clock.advance(3600)
+    await h.cycle()
+    assert fx.requests["kraken"] == 1
+    h.fetcher.reconfigure(h.fetcher.config)
+    fx.price("kraken", "73380.6")
+    await h.cycle()
+    assert fx.requests["kraken"] == 2
+    assert h.fetcher.health["kraken"].state == "closed"
+
+
+async def test_bad_bodies_publish_nothing(harness, fx: FakeExchanges) -> None:
+    """HTML, garbage and a zero price are each rejected by reason; no price is published."""
+    h = await harness()
+    fx.answer("kraken", raw=b"<html>520: Web server is returning an unknown error</html>")
+    fx.answer("bitfinex", body=with_price("bitfinex", "0"))
+    await h.cycle()
+    assert h.ticks == []
+    assert h.sample("bittrade_feed_upstream_requests_total", source="kraken", outcome="bad_body")
+    assert h.sample(
+        "bittrade_feed_upstream_requests_total", source="bitfinex", outcome="rejected_price"
+    )
+    assert h.sample("bittrade_feed_ticks_skipped_total", pair=PAIR, reason="no_quorum") == 1
+
+
+async def test_outlier_is_dropped_and_counted(harness, fx: FakeExchanges, clock: FakeClock) -> None:
+    """With three sources, one 10% away is dropped from the price and counted."""
+    h = await harness(("kraken", "bitfinex", "coinbase_exchange"))
+    body = with_price("coinbaseexchange", "80000")
+    body["time"] = format_ts(round(clock.time() * 1000))
+    fx.answer("coinbase_exchange", body=body)
+    await h.cycle()
+    assert h.ticks[0].sources == ("bitfinex", "kraken")
+    assert h.sample("bittrade_feed_outliers_total", source="coinbase_exchange") == 1
+
+
+async def test_stale_after_no_quorum_then_live_again(
+    harness, fx: FakeExchanges, clock: FakeClock
+) -> None:
+    """No quorum for stale_after marks the pair stale once; the next tick makes it live."""
+    h = await harness(feed={"stale_after": 3.0})
+    await h.cycle()
+    fx.answer("kraken", status=500, raw=b"down")
+    for _ in range(5):
+        await clock.advance(1.0)
+        await h.cycle()
+    assert [s.state for s in h.statuses] == ["stale"]
+    stale = h.statuses[0]
+    assert stale.since_ms == h.ticks[0].ts_ms
+    assert stale.reason == "quorum not met: 1 of 2 sources"
+    assert h.sample("bittrade_feed_stale", pair=PAIR) == 1
+    fx.price("kraken", "73380.6")
+    await clock.advance(30)
+    await h.cycle()
+    assert [s.state for s in h.statuses] == ["stale", "live"]
+    assert h.sample("bittrade_feed_stale", pair=PAIR) == 0
+
+
+async def test_failover_asks_one_source_when_it_answers(harness, fx: FakeExchanges) -> None:
+    """Failover makes one request per interval normally, and falls through on failure."""
+    h = await harness(aggregation={"strategy": "failover"})
+    await h.cycle()
+    assert fx.requests == {"kraken": 1}
+    assert h.ticks[-1].sources == ("kraken",)
+    fx.answer("kraken", status=404, body={"error": ["EQuery:Unknown asset pair"]})
+    await h.cycle()
+    assert fx.requests == {"kraken": 2, "bitfinex": 1}
+    assert h.ticks[-1].sources == ("bitfinex",)
+    assert h.ticks[-1].price == Decimal("73350")
+
+
+async def test_loop_is_scheduled_on_the_clock_without_drift(
+    harness, fx: FakeExchanges, clock: FakeClock
+) -> None:
+    """Cycles start at start + k*interval; an overrunning cycle skips slots, never overlaps."""
+    h = await harness()
+    interval = h.fetcher.config.fetch.interval
+    start = clock.monotonic()
+    task = asyncio.create_task(h.fetcher.run())
+    try:
+        await _until(lambda: h.fetcher.cycles == 1 and clock.sleepers == 1)
+        for k in range(2, 5):
+            await clock.advance(interval)
+            await _until(lambda k=k: h.fetcher.cycles == k and clock.sleepers == 1)
+        assert clock._sleepers[0][0] == start + 4 * interval
+        # The cycle starting at slot 4 takes 2.5 intervals: slots 5 and 6 are skipped.
+        h.fetcher.sink = _slow_sink(h.fetcher.sink, clock, 2.5 * interval)
+        await clock.advance(interval)
+        await _until(lambda: h.fetcher.cycles == 5 and clock.sleepers == 1)
+        assert clock._sleepers[0][0] == start + 7 * interval  # 5 and 6 skipped
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+def _slow_sink(inner: Any, clock: FakeClock, seconds: float) -> Any:
+    async def sink(draft: TickDraft) -> Tick:
+        clock.jump(seconds)
+        tick: Tick = await inner(draft)
+        return tick
+
+    return sink
+
+
+async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+    await settle()

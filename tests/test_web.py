@@ -1,0 +1,220 @@
+"""REST endpoints and the whole daemon end to end, against fake exchanges."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import aiohttp
+import pytest
+from aiohttp.pytest_plugin import AiohttpClient
+from aiohttp.test_utils import TestServer
+
+from bittrade_feed.state import FETCHER, HUB
+from bittrade_feed.web import create_app
+from tests.fakeexchange import FakeExchanges
+from tests.streamutil import events, frames
+
+
+async def test_first_tick_everywhere(aiohttp_client: AiohttpClient, daemon_config) -> None:
+    """The first tick has id 1 and the median price on SSE, in SQLite and in /api/prices."""
+    config = daemon_config()
+    client = await aiohttp_client(create_app(config, fetch=False))
+    async with client.get("/api/price-stream") as resp:
+        await frames(resp, 2)  # retry, status
+        await client.app[FETCHER].run_cycle()
+        ((ident, event, data),) = await events(resp, 1)
+    assert (ident, event, data["price"], data["sources"]) == (
+        "1",
+        "price",
+        "73365.3",
+        ["bitfinex", "kraken"],
+    )
+    row = (
+        sqlite3.connect(config.database.path)
+        .execute("SELECT id, pair, price, sources FROM ticks")
+        .fetchall()
+    )
+    assert row == [(1, "BTC-USDT", "73365.3", "bitfinex,kraken")]
+    body = await (await client.get("/api/prices", params={"pair": "BTC-USDT"})).json()
+    assert [(p["id"], p["price"]) for p in body["prices"]] == [(1, "73365.3")]
+    price = await (await client.get("/api/price")).json()
+    assert (price["id"], price["stale"]) == (1, False)
+
+
+async def test_restart_on_same_database_continues_ids(
+    aiohttp_client: AiohttpClient, daemon_config
+) -> None:
+    """After a restart on the same database, ids continue and the snapshot is the last price."""
+    config = daemon_config()
+    first = await aiohttp_client(create_app(config, fetch=False))
+    for _ in range(3):
+        await first.app[FETCHER].run_cycle()
+    await first.close()
+    second = await aiohttp_client(create_app(config, fetch=False))
+    async with second.get("/api/price-stream") as resp:
+        snapshot = await events(resp, 2)
+        assert snapshot[1][0] == "3"
+        await second.app[FETCHER].run_cycle()
+        got = await events(resp, 2)
+    assert [g[0] for g in got if g[1] == "price"] == ["4"]
+
+
+@pytest.mark.parametrize("subscribers", [1, 200])
+async def test_upstream_requests_do_not_grow_with_subscribers(
+    aiohttp_server, daemon_config, fx: FakeExchanges, subscribers: int
+) -> None:
+    """With 1 or 200 subscribers, each interval costs each exchange exactly one request."""
+    server = await aiohttp_server(create_app(daemon_config(), fetch=False))
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        streams = [
+            await session.get(server.make_url("/api/price-stream")) for _ in range(subscribers)
+        ]
+        for _ in range(3):
+            await server.app[FETCHER].run_cycle()
+        for resp in streams:
+            got = await events(resp, 5)
+            assert [g[0] for g in got if g[1] == "price"] == ["1", "2", "3"]
+            resp.close()
+    assert server.app[HUB].count <= subscribers
+    assert fx.requests == {"kraken": 3, "bitfinex": 3}
+
+
+async def test_price_before_first_tick_is_503_problem(
+    aiohttp_client: AiohttpClient, daemon_config
+) -> None:
+    """No price yet: 503 problem+json saying so, with Retry-After."""
+    client = await aiohttp_client(create_app(daemon_config(), fetch=False))
+    resp = await client.get("/api/price")
+    assert resp.status == 503
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    assert "Retry-After" in resp.headers
+    assert "no price for BTC-USDT yet" in (await resp.json())["detail"]
+
+
+@pytest.mark.parametrize(
+    ("query", "needle"),
+    [
+        ("pair=BTCUSD", "unknown pair 'BTCUSD'"),
+        ("pair=BTC-USDT,ETH-USD", "exactly one pair"),
+        ("since=yesterday", "since='yesterday' is not a time"),
+        ("until=2026-13-45T00:00:00Z", "until="),
+        ("limit=0", "limit='0' must be a whole number from 1 to 10000"),
+        ("limit=abc", "limit='abc'"),
+        ("limit=100000", "limit='100000'"),
+        ("since=2026-11-23T10:00:00Z&until=2026-11-23T09:00:00Z", "since must be earlier"),
+    ],
+)
+async def test_prices_bad_parameters_are_400(
+    aiohttp_client: AiohttpClient, daemon_config, query: str, needle: str
+) -> None:
+    """Every bad /api/prices parameter is a 400 problem that names it."""
+    client = await aiohttp_client(create_app(daemon_config(), fetch=False))
+    resp = await client.get(f"/api/prices?{query}")
+    assert resp.status == 400
+    assert resp.headers["Content-Type"] == "application/problem+json"
+    body = await resp.json()
+    assert needle in body["detail"]
+    assert body["status"] == 400 and body["title"] == "Bad Request"
+
+
+async def test_prices_range_and_limit(aiohttp_client: AiohttpClient, daemon_config, clock) -> None:
+    """since/until select a half-open window; limit truncates and says so."""
+    client = await aiohttp_client(create_app(daemon_config(), clock=clock, fetch=False))
+    for _ in range(4):
+        await client.app[FETCHER].run_cycle()
+        await clock.advance(10)
+    t0 = int(clock.time()) - 40
+    body = await (await client.get(f"/api/prices?since={t0 + 10}&until={t0 + 30}")).json()
+    assert [p["id"] for p in body["prices"]] == [2, 3]
+    body = await (await client.get(f"/api/prices?since={t0}&limit=2")).json()
+    assert ([p["id"] for p in body["prices"]], body["truncated"]) == ([1, 2], True)
+
+
+async def test_garbage_requests_never_500(aiohttp_client: AiohttpClient, daemon_config) -> None:
+    """Odd paths, methods and parameters get 4xx problem answers, never a 500."""
+    client = await aiohttp_client(create_app(daemon_config(), fetch=False))
+    probes = [
+        ("GET", "/nope"),
+        ("POST", "/api/price"),
+        ("DELETE", "/api/prices"),
+        ("GET", "/api/prices?pair=%00"),
+        ("GET", "/api/price?pair=" + "A" * 5000),
+        ("GET", "/api/prices?since=%FF%FE"),
+        ("GET", "/api/prices?limit=-5"),
+        ("GET", "/api/price-stream?pairs=,,,"),
+        ("GET", "/api/prices?since=1e999"),
+        ("GET", "/api/price-stream?last_event_id=%20"),
+        ("GET", "/api/ws?pairs=x"),
+    ]
+    for method, path in probes:
+        resp = await client.request(method, path)
+        assert 400 <= resp.status < 500, (method, path, resp.status)
+        assert resp.headers["Content-Type"] == "application/problem+json", path
+        assert (await resp.json())["detail"]
+
+
+async def test_sources_report_health(aiohttp_client: AiohttpClient, daemon_config, fx) -> None:
+    """/api/sources shows each source's breaker state, last success and last error."""
+    client = await aiohttp_client(create_app(daemon_config(), fetch=False))
+    fx.answer("bitfinex", status=503, raw=b"<html>down</html>")
+    await client.app[FETCHER].run_cycle()
+    body = await (await client.get("/api/sources")).json()
+    by_name = {s["name"]: s for s in body["sources"]}
+    assert by_name["kraken"]["last_success"].endswith("Z")
+    assert by_name["kraken"]["last_error"] is None
+    assert by_name["bitfinex"]["last_error_reason"] == "unavailable"
+    assert "HTTP 503" in by_name["bitfinex"]["last_error_message"]
+    assert by_name["bitfinex"]["pairs"] == ["BTC-USDT"]
+
+
+async def test_readyz_tracks_freshness(aiohttp_client: AiohttpClient, daemon_config, clock) -> None:
+    """/readyz is 503 before the first price and once it is older than stale_after."""
+    config = daemon_config(feed={"stale_after": 5.0})
+    client = await aiohttp_client(create_app(config, clock=clock, fetch=False))
+    resp = await client.get("/readyz")
+    assert resp.status == 503
+    assert (await resp.json())["checks"]["price:BTC-USDT"]["ok"] is False
+    await client.app[FETCHER].run_cycle()
+    ready = await client.get("/readyz")
+    assert ready.status == 200
+    assert (await ready.json())["checks"]["database"] == {"ok": True, "detail": "writable"}
+    await clock.advance(6)
+    assert (await client.get("/readyz")).status == 503
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_real_loop_keeps_ticking(aiohttp_server, daemon_config) -> None:
+    """With the real clock, the loop started by the app ticks on its own every interval."""
+    config = daemon_config(feed={"interval": 0.2, "request_timeout": 0.1})
+    server = TestServer(create_app(config))
+    await server.start_server()
+    try:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(server.make_url("/api/price-stream")) as resp,
+        ):
+            ids = []
+            async with asyncio.timeout(5):
+                while len(ids) < 3:
+                    ((ident, event, _),) = await events(resp, 1)
+                    if event == "price":
+                        ids.append(int(ident))
+        assert ids == sorted(ids) and len(set(ids)) == 3
+    finally:
+        await server.close()
+
+
+async def test_retention_deletes_old_prices_keeps_latest(
+    aiohttp_client: AiohttpClient, daemon_config, clock
+) -> None:
+    """With retention_days set, the hourly job drops old prices but never the latest."""
+    config = daemon_config(database={"retention_days": 1})
+    client = await aiohttp_client(create_app(config, clock=clock, fetch=False))
+    for _ in range(3):
+        await client.app[FETCHER].run_cycle()
+    await clock.advance(2 * 86400)  # the job runs hourly on the fake clock
+    con = sqlite3.connect(config.database.path)
+    assert con.execute("SELECT id FROM ticks").fetchall() == [(3,)]
+    con.close()

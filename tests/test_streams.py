@@ -13,6 +13,7 @@ import pytest
 from aiohttp.pytest_plugin import AiohttpClient
 
 from bittrade_feed.config import Config
+from bittrade_feed import hub as hub_module
 from bittrade_feed.hub import chunk, encode, sse_frame, ws_frame
 from bittrade_feed.models import FeedStatus, Tick
 from bittrade_feed.state import FETCHER, HUB, METRICS
@@ -52,6 +53,32 @@ def test_chunk_and_ws_framing() -> None:
     assert sse_chunked == chunk(sse_raw)
     assert ws[:2] == b"\x81\x7e"  # a price message is over 125 bytes: 16-bit length
     assert json.loads(ws[4:]) == {"event": "price", "data": TICK.to_json()}
+
+
+def test_resync_and_heartbeat_exact_bytes() -> None:
+    """Resync carries the latest id and snapshot; heartbeats are a comment and a WS ping."""
+    frame = sse_frame("resync", {"reason": "r", "ticks": [TICK.to_json()]}, TICK.id)
+    assert frame == (
+        b"id: 1842\nevent: resync\n"
+        b'data: {"reason":"r","ticks":[{"id":1842,"pair":"BTC-USD","price":"64123.45",'
+        b'"ts":"2026-11-23T20:31:00.123Z","sources":["bitstamp","coinbase"]}]}\n\n'
+    )
+    assert hub_module._HEARTBEATS == (
+        b"e\r\n: keep-alive\n\n\r\n",
+        b": keep-alive\n\n",
+        b"\x89\x00",
+    )
+
+
+def test_ws_status_message_exact_bytes() -> None:
+    """A WebSocket status message is one unmasked text frame of the same JSON."""
+    status = FeedStatus("BTC-USD", "live", 1_795_465_980_000, "price updated")
+    payload = (
+        b'{"event":"status","data":{"state":"live","pair":"BTC-USD",'
+        b'"since":"2026-11-23T20:33:00.000Z","reason":"price updated"}}'
+    )
+    assert len(payload) < 126  # so the length fits the frame's first length byte
+    assert encode("status", status.to_json())[2] == b"\x81" + bytes([len(payload)]) + payload
 
 
 def sim_config(daemon_config: Callable[..., Config], **sections: object) -> Config:

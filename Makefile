@@ -9,12 +9,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?=
 
-.PHONY: run demo test lint check-config clean
+.PHONY: run demo test test-deps lint ops-check clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,fast]'
+	$(BIN)/pip install --quiet -e '.[test,fast]' -e ./clients/python
 	touch $@
 
 run: $(STAMP)
@@ -23,13 +23,24 @@ run: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/bittrade-feed serve --config examples/demo.toml
 
-test: $(STAMP)
+# System packages the tests drive (promtool, Chromium) and the JS client's dev packages.
+# Installed with apt-get/npm when running as root on Debian (CI); otherwise the
+# scripts say what is missing.
+test-deps: $(STAMP)
+	scripts/test-deps.sh
+
+test: test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	cd clients/js && npm test
 
 lint: $(STAMP)
-	$(BIN)/ruff check bittrade_feed tests bench
-	$(BIN)/ruff format --check bittrade_feed tests bench
+	$(BIN)/ruff check bittrade_feed tests bench clients/python
+	$(BIN)/ruff format --check bittrade_feed tests bench clients/python
 	$(BIN)/mypy bittrade_feed
+	$(BIN)/mypy clients/python/bittrade_feed_client clients/python/tests/typing_example.py
+
+ops-check: $(STAMP)
+	scripts/ops-checks.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache clients/js/node_modules

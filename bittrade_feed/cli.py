@@ -2,6 +2,12 @@
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 78 (EX_CONFIG) for a bad config so
 systemd's ``RestartPreventExitStatus=78`` stops a crash loop, 1 for any other fatal error.
+
+Under systemd, ``serve`` reports through sd_notify: ``READY=1`` once the database is open,
+the listeners are bound and the first fetch cycle has run; a ``STATUS=`` line every few
+seconds; ``WATCHDOG=1`` only while the fetch loop makes progress, so a wedged loop lets
+``WatchdogSec=`` fire; ``RELOADING=1`` ... ``READY=1`` around SIGHUP; ``STOPPING=1`` on
+SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -9,21 +15,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import structlog
 from aiohttp import web
 
-from bittrade_feed import __version__, logs
+from bittrade_feed import __version__, logs, systemd
 from bittrade_feed.config import Config, load_config
 from bittrade_feed.errors import ConfigError, FeedError
 from bittrade_feed.fetcher import Fetcher
-from bittrade_feed.state import FETCHER
-from bittrade_feed.web import create_app
+from bittrade_feed.state import FETCH_TASK, FETCHER, HUB, METRICS, STORE
+from bittrade_feed.web import create_app, metrics_handler
 
 EX_CONFIG = 78
+STATUS_PERIOD = 5.0
+"""Seconds between ``STATUS=`` updates (and the stall check) when no watchdog is asked for."""
+FIRST_CYCLE_MAX_WAIT = 60.0
+"""``READY=1`` waits at most this long for the first fetch cycle (``TimeoutStartSec=`` is 90 s)."""
+RESTART_SECTIONS = ("server", "database", "stream")
+"""Config sections a reload cannot apply: the listeners, the open database, the hub."""
+
 log = structlog.get_logger("bittrade_feed")
 
 
@@ -44,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bittrade-feed: invalid config {args.config}:", file=sys.stderr)
         for key, problem in exc.details:
             print(f"  {key}: {problem}", file=sys.stderr)
+        systemd.notify(f"STATUS=invalid config: {_one_line(str(exc))}")
         return EX_CONFIG
     if args.command == "check-config":
         print(f"{args.config}: configuration valid ({', '.join(config.fetch.pairs)})")
@@ -52,19 +69,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(serve(config, args.config))
     except FeedError as exc:
-        log.error("fatal", reason=str(exc))
-        return 1
+        return _fatal(str(exc))
     except OSError as exc:
-        log.error("fatal", reason=f"{exc.strerror or exc}")
+        return _fatal(str(exc.strerror or exc))
+    except Exception as exc:  # a bug: log it as one JSON line, not a bare traceback
+        log.exception("fatal", reason=f"{type(exc).__name__}: {exc}")
+        systemd.notify(f"STATUS=fatal: {_one_line(str(exc))}")
         return 1
 
 
-def _run(coro: asyncio.Future[int] | object) -> int:
+def _fatal(reason: str) -> int:
+    log.error("fatal", reason=reason)
+    systemd.notify(f"STATUS=fatal: {_one_line(reason)}")
+    return 1
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
     try:
         import uvloop  # noqa: PLC0415 - optional: the 'fast' extra
     except ImportError:
-        return asyncio.run(coro)  # type: ignore[arg-type]
-    return uvloop.run(coro)  # type: ignore[arg-type]
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 async def serve(config: Config, config_path: Path | None) -> int:
@@ -72,56 +97,239 @@ async def serve(config: Config, config_path: Path | None) -> int:
     if any("simulated" in config.sources_for(p) for p in config.fetch.pairs):
         log.warning("SIMULATED SOURCE ENABLED: prices are fake demo data, not market prices")
     app = create_app(config)
-    runner = web.AppRunner(
-        app,
-        handle_signals=False,
-        access_log=None,
-        shutdown_timeout=config.server.shutdown_timeout,
-        # A client that goes away cancels its stream handler at once, freeing it.
-        handler_cancellation=True,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, config.server.host, config.server.port, backlog=4096)
-        await site.start()
-        log.info(
-            "listening",
-            url=f"http://{config.server.host}:{config.server.port}/",
-            pairs=list(config.fetch.pairs),
-            db=str(config.database.path),
+    daemon = _Daemon(app, config, config_path)
+    loop = asyncio.get_running_loop()
+    async with contextlib.AsyncExitStack() as stack:
+        # Installed first and removed last: a second signal during shutdown is ignored.
+        for sig, handler in (
+            (signal.SIGTERM, daemon.request_stop),
+            (signal.SIGINT, daemon.request_stop),
+            (signal.SIGHUP, daemon.reload),
+        ):
+            loop.add_signal_handler(sig, handler)
+            stack.callback(loop.remove_signal_handler, sig)
+        runner = web.AppRunner(
+            app,
+            handle_signals=False,
+            access_log=None,
+            shutdown_timeout=config.server.shutdown_timeout,
+            # A client that goes away cancels its stream handler at once, freeing it.
+            handler_cancellation=True,
         )
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-
-        def reload() -> None:
-            nonlocal config
-            config = reload_config(config, config_path, app[FETCHER])
-
-        loop.add_signal_handler(signal.SIGHUP, reload)
-        await stop.wait()
+        # Cleanup runs even if setup fails half-way: it closes what did start.
+        stack.push_async_callback(runner.cleanup)
+        await runner.setup()
+        await _listen(stack, app, runner, config)
+        supervisor = asyncio.create_task(daemon.supervise(), name="sd-notify")
+        supervisor.add_done_callback(daemon.task_done)
+        if FETCH_TASK in app:
+            # A fetch loop that dies must stop the daemon, not leave it serving old prices.
+            app[FETCH_TASK].add_done_callback(daemon.task_done)
+        stack.push_async_callback(_cancel, supervisor)
+        await daemon.wait_first_cycle()
+        if not daemon.stopping.is_set():
+            daemon.ready()
+        await daemon.stopping.wait()
         log.info("shutting down")
-    finally:
-        await runner.cleanup()
     log.info("stopped")
-    return 0
+    return daemon.exit_code
 
 
-def reload_config(old: Config, path: Path | None, fetcher: Fetcher) -> Config:
-    """Validate and apply a new config; on any fault keep running on the old one."""
+async def _listen(
+    stack: contextlib.AsyncExitStack, app: web.Application, runner: web.AppRunner, config: Config
+) -> None:
+    """Bind the API, and /metrics on its own address when configured or socket-activated."""
+    inherited = systemd.listen_sockets()
+    api = [sock for name, sock in inherited if name != "metrics"]
+    metrics = [sock for name, sock in inherited if name == "metrics"]
+    sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in api] or [
+        web.TCPSite(runner, config.server.host, config.server.port, backlog=4096)
+    ]
+    if metrics or config.server.metrics_host:
+        metrics_runner = web.AppRunner(_metrics_app(app), handle_signals=False, access_log=None)
+        # Pushed after the API runner, so it stops first, before the database closes.
+        stack.push_async_callback(metrics_runner.cleanup)
+        await metrics_runner.setup()
+        sites += [web.SockSite(metrics_runner, sock) for sock in metrics] or [
+            web.TCPSite(metrics_runner, config.server.metrics_host, config.server.metrics_port)
+        ]
+    for site in sites:
+        await site.start()
+    log.info(
+        "listening",
+        urls=[site.name for site in sites],
+        socket_activated=bool(inherited),
+        pairs=list(config.fetch.pairs),
+        db=str(config.database.path),
+    )
+
+
+def _metrics_app(main_app: web.Application) -> web.Application:
+    """A second application that serves only /metrics, from the main one's registry."""
+    app = web.Application()
+    app[METRICS] = main_app[METRICS]
+    app[STORE] = main_app[STORE]
+    app.router.add_get("/metrics", metrics_handler)
+    return app
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)  # a failure was logged when it ended
+
+
+class _Daemon:
+    """What ``serve`` tells systemd, and the signal handlers that change it."""
+
+    def __init__(self, app: web.Application, config: Config, config_path: Path | None) -> None:
+        self.app = app
+        self.config = config
+        self.config_path = config_path
+        self.stopping = asyncio.Event()
+        self.is_ready = False
+        self.exit_code = 0
+        self.started = asyncio.get_running_loop().time()
+
+    @property
+    def fetcher(self) -> Fetcher:
+        return self.app[FETCHER]
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: tell systemd at once, then shut down gracefully."""
+        if not self.stopping.is_set():
+            systemd.notify("STOPPING=1", "STATUS=stopping")
+            self.stopping.set()
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        """A background task must not end on its own: log why, and stop with exit 1."""
+        if task.cancelled() or self.stopping.is_set():
+            return
+        exc = task.exception()
+        log.error("fatal", reason=f"task {task.get_name()} ended: {exc!r}", exc_info=exc)
+        self.exit_code = 1
+        self.request_stop()
+
+    async def wait_first_cycle(self) -> None:
+        """Wait until the fetch loop has finished one cycle, or as long as one can take."""
+        fetch = self.config.fetch
+        # Retries stop at max_attempts or at the interval's budget, whichever comes first.
+        longest = min(fetch.interval, fetch.max_attempts * (fetch.request_timeout + 2.0))
+        bound = min(longest + fetch.request_timeout, FIRST_CYCLE_MAX_WAIT)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound
+        while self.fetcher.cycles < 1 and not self.stopping.is_set():
+            if loop.time() >= deadline:
+                log.warning("ready before the first fetch cycle finished", waited_s=bound)
+                return
+            await asyncio.sleep(0.02)
+
+    def ready(self) -> None:
+        """The listeners answer and the first fetch has been attempted."""
+        self.is_ready = True
+        systemd.notify("READY=1", f"STATUS={self.status_line()}")
+
+    def reload(self) -> None:
+        """SIGHUP: validate and apply the config file; keep the old one on any fault."""
+        if self.stopping.is_set():
+            return
+        if FETCHER not in self.app:
+            log.warning("SIGHUP ignored: still starting, the config is being read already")
+            return
+        if self.is_ready:
+            systemd.notify_reloading("STATUS=reloading")
+        self.config, error = reload_config(self.config, self.config_path, self.fetcher)
+        status = f"reload failed: {_one_line(error)}" if error else self.status_line()
+        if self.is_ready:
+            systemd.notify("READY=1", f"STATUS={status}")
+
+    def stalled_for(self) -> float | None:
+        """Seconds since the fetch loop last finished a cycle, if longer than it ever should be."""
+        fetcher = self.fetcher
+        fetch = fetcher.config.fetch
+        window = 2 * fetch.interval + fetch.request_timeout
+        last = fetcher.last_cycle_mono
+        now = fetcher.clock.monotonic()
+        if last is None:
+            last, now = self.started, asyncio.get_running_loop().time()
+        since = now - last
+        return since if since > window else None
+
+    def status_line(self) -> str:
+        """One line for ``systemctl status``: each pair's price and age, and subscribers."""
+        hub, fetcher = self.app[HUB], self.fetcher
+        now = fetcher.clock.time()
+        parts: list[str] = []
+        for pair in fetcher.config.fetch.pairs:
+            tick = hub.latest.get(pair)
+            if tick is None:
+                parts.append(f"{pair} no price yet")
+                continue
+            state = fetcher.pairs[pair].status.state if pair in fetcher.pairs else "live"
+            stale = ", stale" if state == "stale" else ""
+            parts.append(f"{pair} {tick.price} ({now - tick.ts_ms / 1000:.0f} s old{stale})")
+        n = hub.count
+        parts.append(f"{n} subscriber{'' if n == 1 else 's'}")
+        stalled = self.stalled_for()
+        if stalled is not None:
+            parts.insert(0, f"fetch loop stalled for {stalled:.0f} s")
+        return "; ".join(parts)
+
+    async def supervise(self) -> None:
+        """Send STATUS periodically, and WATCHDOG=1 at half ``WatchdogSec`` while fetching."""
+        watchdog = systemd.watchdog_interval()
+        period = min(STATUS_PERIOD, watchdog / 2) if watchdog else STATUS_PERIOD
+        was_stalled = False
+        self.started = asyncio.get_running_loop().time()
+        while True:
+            stalled = self.stalled_for()
+            if (stalled is not None) != was_stalled:
+                was_stalled = stalled is not None
+                if was_stalled:
+                    log.error(
+                        "fetch loop stalled: no cycle finished in time"
+                        + (", withholding the watchdog ping" if watchdog else ""),
+                        stalled_s=round(stalled or 0.0, 1),
+                    )
+                else:
+                    log.info("fetch loop progressing again")
+            message = [f"STATUS={self.status_line()}"] if self.is_ready else []
+            if watchdog and not was_stalled:
+                message.append("WATCHDOG=1")
+            if message:
+                systemd.notify(*message)
+            await asyncio.sleep(period)
+
+
+def reload_config(old: Config, path: Path | None, fetcher: Fetcher) -> tuple[Config, str | None]:
+    """Validate and apply a new config; on any fault keep the old one and say why."""
     try:
         new = load_config(path)
     except ConfigError as exc:
         log.error("reload refused, keeping the running config", reason=str(exc))
-        return old
-    for section in ("server", "database", "stream"):
-        if getattr(new, section) != getattr(old, section):
-            log.warning("changed setting needs a restart", section=section)
-    fetcher.reconfigure(new)
+        return old, str(exc)
+    needs_restart = [
+        f"{section}.{f.name}"
+        for section in RESTART_SECTIONS
+        for f in dataclasses.fields(getattr(old, section))
+        if getattr(getattr(old, section), f.name) != getattr(getattr(new, section), f.name)
+    ]
+    if needs_restart:
+        log.warning("changed settings need a restart; the running values stay", keys=needs_restart)
+    # The config in force: the new reloadable parts, the running restart-only sections.
+    new = dataclasses.replace(new, **{s: getattr(old, s) for s in RESTART_SECTIONS})
+    try:
+        fetcher.reconfigure(new)
+    except Exception as exc:  # a bug: keep serving on the old config rather than die
+        log.exception("reload failed, keeping the running config", reason=str(exc))
+        fetcher.reconfigure(old)
+        return old, f"{type(exc).__name__}: {exc}"
     logs.configure(new.log.level, new.log.format)
     log.info("config reloaded", pairs=list(new.fetch.pairs))
-    return new
+    return new, None
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -106,6 +106,14 @@ class SourceHealth:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The config and source objects one cycle runs with."""
+
+    config: Config
+    sources: dict[str, Source]
+
+
 @dataclass(slots=True)
 class PairState:
     """What the loop remembers about one pair between intervals."""
@@ -178,47 +186,54 @@ class Fetcher:
 
     async def run_cycle(self) -> None:
         """Fetch, aggregate and publish every pair once."""
+        # One consistent view for the whole cycle: a SIGHUP mid-cycle may swap both.
+        plan = _Plan(self.config, self.sources)
         started = self.clock.monotonic()
-        deadline = started + self.config.fetch.interval * 0.9
-        await asyncio.gather(*(self._cycle_pair(p, deadline) for p in self.config.fetch.pairs))
+        deadline = started + plan.config.fetch.interval * 0.9
+        await asyncio.gather(
+            *(self._cycle_pair(plan, p, deadline) for p in plan.config.fetch.pairs)
+        )
         self.cycles += 1
         self.last_cycle_mono = self.clock.monotonic()
 
-    async def _cycle_pair(self, pair: str, deadline: float) -> None:
+    async def _cycle_pair(self, plan: _Plan, pair: str, deadline: float) -> None:
         started = time.perf_counter()
-        names = self.config.sources_for(pair)
+        names = plan.config.sources_for(pair)
         report: dict[str, str] = {}
-        agg = self.config.aggregation
+        agg = plan.config.aggregation
         if agg.strategy == "failover":
             quotes: list[Quote] = []
             for name in names:
-                quote = await self._ask(name, pair, deadline, report)
+                quote = await self._ask(plan, name, pair, deadline, report)
                 if quote is not None:
                     quotes.append(quote)
                     break
             outcome = aggregate.failover(pair, quotes, self._now_ms())
         else:
             answers = await asyncio.gather(
-                *(self._ask(name, pair, deadline, report) for name in names)
+                *(self._ask(plan, name, pair, deadline, report) for name in names)
             )
             quotes = [q for q in answers if q is not None]
             outcome = aggregate.median(pair, quotes, agg.quorum, agg.max_deviation, self._now_ms())
         for q in outcome.outliers:
             self.metrics.outliers.labels(q.source).inc()
             report[q.source] = f"outlier {q.price}"
-        tick = await self._publish(pair, outcome)
+        tick, reason = await self._publish(plan, pair, outcome)
         log.info(
             "fetch",
             pair=pair,
             outcome="published" if tick else "skipped",
             price=str(tick.price) if tick else None,
             id=tick.id if tick else None,
-            reason=outcome.reason or None,
+            reason=reason or None,
             sources=report,
             duration_s=round(time.perf_counter() - started, 4),
         )
 
-    async def _publish(self, pair: str, outcome: aggregate.Outcome) -> Tick | None:
+    async def _publish(
+        self, plan: _Plan, pair: str, outcome: aggregate.Outcome
+    ) -> tuple[Tick | None, str]:
+        """Store and hand on the price, or track staleness; returns (tick, why none)."""
         state = self.pairs[pair]
         tick: Tick | None = None
         reason = outcome.reason
@@ -240,9 +255,9 @@ class Fetcher:
                 self._set_status(pair, "live", tick.ts_ms, "price updated")
         elif state.status.state == "live":
             age = self.clock.time() - state.last_tick_wall
-            if age >= self.config.fetch.stale_after:
+            if age >= plan.config.fetch.stale_after:
                 self._set_status(pair, "stale", round(state.last_tick_wall * 1000), reason)
-        return tick
+        return tick, reason
 
     def _set_status(self, pair: str, state: str, since_ms: int, reason: str) -> None:
         status = FeedStatus(pair, state, since_ms, reason)
@@ -253,19 +268,20 @@ class Fetcher:
         self.on_status(status)
 
     async def _ask(
-        self, name: str, pair: str, deadline: float, report: dict[str, str]
+        self, plan: _Plan, name: str, pair: str, deadline: float, report: dict[str, str]
     ) -> Quote | None:
         """One source, with retries inside the budget; ``None`` if it gave nothing usable."""
         health = self.health[name]
         if not health.allow(self.clock.monotonic()):
             report[name] = f"resting ({health.state})"
             return None
-        source = self.sources[name]
-        timeout = self.config.fetch.request_timeout
+        source = plan.sources[name]
+        fetch = plan.config.fetch
+        timeout = fetch.request_timeout
         try:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(lambda e: isinstance(e, SourceError) and e.retryable),
-                stop=stop_after_attempt(self.config.fetch.max_attempts)
+                stop=stop_after_attempt(fetch.max_attempts)
                 | _PastDeadline(self.clock, deadline, timeout),
                 wait=wait_random_exponential(multiplier=0.25, max=2.0),
                 sleep=self.clock.sleep,
@@ -275,9 +291,7 @@ class Fetcher:
                     quote = await self._request(source, pair, timeout)
         except SourceError as err:
             was = health.state
-            health.failed(
-                err, self.clock.monotonic(), self.clock.time(), self.config.fetch.interval
-            )
+            health.failed(err, self.clock.monotonic(), self.clock.time(), fetch.interval)
             report[name] = f"{err.reason}: {err.message}"
             if health.state != was:
                 self.metrics.set_circuit(name, health.state)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
@@ -20,6 +22,8 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", Hub)
 FETCHER = web.AppKey("fetcher", Fetcher)
+FETCH_TASK = web.AppKey("fetch_task", asyncio.Task[None])
+"""The running fetch loop (absent when the app was built with ``fetch=False``)."""
 
 
 def current_config(app: web.Application) -> Config:

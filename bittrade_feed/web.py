@@ -22,13 +22,24 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 from bittrade_feed import __version__
 from bittrade_feed.clock import Clock, SystemClock
 from bittrade_feed.config import Config
+from bittrade_feed.dashboard import add_dashboard_routes
 from bittrade_feed.errors import StoreError
 from bittrade_feed.fetcher import Fetcher
 from bittrade_feed.hub import Hub
 from bittrade_feed.metrics import Metrics, new_registry
 from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts, parse_ts
 from bittrade_feed.problems import Problem, problem_middleware
-from bittrade_feed.state import CLOCK, CONFIG, FETCHER, HUB, METRICS, SESSION, STORE, current_config
+from bittrade_feed.state import (
+    CLOCK,
+    CONFIG,
+    FETCH_TASK,
+    FETCHER,
+    HUB,
+    METRICS,
+    SESSION,
+    STORE,
+    current_config,
+)
 from bittrade_feed.store import Store
 from bittrade_feed.streams import price_stream, requested_pairs, ws_stream
 
@@ -68,9 +79,9 @@ def create_app(
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics_handler),
-            web.get("/", index),
         ]
     )
+    add_dashboard_routes(app)
     return app
 
 
@@ -122,8 +133,14 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
         app[CONFIG], app[SESSION], app[CLOCK], metrics, sink, hub.publish_status, hub.latest
     )
     hub.statuses.update({p: s.status for p, s in fetcher.pairs.items()})
+    for pair, tick in hub.latest.items():
+        # Gauges start at the stored price, not at 0, after a restart.
+        metrics.last_tick.labels(pair).set(tick.ts_ms / 1000)
+        metrics.last_price.labels(pair).set(float(tick.price))
     app[FETCHER] = fetcher
     task = asyncio.create_task(fetcher.run(), name="fetch-loop") if app[FETCH_ENABLED] else None
+    if task is not None:
+        app[FETCH_TASK] = task
     yield
     if task is not None:
         task.cancel()
@@ -273,18 +290,6 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
         log.warning("store metrics unavailable", reason=str(exc))
     handler = make_aiohttp_handler(metrics.registry)
     return await handler(request)
-
-
-async def index(request: web.Request) -> web.Response:
-    """A plain landing page until the dashboard ships."""
-    links = "".join(
-        f'<li><a href="{p}">{p}</a></li>'
-        for p in ("/api/price", "/api/prices", "/api/sources", "/api/price-stream", "/metrics")
-    )
-    return web.Response(
-        text=f"<!doctype html><title>bittrade-feed</title><h1>bittrade-feed</h1><ul>{links}</ul>",
-        content_type="text/html",
-    )
 
 
 def _time_param(request: web.Request, name: str, default: int) -> int:

@@ -27,7 +27,7 @@ from bittrade_feed.sources import REAL_SOURCES
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config.example.toml"
 DEMO = ROOT / "examples" / "demo.toml"
-DOCS = ROOT / "docs" / "config.md"
+DOCS = ROOT / "README.md"
 
 
 @pytest.fixture(autouse=True)
@@ -563,8 +563,9 @@ def test_example_commented_tables_are_valid() -> None:
 
 
 def test_docs_table_lists_every_key() -> None:
-    """docs/config.md has one row per key the loader reads."""
-    rows = set(re.findall(r"(?m)^\| `([a-z_.<>]+)` \|", DOCS.read_text()))
+    """The README config table has one row per key the loader reads."""
+    section = DOCS.read_text().split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = set(re.findall(r"(?m)^\| `([a-z_.<>]+)` \|", section))
     assert rows == schema_keys()
 
 

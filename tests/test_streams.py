@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiohttp.pytest_plugin import AiohttpClient
 
-from bittrade_feed.config import Config
 from bittrade_feed import hub as hub_module
+from bittrade_feed.config import Config
 from bittrade_feed.hub import chunk, encode, sse_frame, ws_frame
 from bittrade_feed.models import FeedStatus, Tick
 from bittrade_feed.state import FETCHER, HUB, METRICS

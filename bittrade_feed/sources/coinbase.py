@@ -7,6 +7,8 @@ from typing import Any
 from bittrade_feed.models import Quote, split_pair
 from bittrade_feed.sources.base import Source
 
+_RATE_LIMIT = "rate_limit_exceeded"
+
 
 class Coinbase(Source):
     """Coinbase's v2 Data API spot price (no fee, no timestamp)."""
@@ -27,7 +29,9 @@ class Coinbase(Source):
         """Read ``data.amount``; ``data.base``/``data.currency``, when sent, must match."""
         if isinstance(body, dict) and "errors" in body:
             errors = body["errors"] if isinstance(body["errors"], list) else [body["errors"]]
-            limited = any(isinstance(e, dict) and e.get("id") == "rate_limit_exceeded" for e in errors)
+            limited = any(
+                isinstance(e, dict) and e.get("id") == "rate_limit_exceeded" for e in errors
+            )
             self.body_error(
                 "; ".join(_describe(e) for e in errors) or "empty errors list",
                 rate_limited=limited,

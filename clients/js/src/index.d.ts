@@ -1,0 +1,125 @@
+/** Connection state: `stale` means connected but the prices cannot be trusted as current. */
+export type FeedState = 'connecting' | 'live' | 'stale' | 'reconnecting' | 'closed'
+
+/** One price as received, plus the status the daemon last reported for its pair. */
+export interface PairSnapshot {
+  readonly pair: string
+  /** Event id of the price (positive, increasing across pairs); null before the first price. */
+  readonly id: number | null
+  /** The decimal string from the wire, e.g. "64123.45": use it for anything that counts money. */
+  readonly price: string | null
+  /** `Number(price)`, for display and charts only. */
+  readonly value: number | null
+  /** RFC 3339 UTC time of the price, as sent by the daemon. */
+  readonly ts: string | null
+  /** `ts` in epoch milliseconds. */
+  readonly tsMs: number | null
+  /** Exchanges whose quotes made the price. */
+  readonly sources: readonly string[]
+  /** Local `now()` when the price arrived. */
+  readonly receivedAt: number | null
+  /** The daemon's verdict for the pair, `unknown` until its first `status` event. */
+  readonly status: 'live' | 'stale' | 'unknown' | (string & {})
+  readonly statusSince: string | null
+  readonly statusReason: string | null
+  /** Connected, the daemon says live, and the price is younger than `staleAfterMs`. */
+  readonly fresh: boolean
+}
+
+export interface FeedError {
+  readonly message: string
+  /** HTTP status, where the EventSource implementation reports one (Node's `eventsource` does; browsers do not). */
+  readonly code?: number
+  /** Local `now()` of the error. */
+  readonly at: number
+}
+
+/** Immutable; a new object only when something changed (safe for `useSyncExternalStore`). */
+export interface PriceSnapshot {
+  readonly state: FeedState
+  /** True only when live and every subscribed pair is fresh. */
+  readonly canTrade: boolean
+  /** Why `canTrade` is false (human-readable); null when it is true. */
+  readonly reason: string | null
+  readonly pairs: Readonly<Record<string, PairSnapshot>>
+  /** Resume point: the id of the last price seen. */
+  readonly lastEventId: number | null
+  /** Local `now()` of the last event of any kind. */
+  readonly lastEventAt: number | null
+  readonly lastError: FeedError | null
+}
+
+export interface Tick {
+  readonly pair: string
+  readonly id: number
+  readonly price: string
+  readonly value: number
+  readonly ts: string
+  readonly tsMs: number
+  readonly sources: readonly string[]
+  readonly receivedAt: number
+}
+
+export interface StatusEvent {
+  readonly pair: string
+  readonly state: 'live' | 'stale' | (string & {})
+  readonly since: string | null
+  readonly reason: string
+}
+
+export interface ResyncEvent {
+  readonly reason: string
+  readonly ticks: readonly Tick[]
+}
+
+export interface FeedEvents {
+  price: Tick
+  status: StatusEvent
+  resync: ResyncEvent
+}
+
+/** The subset of the WHATWG EventSource constructor the client uses. */
+export interface EventSourceLike {
+  readonly readyState: number
+  addEventListener(type: string, listener: (event: any) => void): void
+  close(): void
+}
+export type EventSourceConstructor = new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike
+
+export interface PriceFeedOptions {
+  /** The stream URL (default `/api/price-stream`, resolved against the page; absolute outside browsers). */
+  url?: string
+  /** Pairs to follow, e.g. `["BTC-USD"]`; empty follows every pair the daemon serves. */
+  pairs?: readonly string[]
+  /** Send cookies cross-origin. */
+  withCredentials?: boolean
+  /**
+   * Silence window in ms (default 120000): no event for this long, or a price older than
+   * this, makes the feed stale. Use (daemon `feed.stale_after` + `feed.interval`) * 1000,
+   * and never less than twice the interval: heartbeat comments are invisible to EventSource.
+   * After twice the window with no event the client reconnects.
+   */
+  staleAfterMs?: number
+  /** Tolerance for the difference between this clock and the daemon's (default 30000). */
+  maxClockSkewMs?: number
+  /** Resume after this event id (e.g. one saved before a page reload). */
+  lastEventId?: number | null
+  /** An EventSource implementation (default: the global one; in Node use the `eventsource` package). */
+  EventSource?: EventSourceConstructor
+  /** The clock (default `Date.now`). */
+  now?: () => number
+}
+
+export interface PriceFeed {
+  subscribe(listener: () => void): () => void
+  getSnapshot(): PriceSnapshot
+  /** Every event as it arrives (the snapshot keeps only the latest price per pair). */
+  on<K extends keyof FeedEvents>(type: K, handler: (event: FeedEvents[K]) => void): () => void
+  /** Close the connection for good; the state becomes `closed`. */
+  close(): void
+}
+
+export const DEFAULT_STALE_AFTER_MS: number
+export const DEFAULT_MAX_CLOCK_SKEW_MS: number
+export const CONNECTING_SNAPSHOT: PriceSnapshot
+export function createPriceFeed(options?: PriceFeedOptions): PriceFeed

@@ -1,0 +1,361 @@
+// bittrade-feed browser/Node client: one EventSource on /api/price-stream, exposed as a
+// store (subscribe/getSnapshot) that React's useSyncExternalStore can use directly.
+//
+// No dependencies and no build step: this one file is the whole client. The daemon's
+// dashboard serves this same file (the Python wheel carries it as static/feed.js).
+//
+// Staleness: EventSource hides comment lines, so the daemon's `: keep-alive` heartbeats
+// (about every 15 s of idle) never reach this code. What does arrive is one `price` event
+// per pair per fetch interval while the feed is healthy, and a `status` event as soon as
+// the daemon declares a pair stale (after its `feed.stale_after`, checked once per
+// interval). So the daemon itself reports trouble within `stale_after + interval`; if
+// nothing at all has arrived for that long, it is the connection that is broken. The
+// default window, 120 s, is that sum for the daemon's defaults (90 s + 30 s). Pass
+// `staleAfterMs` = (feed.stale_after + feed.interval) * 1000 for other settings; never
+// less than 2 * interval, or a healthy feed flickers stale between two prices.
+
+export const DEFAULT_STALE_AFTER_MS = 120_000
+export const DEFAULT_MAX_CLOCK_SKEW_MS = 30_000
+
+const MIN_BACKOFF_MS = 1_000
+const MAX_BACKOFF_MS = 30_000
+const CLOSED = 2
+
+/** The snapshot before any connection: also the server-rendering snapshot of the hook. */
+export const CONNECTING_SNAPSHOT = Object.freeze({
+  state: 'connecting',
+  canTrade: false,
+  reason: 'connecting to the price feed',
+  pairs: Object.freeze({}),
+  lastEventId: null,
+  lastEventAt: null,
+  lastError: null,
+})
+
+/** Open the price stream and return a store (types and option docs: index.d.ts). */
+export function createPriceFeed(options = {}) {
+  const {
+    url = '/api/price-stream',
+    pairs = [],
+    withCredentials = false,
+    staleAfterMs = DEFAULT_STALE_AFTER_MS,
+    maxClockSkewMs = DEFAULT_MAX_CLOCK_SKEW_MS,
+    lastEventId = null,
+    now = Date.now,
+  } = options
+  const EventSourceImpl = options.EventSource ?? globalThis.EventSource
+  if (typeof EventSourceImpl !== 'function') {
+    throw new TypeError(
+      'createPriceFeed: no EventSource here; pass options.EventSource (in Node: the "eventsource" package)',
+    )
+  }
+  if (!(staleAfterMs > 0)) throw new RangeError('createPriceFeed: staleAfterMs must be > 0')
+  const wanted = pairs.map((p) => String(p).trim().toUpperCase()).filter(Boolean)
+  const baseUrl = resolveUrl(url, wanted)
+
+  const listeners = new Set()
+  const handlers = { price: new Set(), status: new Set(), resync: new Set() }
+  /** @type {Map<string, object>} latest tick per pair */
+  const ticks = new Map()
+  /** @type {Map<string, {state: string, since: string, reason: string}>} */
+  const statuses = new Map()
+  const seenPairs = new Set(wanted)
+
+  let source = null
+  let phase = 'connecting' // connecting | open | reconnecting | closed
+  let openedAt = 0
+  let lastId = lastEventId == null ? null : Number(lastEventId)
+  let lastEventAt = null
+  let lastError = null
+  let backoff = MIN_BACKOFF_MS
+  let reconnectTimer = null
+  let snapshot = CONNECTING_SNAPSHOT
+  let signature = ''
+
+  const checkEvery = Math.min(1000, Math.max(50, Math.floor(staleAfterMs / 10)))
+  const watchdog = setInterval(onWatchdog, checkEvery)
+  // In Node a forgotten feed must not keep the process alive on its timer alone.
+  watchdog.unref?.()
+
+  connect()
+
+  function connect() {
+    const target = new URL(baseUrl)
+    if (lastId != null) target.searchParams.set('last_event_id', String(lastId))
+    const es = new EventSourceImpl(target.toString(), { withCredentials })
+    source = es
+    es.addEventListener('open', () => {
+      if (source !== es) return
+      phase = 'open'
+      openedAt = now()
+      update()
+    })
+    es.addEventListener('error', (event) => onError(es, event))
+    es.addEventListener('price', (event) => onEvent(es, event, onPrice))
+    es.addEventListener('status', (event) => onEvent(es, event, onStatus))
+    es.addEventListener('resync', (event) => onEvent(es, event, onResync))
+  }
+
+  function onEvent(es, event, apply) {
+    if (source !== es) return
+    let data
+    try {
+      data = JSON.parse(event.data)
+    } catch {
+      lastError = { message: `unreadable ${event.type} event: ${String(event.data).slice(0, 80)}`, at: now() }
+      update()
+      return
+    }
+    phase = 'open'
+    lastEventAt = now()
+    backoff = MIN_BACKOFF_MS
+    apply(data, event)
+    update()
+  }
+
+  function onPrice(data) {
+    const tick = readTick(data, now())
+    if (tick === null) {
+      lastError = { message: `malformed price event: ${JSON.stringify(data).slice(0, 80)}`, at: now() }
+      return
+    }
+    if (!accepts(tick.pair)) return
+    seenPairs.add(tick.pair)
+    ticks.set(tick.pair, tick)
+    lastId = lastId == null ? tick.id : Math.max(lastId, tick.id)
+    emit('price', tick)
+  }
+
+  function onStatus(data) {
+    if (!data || typeof data.pair !== 'string' || !accepts(data.pair)) return
+    seenPairs.add(data.pair)
+    const status = { pair: data.pair, state: String(data.state), since: data.since ?? null, reason: data.reason ?? '' }
+    statuses.set(data.pair, status)
+    emit('status', status)
+  }
+
+  function onResync(data, event) {
+    // The daemon could not replay what we missed: its snapshot replaces ours.
+    const received = now()
+    for (const pair of [...ticks.keys()]) if (accepts(pair)) ticks.delete(pair)
+    const fresh = []
+    for (const raw of Array.isArray(data?.ticks) ? data.ticks : []) {
+      const tick = readTick(raw, received)
+      if (tick === null || !accepts(tick.pair)) continue
+      seenPairs.add(tick.pair)
+      ticks.set(tick.pair, tick)
+      fresh.push(tick)
+    }
+    const id = Number(event.lastEventId)
+    if (Number.isSafeInteger(id) && id > 0) lastId = id
+    else if (fresh.length) lastId = Math.max(...fresh.map((t) => t.id))
+    else lastId = null
+    emit('resync', { reason: String(data?.reason ?? ''), ticks: fresh })
+  }
+
+  function onError(es, event) {
+    if (source !== es || phase === 'closed') return
+    const code = typeof event?.code === 'number' ? event.code : undefined
+    // Browsers say nothing about why; Node's eventsource gives a message and the status.
+    const message = event?.message || (code ? `HTTP ${code}` : 'stream interrupted')
+    lastError = { message, code, at: now() }
+    if (code !== undefined && code >= 400 && code < 500 && code !== 408 && code !== 429) {
+      // A request the daemon refuses (unknown pair, bad id) will not get better by retrying.
+      stop()
+      update()
+      return
+    }
+    phase = 'reconnecting'
+    if (es.readyState === CLOSED) {
+      // Browsers give up for good on a non-200 answer (a 503 from a proxy while the
+      // daemon restarts, say); keep trying with backoff, resuming from the last id.
+      es.close()
+      scheduleReconnect()
+    }
+    update()
+  }
+
+  function scheduleReconnect() {
+    if (reconnectTimer !== null || phase === 'closed') return
+    const delay = backoff * (0.8 + Math.random() * 0.4)
+    backoff = Math.min(backoff * 2, MAX_BACKOFF_MS)
+    reconnectTimer = setTimeout(() => {
+      reconnectTimer = null
+      if (phase !== 'closed') connect()
+    }, delay)
+  }
+
+  function onWatchdog() {
+    if (phase === 'open') {
+      const silentFor = now() - (lastEventAt ?? openedAt)
+      if (silentFor >= 2 * staleAfterMs) {
+        // Nothing for twice the window: treat the socket as dead (a half-open TCP
+        // connection looks open forever) and start over from the last id.
+        lastError = { message: `no data for ${Math.round(silentFor / 1000)} s; reconnecting`, at: now() }
+        source?.close()
+        source = null
+        phase = 'reconnecting'
+        scheduleReconnect()
+      }
+    }
+    update()
+  }
+
+  function stop() {
+    phase = 'closed'
+    clearInterval(watchdog)
+    if (reconnectTimer !== null) clearTimeout(reconnectTimer)
+    reconnectTimer = null
+    source?.close()
+    source = null
+  }
+
+  function accepts(pair) {
+    return wanted.length === 0 || wanted.includes(pair)
+  }
+
+  function update() {
+    const next = derive()
+    const sig = JSON.stringify(next)
+    if (sig === signature) return
+    signature = sig
+    snapshot = deepFreeze(next)
+    for (const listener of [...listeners]) {
+      try {
+        listener()
+      } catch (err) {
+        report(err)
+      }
+    }
+  }
+
+  function derive() {
+    const t = now()
+    const open = phase === 'open'
+    const silent = open && t - (lastEventAt ?? openedAt) >= staleAfterMs
+    const names = wanted.length ? wanted : [...seenPairs].sort()
+    const out = {}
+    const problems = []
+    let anyStale = false
+    for (const pair of names) {
+      const tick = ticks.get(pair) ?? null
+      const status = statuses.get(pair) ?? null
+      const serverStale = status?.state === 'stale'
+      const aged =
+        tick !== null && (t - tick.receivedAt >= staleAfterMs || t - tick.tsMs >= staleAfterMs + maxClockSkewMs)
+      if (serverStale) problems.push(`${pair} is stale: ${status.reason || 'no recent price'}`)
+      else if (tick === null) problems.push(`no price for ${pair} yet`)
+      else if (status === null) problems.push(`waiting for the status of ${pair}`)
+      else if (aged) problems.push(`no new ${pair} price for ${Math.round((t - tick.receivedAt) / 1000)} s`)
+      anyStale ||= serverStale || aged
+      out[pair] = {
+        ...(tick ?? emptyTick(pair)),
+        status: status?.state ?? 'unknown',
+        statusSince: status?.since ?? null,
+        statusReason: status?.reason ?? null,
+        // The daemon sends every pair's status right after the opening prices: until it
+        // has confirmed "live", a price is not yet known to be current.
+        fresh: open && !silent && tick !== null && status?.state === 'live' && !aged,
+      }
+    }
+    if (names.length === 0) problems.push('no pair reported by the feed yet')
+    let state = phase
+    if (open) state = silent || anyStale ? 'stale' : 'live'
+    let reason
+    if (phase === 'connecting') reason = 'connecting to the price feed'
+    else if (phase === 'reconnecting') reason = `connection lost (${lastError?.message ?? 'stream interrupted'}), reconnecting`
+    else if (phase === 'closed') reason = lastError && lastError.code ? `closed: ${lastError.message}` : 'feed closed'
+    else if (silent) reason = `nothing received for ${Math.round((t - (lastEventAt ?? openedAt)) / 1000)} s`
+    else reason = problems[0] ?? null
+    const canTrade = state === 'live' && names.length > 0 && names.every((p) => out[p].fresh)
+    return {
+      state,
+      canTrade,
+      reason: canTrade ? null : reason,
+      pairs: out,
+      lastEventId: lastId,
+      lastEventAt,
+      lastError,
+    }
+  }
+
+  function emit(type, payload) {
+    for (const handler of [...handlers[type]]) {
+      try {
+        handler(payload)
+      } catch (err) {
+        report(err)
+      }
+    }
+  }
+
+  return {
+    subscribe(listener) {
+      listeners.add(listener)
+      return () => listeners.delete(listener)
+    },
+    getSnapshot() {
+      return snapshot
+    },
+    on(type, handler) {
+      const set = handlers[type]
+      if (!set) throw new TypeError(`unknown feed event ${JSON.stringify(type)}: use price, status or resync`)
+      set.add(handler)
+      return () => set.delete(handler)
+    },
+    close() {
+      stop()
+      update()
+    },
+  }
+}
+
+/** Parse the wire form of a price; `null` if it is not one. */
+function readTick(data, receivedAt) {
+  if (!data || typeof data !== 'object') return null
+  const { id, pair, price, ts, sources } = data
+  const tsMs = typeof ts === 'string' ? Date.parse(ts) : NaN
+  const value = typeof price === 'string' ? Number(price) : NaN
+  if (!Number.isSafeInteger(id) || typeof pair !== 'string' || !Number.isFinite(value) || !Number.isFinite(tsMs)) {
+    return null
+  }
+  return Object.freeze({
+    pair,
+    id,
+    price,
+    value,
+    ts,
+    tsMs,
+    sources: Object.freeze(Array.isArray(sources) ? sources.map(String) : []),
+    receivedAt,
+  })
+}
+
+function emptyTick(pair) {
+  return { pair, id: null, price: null, value: null, ts: null, tsMs: null, sources: [], receivedAt: null }
+}
+
+function resolveUrl(url, pairs) {
+  const base = globalThis.location?.href
+  let target
+  try {
+    target = base ? new URL(url, base) : new URL(url)
+  } catch {
+    throw new TypeError(`createPriceFeed: ${JSON.stringify(url)} is not a URL (outside browsers it must be absolute)`)
+  }
+  if (pairs.length) target.searchParams.set('pairs', pairs.join(','))
+  return target.toString()
+}
+
+function deepFreeze(value) {
+  if (value && typeof value === 'object' && !Object.isFrozen(value)) {
+    Object.freeze(value)
+    for (const key of Object.keys(value)) deepFreeze(value[key])
+  }
+  return value
+}
+
+function report(err) {
+  if (typeof globalThis.reportError === 'function') globalThis.reportError(err)
+  else setTimeout(() => { throw err })
+}

@@ -1,0 +1,34 @@
+// Compiled (not run) by test/package.test.js: the declarations accept real usage and
+// reject misuse (each @ts-expect-error must be an error).
+import { CONNECTING_SNAPSHOT, createPriceFeed } from 'bittrade-feed-client'
+import type { PriceFeed, PriceSnapshot, Tick } from 'bittrade-feed-client'
+import { EventSource as NodeEventSource } from 'eventsource'
+
+const feed: PriceFeed = createPriceFeed({ url: '/api/price-stream', pairs: ['BTC-USD'], staleAfterMs: 75_000 })
+const unsubscribe: () => void = feed.subscribe(() => {
+  const snap: PriceSnapshot = feed.getSnapshot()
+  const tick = snap.pairs['BTC-USD']
+  const price: string | null = tick?.price ?? null
+  const ok: boolean = snap.canTrade && snap.state === 'live'
+  void price, ok
+})
+feed.on('price', (tick: Tick) => tick.price.toUpperCase())
+feed.on('resync', (event) => event.ticks.map((t) => t.value.toFixed(2)))
+feed.on('status', (event) => event.state === 'stale')
+unsubscribe()
+feed.close()
+void CONNECTING_SNAPSHOT.state
+
+// @ts-expect-error: not an event the feed emits
+feed.on('message', () => {})
+// @ts-expect-error: staleAfterMs is a number of milliseconds
+createPriceFeed({ staleAfterMs: '75s' })
+// @ts-expect-error: snapshots are read-only
+feed.getSnapshot().canTrade = true
+// @ts-expect-error: no such state
+const wrong: PriceSnapshot['state'] = 'open'
+void wrong
+
+// Both the browser's EventSource and the `eventsource` package's fit the option.
+createPriceFeed({ url: 'http://127.0.0.1:8080/api/price-stream', EventSource: globalThis.EventSource })
+createPriceFeed({ url: 'http://127.0.0.1:8080/api/price-stream', EventSource: NodeEventSource })

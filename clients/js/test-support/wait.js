@@ -1,0 +1,26 @@
+// Bounded waits on a feed's snapshot.
+
+/** Resolve with the first snapshot that satisfies `predicate`; reject after `timeoutMs`. */
+export function waitFor(feed, predicate, timeoutMs = 10_000, what = 'condition') {
+  return new Promise((resolve, reject) => {
+    const check = () => {
+      const snap = feed.getSnapshot()
+      if (predicate(snap)) {
+        done()
+        resolve(snap)
+      }
+    }
+    const timer = setTimeout(() => {
+      done()
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}; last snapshot:\n${JSON.stringify(feed.getSnapshot(), null, 2)}`))
+    }, timeoutMs)
+    const unsubscribe = feed.subscribe(check)
+    function done() {
+      clearTimeout(timer)
+      unsubscribe()
+    }
+    check()
+  })
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))

@@ -1,0 +1,110 @@
+// The React hook, through the example order form, rendered by react-dom into jsdom.
+
+import assert from 'node:assert/strict'
+import { after, afterEach, before, test } from 'node:test'
+
+import { EventSource } from 'eventsource'
+import { JSDOM } from 'jsdom'
+
+import { startDaemon } from '../test-support/daemon.js'
+import { startFakeKraken } from '../test-support/fake-kraken.js'
+import { sleep } from '../test-support/wait.js'
+
+// react-dom decides at import time whether it has a DOM, so the globals come first.
+const dom = new JSDOM('<!doctype html><html><body></body></html>')
+globalThis.window = dom.window
+globalThis.document = dom.window.document
+if (globalThis.navigator === undefined) globalThis.navigator = dom.window.navigator // Node 20 has none
+const { createElement: h, StrictMode } = await import('react')
+const { createRoot } = await import('react-dom/client')
+const { renderToString } = await import('react-dom/server')
+const { TradeForm } = await import('../examples/TradeForm.js')
+
+let kraken
+let daemon
+let root
+before(async () => {
+  kraken = await startFakeKraken('64123.4')
+  daemon = await startDaemon({
+    interval: 0.2,
+    staleAfter: 0.6,
+    sources: { 'BTC-USD': ['kraken'] },
+    exchanges: { kraken: { base_url: kraken.url } },
+  })
+})
+afterEach(() => {
+  root?.unmount()
+  root = null
+  kraken.setPrice('64123.4')
+})
+after(async () => {
+  await daemon?.dispose()
+  await kraken?.close()
+})
+
+async function until(check, what, timeoutMs = 10_000) {
+  const deadline = Date.now() + timeoutMs
+  while (Date.now() < deadline) {
+    if (check()) return
+    await sleep(20)
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${document.body.innerHTML}`)
+}
+
+async function sseSubscribers() {
+  const text = await (await fetch(`${daemon.url}/metrics`)).text()
+  return Number(/^bittrade_feed_subscribers\{transport="sse"\} (\S+)$/m.exec(text)?.[1])
+}
+
+function mount(onOrder) {
+  const container = document.createElement('div')
+  document.body.replaceChildren(container)
+  root = createRoot(container)
+  root.render(h(StrictMode, null, h(TradeForm, { url: `${daemon.url}/api/price-stream`, onOrder, EventSource })))
+  return {
+    button: () => container.querySelector('button'),
+    price: () => container.querySelector('output').textContent,
+    status: () => container.querySelector('[role=status]')?.textContent ?? null,
+  }
+}
+
+test('useBitcoinPrice drives the example form: Buy is enabled only while canTrade', async () => {
+  const orders = []
+  const form = mount((order) => orders.push(order))
+  await until(() => form.button() !== null, 'first render')
+  await until(() => !form.button().disabled, 'Buy enabled')
+  assert.equal(form.price(), '64123.4')
+  assert.equal(form.status(), null)
+
+  form.button().click()
+  assert.equal(orders.length, 1)
+  assert.deepEqual({ ...orders[0], priceId: typeof orders[0].priceId }, {
+    pair: 'BTC-USD', side: 'buy', amount: '0.01', limitPrice: '64123.4', priceId: 'number',
+  })
+
+  kraken.fail(500)
+  await until(() => form.button().disabled, 'Buy disabled when stale')
+  assert.match(form.status(), /Trading paused: BTC-USD is stale/)
+  form.button().click()
+  assert.equal(orders.length, 1, 'a disabled button sends nothing')
+
+  kraken.setPrice('64150')
+  await until(() => !form.button().disabled && form.price() === '64150', 'Buy enabled again')
+})
+
+test('unmounting closes the connection, StrictMode double mount included', async () => {
+  const form = mount(() => {})
+  await until(() => form.button() !== null && !form.button().disabled, 'Buy enabled')
+  assert.equal(await sseSubscribers(), 1, 'StrictMode left one connection, not two')
+  root.unmount()
+  root = null
+  const deadline = Date.now() + 5_000
+  while ((await sseSubscribers()) !== 0 && Date.now() < deadline) await sleep(50)
+  assert.equal(await sseSubscribers(), 0)
+})
+
+test('server rendering shows the connecting snapshot and a disabled button', () => {
+  const html = renderToString(h(TradeForm, { url: `${daemon.url}/api/price-stream`, onOrder() {}, EventSource }))
+  assert.match(html, /<button type="submit" disabled="">Buy<\/button>/)
+  assert.match(html, /Trading paused: connecting to the price feed/)
+})

@@ -1,0 +1,275 @@
+"""The dashboard in headless Chromium, against the real daemon and fake exchanges.
+
+Debian's chromium (``scripts/install-browser.sh``) is driven by Playwright for Python,
+which talks to the browser over CDP and downloads nothing. Screenshots of each state go
+to ``artifacts/`` (gitignored) for people to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+
+from bittrade_feed.config import Config
+from bittrade_feed.web import create_app
+from tests.daemon import PAIR
+from tests.fakeexchange import FakeExchanges
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+CLIENT_SOURCE = ROOT / "clients" / "js" / "src" / "index.js"
+WAIT_MS = 10_000
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        pytest.fail(f"{CHROMIUM} missing: CI must run scripts/install-browser.sh", pytrace=False)
+    pytest.skip(f"{CHROMIUM} missing: run scripts/install-browser.sh", allow_module_level=True)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Daemon:
+    """The daemon app on a fixed port, so it can be stopped and started again."""
+
+    config: Config
+    port: int = field(default_factory=free_port)
+    runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """The dashboard's address."""
+        return f"http://127.0.0.1:{self.port}/"
+
+    async def start(self) -> None:
+        """Serve a new app (same config, so same database) with the real fetch loop."""
+        self.runner = web.AppRunner(
+            create_app(self.config),
+            handle_signals=False,
+            shutdown_timeout=2,
+            handler_cancellation=True,
+        )
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        """Shut down as on SIGTERM: streams are closed, the port is released."""
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+
+@dataclass
+class Console:
+    """Everything the page reported as an error."""
+
+    errors: list[str] = field(default_factory=list)
+
+    def on_console(self, msg: ConsoleMessage) -> None:
+        if msg.type in ("error", "warning"):
+            self.errors.append(f"console {msg.type}: {msg.text} at {msg.location}")
+
+    def on_error(self, exc: Exception) -> None:
+        self.errors.append(f"uncaught: {exc}")
+
+
+@pytest.fixture
+async def daemon(daemon_config: Callable[..., Config]) -> AsyncIterator[Daemon]:
+    """The daemon fetching every second from the fake exchanges; stale after 2 s."""
+    feed = {"interval": 1.0, "stale_after": 2.0}
+    server = Daemon(daemon_config(feed=feed))
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Headless Debian Chromium."""
+    async with async_playwright() as pw:
+        chromium = await pw.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, timeout=30_000
+        )
+        yield chromium
+        await chromium.close()
+
+
+@pytest.fixture
+def console() -> Console:
+    """Collects console errors and uncaught exceptions; each test asserts it stays empty."""
+    return Console()
+
+
+async def open_page(browser: Browser, daemon: Daemon, console: Console, **ctx: Any) -> Page:
+    """A fresh page on the dashboard, refusing every request that leaves the daemon."""
+    context = await browser.new_context(**ctx)
+    page = await context.new_page()
+    page.on("console", console.on_console)
+    page.on("pageerror", console.on_error)
+    origin = daemon.url.rstrip("/")
+
+    async def only_daemon(route: Any) -> None:
+        url = route.request.url
+        if url.startswith((origin + "/", "data:")):
+            await route.continue_()
+        else:
+            console.errors.append(f"external request: {url}")
+            await route.abort()
+
+    await page.route("**/*", only_daemon)
+    await page.goto(daemon.url)
+    return page
+
+
+def shot(name: str) -> str:
+    """Where a screenshot goes."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    return str(ARTIFACTS / name)
+
+
+async def test_shows_first_price_then_updates_live(
+    browser: Browser, daemon: Daemon, fx: FakeExchanges, console: Console
+) -> None:
+    """The first price appears with Live and Safe to trade; a new tick replaces it in place."""
+    page = await open_page(browser, daemon, console, viewport={"width": 1200, "height": 800})
+    card = page.locator(f'article.pair[data-pair="{PAIR}"]')
+    price = card.locator(".price-value")
+    await expect(price).to_have_text("73,365.3", timeout=WAIT_MS)
+    await expect(page.locator("#connection")).to_have_text("Live")
+    await expect(page.locator("#trade")).to_have_attribute("data-can-trade", "true")
+    await expect(page.locator("#trade-label")).to_have_text("Safe to trade")
+    await expect(page.locator("#banner")).to_be_hidden()
+    await expect(card.locator(".age")).to_have_text(re.compile(r"updated \d+ s ago"))
+    rows = page.locator("#sources tbody tr")
+    await expect(rows).to_have_count(2, timeout=WAIT_MS)
+    await expect(page.locator('#sources tr[data-source="kraken"] .badge')).to_have_text("ok")
+
+    fx.price("kraken", "73400.6")
+    fx.price("bitfinex", "73380")
+    await expect(price).to_have_text("73,390.3", timeout=WAIT_MS)
+    await expect(price).to_have_class(re.compile(r"\bup\b"))
+    await expect(card.locator(".change")).to_have_text(
+        re.compile(r"^\+25\.00 \(\+0\.03 %\) in \d+ s$")
+    )
+    points = card.locator("polyline.line")
+    await expect(points).to_have_attribute("points", re.compile(r"\S+ \S+"), timeout=WAIT_MS)
+    await page.screenshot(path=shot("dashboard-live.png"), full_page=True)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await page.screenshot(path=shot("dashboard-live-phone.png"), full_page=True)
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 390, "no sideways scrolling on a phone"
+    assert console.errors == []
+
+
+async def test_failing_exchanges_show_stale_banner(
+    browser: Browser, daemon: Daemon, fx: FakeExchanges, console: Console
+) -> None:
+    """Exchanges down: stale banner, canTrade false, errors in the sources table; then back."""
+    page = await open_page(browser, daemon, console, viewport={"width": 1200, "height": 800})
+    await expect(page.locator("#trade")).to_have_attribute(
+        "data-can-trade", "true", timeout=WAIT_MS
+    )
+
+    fx.answer("kraken", status=500, body={"error": ["EService:Unavailable"]})
+    fx.answer("bitfinex", status=500, body={"error": "maintenance"})
+    banner = page.locator("#banner")
+    await expect(banner).to_be_visible(timeout=WAIT_MS)
+    await expect(banner).to_have_attribute("data-kind", "stale")
+    await expect(banner).to_contain_text("Prices are stale")
+    await expect(banner).to_contain_text("Trading is paused")
+    await expect(page.locator("#connection")).to_have_text("Stale")
+    await expect(page.locator("#trade")).to_have_attribute("data-can-trade", "false")
+    await expect(page.locator("#trade-label")).to_have_text("Not safe to trade")
+    await expect(page.locator(f'article[data-pair="{PAIR}"] .pair-status')).to_have_text("stale")
+    error_cell = page.locator('#sources tr[data-source="kraken"] td.error')
+    await expect(error_cell).to_contain_text("500", timeout=WAIT_MS)
+    await page.screenshot(path=shot("dashboard-stale.png"), full_page=True)
+
+    fx.price("kraken", "73380.6")
+    fx.price("bitfinex", "73350")
+    # The breakers of both sources rest a few intervals before they probe again.
+    await expect(banner).to_be_hidden(timeout=20_000)
+    await expect(page.locator("#trade")).to_have_attribute("data-can-trade", "true")
+    assert console.errors == []
+
+
+async def test_lost_daemon_then_recovery_without_reload(
+    browser: Browser, daemon: Daemon, fx: FakeExchanges, console: Console
+) -> None:
+    """Daemon stopped: lost-connection banner; restarted on the same port and DB: live again."""
+    page = await open_page(browser, daemon, console, viewport={"width": 1200, "height": 800})
+    price = page.locator(f'article[data-pair="{PAIR}"] .price-value')
+    await expect(price).to_have_text("73,365.3", timeout=WAIT_MS)
+    await page.evaluate("window.__sameDocument = true")
+
+    await daemon.stop()
+    banner = page.locator("#banner")
+    await expect(banner).to_have_attribute("data-kind", "disconnected", timeout=WAIT_MS)
+    await expect(banner).to_contain_text("Connection to the feed lost")
+    await expect(page.locator("#connection")).to_have_text("Reconnecting…")
+    await expect(page.locator("#trade")).to_have_attribute("data-can-trade", "false")
+    await expect(price).to_have_text("73,365.3")  # the last price stays, dimmed
+    card = page.locator(f'article[data-pair="{PAIR}"]')
+    await expect(card).to_have_class(re.compile(r"\bdim\b"))
+    await expect(card.locator(".pair-status")).to_have_text("offline")
+    await expect(page.locator("#trade-reason")).to_contain_text("connection lost")
+    await page.screenshot(path=shot("dashboard-disconnected.png"), full_page=True)
+
+    fx.price("kraken", "73500.6")
+    fx.price("bitfinex", "73500")
+    await daemon.start()
+    await expect(price).to_have_text("73,500.3", timeout=20_000)
+    await expect(page.locator("#connection")).to_have_text("Live")
+    await expect(banner).to_be_hidden()
+    await expect(page.locator("#trade")).to_have_attribute("data-can-trade", "true")
+    assert await page.evaluate("window.__sameDocument") is True, "recovered without a reload"
+    assert console.errors == []
+
+
+async def test_dashboard_files_are_self_contained(daemon: Daemon) -> None:
+    """The page sets a same-origin CSP, and feed.js is the JS client byte for byte."""
+    import aiohttp  # noqa: PLC0415 - only this test speaks plain HTTP
+
+    async with aiohttp.ClientSession() as session:
+        async with session.get(daemon.url) as resp:
+            assert resp.status == 200
+            assert "connect-src 'self'" in resp.headers["Content-Security-Policy"]
+            html = await resp.text()
+        assert '"pairs":["BTC-USDT"]' in html
+        async with session.get(daemon.url + "dashboard/feed.js") as resp:
+            assert resp.content_type == "text/javascript"
+            served = await resp.read()
+            etag = resp.headers["ETag"]
+        async with session.get(
+            daemon.url + "dashboard/feed.js", headers={"If-None-Match": etag}
+        ) as resp:
+            assert resp.status == 304
+        async with session.get(daemon.url + "dashboard/..%2fweb.py") as resp:
+            assert resp.status == 404
+    assert served == CLIENT_SOURCE.read_bytes(), "the page must use clients/js/src/index.js"

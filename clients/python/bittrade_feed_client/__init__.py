@@ -1,0 +1,43 @@
+"""Subscribe to a bittrade-feed daemon's price stream from Python.
+
+::
+
+    async with FeedClient("http://localhost:8080", pairs=["BTC-USD"]) as feed:
+        async for tick in feed:
+            print(tick.pair, tick.price)
+
+or, in a script, ``for tick in subscribe("http://localhost:8080"): ...``.
+"""
+
+from bittrade_feed_client._version import __version__
+from bittrade_feed_client.client import FeedClient
+from bittrade_feed_client.connection import backoff_delay, stream_url
+from bittrade_feed_client.errors import (
+    FeedError,
+    GaveUp,
+    ProtocolError,
+    RequestRejected,
+    Unauthorized,
+)
+from bittrade_feed_client.models import PairStatus, State, StateChange, Tick
+from bittrade_feed_client.sse import Event, EventStreamParser
+from bittrade_feed_client.sync import subscribe
+
+__all__ = [
+    "__version__",
+    "FeedClient",
+    "subscribe",
+    "Tick",
+    "PairStatus",
+    "State",
+    "StateChange",
+    "FeedError",
+    "RequestRejected",
+    "Unauthorized",
+    "ProtocolError",
+    "GaveUp",
+    "Event",
+    "EventStreamParser",
+    "backoff_delay",
+    "stream_url",
+]

@@ -1,0 +1,81 @@
+"""How an application uses the client, written as a user would; checked by ``mypy --strict``.
+
+Not a test module: mypy reads it to prove the public API is fully typed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+from bittrade_feed_client import (
+    FeedClient,
+    FeedError,
+    PairStatus,
+    State,
+    StateChange,
+    Tick,
+    Unauthorized,
+    subscribe,
+)
+
+
+class Trader:
+    """Trades only while the feed is live."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.spent = Decimal(0)
+
+    def on_state(self, change: StateChange) -> None:
+        """Disable trading the moment the feed is not live."""
+        self.enabled = change.state is State.LIVE
+
+    def on_tick(self, tick: Tick) -> None:
+        """Buy a little on every tick while allowed."""
+        if self.enabled and tick.ts.tzinfo is not None:
+            self.spent += tick.price * Decimal("0.001")
+
+
+async def trade(url: str) -> Decimal:
+    """The async way: ticks, states and the snapshot."""
+    trader = Trader()
+    feed = FeedClient(url, pairs=["BTC-USD"], token=None, idle_timeout=30.0, max_attempts=None)
+    try:
+        async with feed:
+            async for tick in feed:
+                trader.on_tick(tick)
+                latest: Tick | None = feed.latest("BTC-USD")
+                status: PairStatus | None = feed.status("BTC-USD")
+                if latest is not None and status is not None and status.state == "stale":
+                    break
+    except Unauthorized as exc:
+        print(f"check the token: {exc.detail} (HTTP {exc.status})")
+    except FeedError as exc:
+        print(f"feed ended: {exc}")
+    return trader.spent
+
+
+async def watch(url: str) -> list[State]:
+    """Watching the state through the async iterator."""
+    seen: list[State] = []
+    async with FeedClient(url, on_state=Trader().on_state) as feed:
+        async for change in feed.states():
+            seen.append(change.state)
+            if change.state is State.CLOSED or feed.error is not None:
+                break
+    return seen
+
+
+def script(url: str) -> list[str]:
+    """The blocking way, for scripts."""
+    prices: list[str] = []
+    for tick in subscribe(url, pairs=("BTC-USD",), reconnect_delay=1.0, max_attempts=5):
+        prices.append(f"{tick.pair} {tick.price:,} {tick.ts:%H:%M:%S} {','.join(tick.sources)}")
+        if len(prices) == 3:
+            break
+    return prices
+
+
+if __name__ == "__main__":
+    asyncio.run(trade("http://localhost:8080"))

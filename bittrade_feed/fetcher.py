@@ -158,9 +158,14 @@ class Fetcher:
         for pair in config.fetch.pairs:
             if pair not in self.pairs:
                 tick = self._last_ticks.get(pair)
-                since = tick.ts_ms / 1000 if tick else now
-                status = FeedStatus(pair, "live", round(since * 1000), "")
-                self.pairs[pair] = PairState(since, status)
+                if tick is None:
+                    # Nothing to trade on yet: say so, and "live" arrives with the first price.
+                    status = FeedStatus(pair, "stale", round(now * 1000), "no price yet")
+                    self.pairs[pair] = PairState(now, status)
+                    self.metrics.stale.labels(pair).set(1)
+                else:
+                    status = FeedStatus(pair, "live", tick.ts_ms, "latest price from the database")
+                    self.pairs[pair] = PairState(tick.ts_ms / 1000, status)
         for name in self.sources:
             if name not in self.health:
                 self.health[name] = SourceHealth(name)

@@ -79,9 +79,12 @@ class Subscriber:
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
 
-def sse_frame(event: str, data: Any, event_id: int | None = None) -> bytes:
-    """One SSE event; compact JSON contains no newline, so one ``data:`` line suffices."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
+def sse_frame(event: str, data: Any, event_id: int | str | None = None) -> bytes:
+    """One SSE event; compact JSON contains no newline, so one ``data:`` line suffices.
+
+    ``event_id=""`` sends an empty ``id:`` line, which clears the client's resume point.
+    """
+    head = "" if event_id is None else f"id: {event_id}\n" if event_id != "" else "id:\n"
     body = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
     return f"{head}event: {event}\ndata: {body}\n\n".encode()
 
@@ -108,7 +111,7 @@ def chunk(frame: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(frame), frame)
 
 
-def encode(event: str, data: Any, event_id: int | None = None) -> tuple[bytes, bytes, bytes]:
+def encode(event: str, data: Any, event_id: int | str | None = None) -> tuple[bytes, bytes, bytes]:
     """One event in every wire format, indexed by ``SSE_CHUNKED``, ``SSE_RAW``, ``WS``."""
     sse = sse_frame(event, data, event_id)
     return chunk(sse), sse, ws_frame(ws_message(event, data))
@@ -280,7 +283,9 @@ class Hub:
 
     def _resync(self, pairs: tuple[str, ...], reason: str) -> list[tuple[bytes, bytes, bytes]]:
         ticks = sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
-        last = ticks[-1].id if ticks else None
+        # With no tick to point at, an empty id clears the client's (unknown) resume point,
+        # so its next reconnect asks for a snapshot instead of resyncing again.
+        last = ticks[-1].id if ticks else ""
         data = {"reason": reason, "ticks": [t.to_json() for t in ticks]}
         frames = [encode("resync", data, last)]
         frames += [

@@ -206,7 +206,10 @@ async def test_stale_after_no_quorum_then_live_again(
 ) -> None:
     """No quorum for stale_after marks the pair stale once; the next tick makes it live."""
     h = await harness(feed={"stale_after": 3.0})
+    assert h.fetcher.pairs[PAIR].status.reason == "no price yet"
     await h.cycle()
+    assert [s.state for s in h.statuses] == ["live"]  # the first price ends "no price yet"
+    h.statuses.clear()
     fx.answer("kraken", status=500, raw=b"down")
     for _ in range(5):
         await clock.advance(1.0)

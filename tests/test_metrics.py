@@ -148,13 +148,14 @@ async def test_scripted_run_sets_every_metric(
     assert value("bittrade_feed_stale", pair=PAIR) == 1
     assert value("bittrade_feed_store_write_duration_seconds_count") == 4
     assert value("bittrade_feed_store_write_errors_total") == 1
-    # Three prices and three status changes (stale, live, stale) reached both subscribers.
+    # Three prices and four status changes (live on the first price, stale, live, stale)
+    # reached both subscribers.
     for transport in ("sse", "ws"):
         assert value("bittrade_feed_subscribers", transport=transport) == 1
         assert value("bittrade_feed_connections_opened_total", transport=transport) == 1
-        assert value("bittrade_feed_events_sent_total", transport=transport) == 6
+        assert value("bittrade_feed_events_sent_total", transport=transport) == 7
         assert value("bittrade_feed_sent_bytes_total", transport=transport) > 0
-    assert value("bittrade_feed_broadcast_duration_seconds_count") == 6
+    assert value("bittrade_feed_broadcast_duration_seconds_count") == 7
     build = {"version": __version__, "python_version": platform.python_version()}
     assert value("bittrade_feed_build_info", **build) == 1
     assert value("process_cpu_seconds_total") is not None

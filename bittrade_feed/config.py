@@ -7,22 +7,26 @@ fixes a file in one pass instead of one key per restart.
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
-import json
-import math
 import os
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from typing import Any
 
+from bittrade_feed.config_checks import (
+    Bad,
+    Reader,
+    choice,
+    host,
+    integer,
+    number,
+    pair_name,
+    string,
+    url,
+)
 from bittrade_feed.errors import ConfigError
-from bittrade_feed.models import split_pair
 from bittrade_feed.sources import REAL_SOURCES, SOURCES
 
 DB_FILENAME = "bittrade-feed.sqlite3"
@@ -159,274 +163,52 @@ def load_config(path: Path | None) -> Config:
 
 def parse_config(raw: dict[str, Any]) -> Config:
     """Validate a decoded TOML document into a ``Config``."""
-    reader = _Reader(raw)
+    reader = Reader(raw)
     config = _build(reader)
     reader.finish()
     return config
 
 
-T = TypeVar("T")
-
-
-class _Reader:
-    """Takes keys out of the document, noting every fault once with its full key path."""
-
-    def __init__(self, raw: dict[str, Any]) -> None:
-        self.raw = raw
-        self.errors: list[tuple[str, str]] = []
-        self._seen: set[str] = set()
-        """Keys the schema has: read, whether or not the file sets them."""
-        self._reported: set[str] = set()
-        self._sections: set[str] = set()
-        """Tables the schema has, whether or not the file sets them."""
-        self._not_tables: set[str] = set()
-
-    def finish(self) -> None:
-        """Report the keys nobody read, then raise every fault at once."""
-        self._report_unknown(self.raw, "")
-        if self.errors:
-            raise ConfigError(self.errors)
-
-    def _report_unknown(self, node: dict[str, Any], prefix: str) -> None:
-        for name, value in node.items():
-            key = prefix + name
-            if key in self._seen or key in self._reported:
-                continue
-            if isinstance(value, dict) and key in self._sections:
-                self._report_unknown(value, key + ".")
-                continue
-            known = sorted(
-                {
-                    s[len(prefix) :].split(".")[0]
-                    for s in self._seen | self._sections
-                    if s.startswith(prefix) and "[" not in s
-                }
-            )
-            close = difflib.get_close_matches(name, known, n=1)
-            if close:
-                hint = f" (did you mean {prefix}{close[0]}?)"
-            elif known:
-                hint = f" (expected one of: {', '.join(known)})"
-            else:
-                hint = ""
-            self.fail(key, f"unknown key{hint}")
-
-    def fail(self, key: str, problem: str) -> None:
-        """Record one fault; the key is never reported again as unknown."""
-        self.errors.append((key, problem))
-        self._reported.add(key)
-
-    def faulted(self, key: str) -> bool:
-        """Whether a fault was recorded at ``key`` or inside it."""
-        return any(k == key or k.startswith((key + ".", key + "[")) for k, _ in self.errors)
-
-    def has(self, key: str) -> bool:
-        """Whether the file sets ``key`` (inside tables that are tables)."""
-        table, _, name = key.rpartition(".")
-        return name in (self.table(table) if table else self.raw)
-
-    def table(self, key: str) -> dict[str, Any]:
-        """The table at ``key`` (empty if absent); a non-table is reported once, at its key."""
-        node: Any = self.raw
-        path = ""
-        for part in key.split("."):
-            path = f"{path}.{part}" if path else part
-            self._sections.add(path)
-            node = node.get(part, {})
-            if not isinstance(node, dict):
-                if path not in self._not_tables:
-                    self._not_tables.add(path)
-                    self.fail(path, f"must be a table, not {_kind(node)}")
-                return {}
-        table: dict[str, Any] = node
-        return table
-
-    def get(self, key: str, default: T, check: Callable[[Any], T]) -> T:
-        """The checked value of ``key``, or ``default`` if it is absent or bad."""
-        table, _, name = key.rpartition(".")
-        node = self.table(table) if table else self.raw
-        self._seen.add(key)
-        if name not in node:
-            return default
-        try:
-            return check(node[name])
-        except _Bad as bad:
-            self.fail(key, str(bad))
-            return default
-
-    def items(self, key: str, check: Callable[[Any], T]) -> list[T] | None:
-        """The list at ``key``, each item checked and faulted as ``key[i]``; ``None`` if absent."""
-        if not self.has(key):
-            self._seen.add(key)
-            return None
-        raw: list[Any] = self.get(key, [], _list)
-        good: list[T] = []
-        for i, item in enumerate(raw):
-            try:
-                good.append(check(item))
-            except _Bad as bad:
-                self.fail(f"{key}[{i}]", str(bad))
-        return good
-
-
-class _Bad(ValueError):
-    pass
-
-
-def _kind(value: Any) -> str:
-    return {
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        str: "a string",
-        list: "a list",
-        dict: "a table",
-    }.get(type(value), "a date/time")
-
-
-def _number(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callable[[Any], float]:
-    def check(value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _Bad(f"must be a number, not {_kind(value)}")
-        if not math.isfinite(value) or value < lo or (lo_open and value == lo) or value > hi:
-            low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
-            high = "" if hi == math.inf else f" and at most {hi:g}"
-            raise _Bad(f"{value!r} is out of range: must be {low}{high}")
-        return float(value)
-
-    return check
-
-
-def _integer(lo: int, hi: int) -> Callable[[Any], int]:
-    def check(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            hint = " (write it without a decimal point)" if isinstance(value, float) else ""
-            raise _Bad(f"must be an integer, not {_kind(value)}{hint}")
-        if not lo <= value <= hi:
-            raise _Bad(f"{value} is out of range: must be from {lo} to {hi}")
-        return value
-
-    return check
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        text = _string(value)
-        if text not in options:
-            raise _Bad(f"{text!r} is not one of {', '.join(options)}")
-        return text
-
-    return check
-
-
-def _string(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Bad(f"must be a string, not {_kind(value)}")
-    return value
-
-
-def _list(value: Any) -> list[Any]:
-    if not isinstance(value, list):
-        hint = f" (write [{json.dumps(value)}])" if isinstance(value, str) else ""
-        raise _Bad(f"must be a list, not {_kind(value)}{hint}")
-    return value
-
-
-def _host(value: Any, *, optional: bool = False) -> str:
-    text = _string(value)
-    if optional and not text:
-        return text
-    if not text.strip():
-        raise _Bad("must not be empty (for example 127.0.0.1, or 0.0.0.0 for every interface)")
-    if "/" in text or any(c.isspace() for c in text):
-        raise _Bad(f"{text!r} is not a host name or address (no scheme, path or spaces)")
-    if text.startswith("["):
-        raise _Bad(f"{text!r}: write an IPv6 address without brackets, like ::1")
-    if ":" in text:
-        try:
-            ipaddress.IPv6Address(text)
-        except ValueError:
-            raise _Bad(f"{text!r} looks like host:port; put the port in its own key") from None
-    return text
-
-
-def _url(value: Any) -> str:
-    text = _string(value)
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _Bad(f"{text!r} is not an http:// or https:// URL with a host")
-    return text
-
-
-def _db_path(value: Any) -> Path:
-    text = _string(value)
-    if not text.strip():
-        raise _Bad("must not be empty (leave the key out for the default)")
-    path = Path(text).expanduser()
-    if path.is_dir():
-        raise _Bad(f"{text!r} is a directory; name the file, like {path / DB_FILENAME}")
-    return path
-
-
-def _pair(value: Any) -> str:
-    text = _string(value)
-    try:
-        split_pair(text)
-    except ValueError as exc:
-        if text != text.upper() and _valid_pair(text.upper()):
-            raise _Bad(f"{text!r} must be upper case: {text.upper()}") from None
-        raise _Bad(str(exc)) from None
-    return text
-
-
-def _valid_pair(text: str) -> bool:
-    try:
-        split_pair(text)
-    except ValueError:
-        return False
-    return True
-
-
 _WILDCARDS = ("0.0.0.0", "::")  # noqa: S104 - compared against, never bound
 
 
-def _build(r: _Reader) -> Config:
+def _build(r: Reader) -> Config:
     server = ServerConfig(
-        host=r.get("server.host", "127.0.0.1", _host),
-        port=r.get("server.port", 8080, _integer(1, 65535)),
-        metrics_host=r.get("server.metrics_host", "", partial(_host, optional=True)),
-        metrics_port=r.get("server.metrics_port", 0, _integer(0, 65535)),
-        shutdown_timeout=r.get("server.shutdown_timeout", 10.0, _number(0.1, 300)),
+        host=r.get("server.host", "127.0.0.1", host),
+        port=r.get("server.port", 8080, integer(1, 65535)),
+        metrics_host=r.get("server.metrics_host", "", partial(host, optional=True)),
+        metrics_port=r.get("server.metrics_port", 0, integer(0, 65535)),
+        shutdown_timeout=r.get("server.shutdown_timeout", 10.0, number(0.1, 300)),
     )
     _check_metrics_listener(r, server)
     database = DatabaseConfig(
         path=r.get("database.path", default_db_path(), _db_path),
-        retention_days=r.get("database.retention_days", 0.0, _number(0)),
+        retention_days=r.get("database.retention_days", 0.0, number(0)),
     )
     aggregation = AggregationConfig(
-        strategy=r.get("aggregation.strategy", "median", _choice(STRATEGIES)),
-        quorum=r.get("aggregation.quorum", 2, _integer(1, 50)),
+        strategy=r.get("aggregation.strategy", "median", choice(STRATEGIES)),
+        quorum=r.get("aggregation.quorum", 2, integer(1, 50)),
         max_deviation=Decimal(
-            str(r.get("aggregation.max_deviation", 0.01, _number(0, 1, lo_open=True)))
+            str(r.get("aggregation.max_deviation", 0.01, number(0, 1, lo_open=True)))
         ),
     )
     fetch = _build_fetch(r, aggregation)
     stream = StreamConfig(
-        heartbeat=r.get("stream.heartbeat", 15.0, _number(1, 300)),
-        retry_ms=r.get("stream.retry_ms", 3000, _integer(100, 600_000)),
-        max_subscribers=r.get("stream.max_subscribers", 10_000, _integer(1, 1_000_000)),
-        max_buffer_bytes=r.get("stream.max_buffer_bytes", 256 * 1024, _integer(4096, 1 << 30)),
-        replay_limit=r.get("stream.replay_limit", 1000, _integer(0, 100_000)),
-        max_lifetime=r.get("stream.max_lifetime", 0.0, _number(0)),
+        heartbeat=r.get("stream.heartbeat", 15.0, number(1, 300)),
+        retry_ms=r.get("stream.retry_ms", 3000, integer(100, 600_000)),
+        max_subscribers=r.get("stream.max_subscribers", 10_000, integer(1, 1_000_000)),
+        max_buffer_bytes=r.get("stream.max_buffer_bytes", 256 * 1024, integer(4096, 1 << 30)),
+        replay_limit=r.get("stream.replay_limit", 1000, integer(0, 100_000)),
+        max_lifetime=r.get("stream.max_lifetime", 0.0, number(0)),
     )
     log = LogConfig(
-        level=r.get("log.level", "info", _choice(LOG_LEVELS)),
-        format=r.get("log.format", "auto", _choice(LOG_FORMATS)),
+        level=r.get("log.level", "info", choice(LOG_LEVELS)),
+        format=r.get("log.format", "auto", choice(LOG_FORMATS)),
     )
     return Config(server, database, fetch, aggregation, _build_exchanges(r), stream, log)
 
 
-def _check_metrics_listener(r: _Reader, server: ServerConfig) -> None:
+def _check_metrics_listener(r: Reader, server: ServerConfig) -> None:
     # Both or neither: a port alone would leave us guessing which interface to expose.
     if server.metrics_host and not server.metrics_port:
         if not r.faulted("server.metrics_port"):
@@ -448,9 +230,9 @@ def _check_metrics_listener(r: _Reader, server: ServerConfig) -> None:
         )
 
 
-def _build_fetch(r: _Reader, aggregation: AggregationConfig) -> FetchConfig:
+def _build_fetch(r: Reader, aggregation: AggregationConfig) -> FetchConfig:
     pairs: list[str] = []
-    listed = r.items("feed.pairs", _pair)
+    listed = r.items("feed.pairs", pair_name)
     for i, pair in enumerate(listed or ()):
         if pair in pairs:
             r.fail(f"feed.pairs[{i}]", f"{pair} is listed twice; remove one")
@@ -460,15 +242,15 @@ def _build_fetch(r: _Reader, aggregation: AggregationConfig) -> FetchConfig:
         pairs = ["BTC-USD"]
     elif not pairs and not r.faulted("feed.pairs"):
         r.fail("feed.pairs", 'must list at least one pair (for example ["BTC-USD"])')
-    interval = r.get("feed.interval", 30.0, _number(0.05, 86400))
+    interval = r.get("feed.interval", 30.0, number(0.05, 86400))
     fetch = FetchConfig(
         pairs=tuple(pairs),
         sources={},
         interval=interval,
         # Defaults follow a short interval, so `interval = 2` alone is a valid file.
-        request_timeout=r.get("feed.request_timeout", min(5.0, interval), _number(0.05, 120)),
-        max_attempts=r.get("feed.max_attempts", 3, _integer(1, 10)),
-        stale_after=r.get("feed.stale_after", max(90.0, 3 * interval), _number(0.05)),
+        request_timeout=r.get("feed.request_timeout", min(5.0, interval), number(0.05, 120)),
+        max_attempts=r.get("feed.max_attempts", 3, integer(1, 10)),
+        stale_after=r.get("feed.stale_after", max(90.0, 3 * interval), number(0.05)),
     )
     if fetch.stale_after < fetch.interval:
         r.fail(
@@ -492,10 +274,10 @@ def _build_fetch(r: _Reader, aggregation: AggregationConfig) -> FetchConfig:
     return fetch
 
 
-def _pair_sources(r: _Reader, pair: str, aggregation: AggregationConfig) -> tuple[str, ...]:
+def _pair_sources(r: Reader, pair: str, aggregation: AggregationConfig) -> tuple[str, ...]:
     key = f"feed.sources.{pair}"
     faults = len(r.errors)
-    names = r.items(key, _string)
+    names = r.items(key, string)
     if names is None:
         good = default_sources(pair)
         if not good:
@@ -532,19 +314,19 @@ def _pair_sources(r: _Reader, pair: str, aggregation: AggregationConfig) -> tupl
     return tuple(chosen)
 
 
-def _build_exchanges(r: _Reader) -> dict[str, ExchangeConfig]:
+def _build_exchanges(r: Reader) -> dict[str, ExchangeConfig]:
     exchanges: dict[str, ExchangeConfig] = {}
     for name in r.table("exchanges"):
         key = f"exchanges.{name}"
         if name not in SOURCES:
             r.fail(key, f"{name!r} is not a known source ({', '.join(SOURCES)})")
             continue
-        exchange = ExchangeConfig(base_url=r.get(f"{key}.base_url", None, _url))
+        exchange = ExchangeConfig(base_url=r.get(f"{key}.base_url", None, url))
         if name == "simulated":
             exchange = replace(
                 exchange,
-                seed=r.get(f"{key}.seed", 0, _integer(0, 2**63 - 1)),
-                volatility=r.get(f"{key}.volatility", 0.0005, _number(0, 0.5)),
+                seed=r.get(f"{key}.seed", 0, integer(0, 2**63 - 1)),
+                volatility=r.get(f"{key}.volatility", 0.0005, number(0, 0.5)),
             )
         else:
             for knob in ("seed", "volatility"):
@@ -552,3 +334,13 @@ def _build_exchanges(r: _Reader) -> dict[str, ExchangeConfig]:
                     r.fail(f"{key}.{knob}", "only the simulated source takes this; remove it")
         exchanges[name] = exchange
     return exchanges
+
+
+def _db_path(value: Any) -> Path:
+    text = string(value)
+    if not text.strip():
+        raise Bad("must not be empty (leave the key out for the default)")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        raise Bad(f"{text!r} is a directory; name the file, like {path / DB_FILENAME}")
+    return path

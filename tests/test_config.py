@@ -17,10 +17,10 @@ from bittrade_feed.config import (
     DB_FILENAME,
     Config,
     _build,
-    _Reader,
     load_config,
     parse_config,
 )
+from bittrade_feed.config_checks import Reader
 from bittrade_feed.errors import ConfigError
 from bittrade_feed.sources import REAL_SOURCES
 
@@ -522,7 +522,7 @@ def example_keys(text: str) -> set[str]:
 
 def schema_keys() -> set[str]:
     """Every key the loader reads, with ``<source>`` for the per-exchange keys."""
-    reader = _Reader({"exchanges": {"kraken": {}, "simulated": {}}})
+    reader = Reader({"exchanges": {"kraken": {}, "simulated": {}}})
     _build(reader)
     keys = {k for k in reader._seen if not k.startswith("feed.sources.")}
     keys.discard("exchanges.simulated.base_url")

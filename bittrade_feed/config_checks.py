@@ -1,0 +1,243 @@
+"""The TOML reader and value checks that ``config`` builds on.
+
+``Reader`` takes keys out of a decoded document and records every fault with its full
+key path, so one pass reports every mistake in a file; the check functions turn a raw
+TOML value into a typed one or raise ``Bad`` with a message that says what to write.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from bittrade_feed.errors import ConfigError
+from bittrade_feed.models import split_pair
+
+T = TypeVar("T")
+
+
+class Reader:
+    """Takes keys out of the document, noting every fault once with its full key path."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.raw = raw
+        self.errors: list[tuple[str, str]] = []
+        self._seen: set[str] = set()
+        """Keys the schema has: read, whether or not the file sets them."""
+        self._reported: set[str] = set()
+        self._sections: set[str] = set()
+        """Tables the schema has, whether or not the file sets them."""
+        self._not_tables: set[str] = set()
+
+    def finish(self) -> None:
+        """Report the keys nobody read, then raise every fault at once."""
+        self._report_unknown(self.raw, "")
+        if self.errors:
+            raise ConfigError(self.errors)
+
+    def _report_unknown(self, node: dict[str, Any], prefix: str) -> None:
+        for name, value in node.items():
+            key = prefix + name
+            if key in self._seen or key in self._reported:
+                continue
+            if isinstance(value, dict) and key in self._sections:
+                self._report_unknown(value, key + ".")
+                continue
+            known = sorted(
+                {
+                    s[len(prefix) :].split(".")[0]
+                    for s in self._seen | self._sections
+                    if s.startswith(prefix) and "[" not in s
+                }
+            )
+            close = difflib.get_close_matches(name, known, n=1)
+            if close:
+                hint = f" (did you mean {prefix}{close[0]}?)"
+            elif known:
+                hint = f" (expected one of: {', '.join(known)})"
+            else:
+                hint = ""
+            self.fail(key, f"unknown key{hint}")
+
+    def fail(self, key: str, problem: str) -> None:
+        """Record one fault; the key is never reported again as unknown."""
+        self.errors.append((key, problem))
+        self._reported.add(key)
+
+    def faulted(self, key: str) -> bool:
+        """Whether a fault was recorded at ``key`` or inside it."""
+        return any(k == key or k.startswith((key + ".", key + "[")) for k, _ in self.errors)
+
+    def has(self, key: str) -> bool:
+        """Whether the file sets ``key`` (inside tables that are tables)."""
+        table, _, name = key.rpartition(".")
+        return name in (self.table(table) if table else self.raw)
+
+    def table(self, key: str) -> dict[str, Any]:
+        """The table at ``key`` (empty if absent); a non-table is reported once, at its key."""
+        node: Any = self.raw
+        path = ""
+        for part in key.split("."):
+            path = f"{path}.{part}" if path else part
+            self._sections.add(path)
+            node = node.get(part, {})
+            if not isinstance(node, dict):
+                if path not in self._not_tables:
+                    self._not_tables.add(path)
+                    self.fail(path, f"must be a table, not {kind(node)}")
+                return {}
+        table: dict[str, Any] = node
+        return table
+
+    def get(self, key: str, default: T, check: Callable[[Any], T]) -> T:
+        """The checked value of ``key``, or ``default`` if it is absent or bad."""
+        table, _, name = key.rpartition(".")
+        node = self.table(table) if table else self.raw
+        self._seen.add(key)
+        if name not in node:
+            return default
+        try:
+            return check(node[name])
+        except Bad as bad:
+            self.fail(key, str(bad))
+            return default
+
+    def items(self, key: str, check: Callable[[Any], T]) -> list[T] | None:
+        """The list at ``key``, each item checked and faulted as ``key[i]``; ``None`` if absent."""
+        if not self.has(key):
+            self._seen.add(key)
+            return None
+        raw: list[Any] = self.get(key, [], list_of)
+        good: list[T] = []
+        for i, item in enumerate(raw):
+            try:
+                good.append(check(item))
+            except Bad as bad:
+                self.fail(f"{key}[{i}]", str(bad))
+        return good
+
+
+class Bad(ValueError):
+    """A value that does not fit its key; the message says what to write instead."""
+
+
+def kind(value: Any) -> str:
+    """The TOML name of a value's type, for messages."""
+    return {
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list",
+        dict: "a table",
+    }.get(type(value), "a date/time")
+
+
+def number(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callable[[Any], float]:
+    """A check for a finite number in range (integers accepted, booleans not)."""
+
+    def check(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise Bad(f"must be a number, not {kind(value)}")
+        if not math.isfinite(value) or value < lo or (lo_open and value == lo) or value > hi:
+            low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
+            high = "" if hi == math.inf else f" and at most {hi:g}"
+            raise Bad(f"{value!r} is out of range: must be {low}{high}")
+        return float(value)
+
+    return check
+
+
+def integer(lo: int, hi: int) -> Callable[[Any], int]:
+    """A check for a whole number from ``lo`` to ``hi``."""
+
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            hint = " (write it without a decimal point)" if isinstance(value, float) else ""
+            raise Bad(f"must be an integer, not {kind(value)}{hint}")
+        if not lo <= value <= hi:
+            raise Bad(f"{value} is out of range: must be from {lo} to {hi}")
+        return value
+
+    return check
+
+
+def choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    """A check for one of a fixed set of words."""
+
+    def check(value: Any) -> str:
+        text = string(value)
+        if text not in options:
+            raise Bad(f"{text!r} is not one of {', '.join(options)}")
+        return text
+
+    return check
+
+
+def string(value: Any) -> str:
+    """A string."""
+    if not isinstance(value, str):
+        raise Bad(f"must be a string, not {kind(value)}")
+    return value
+
+
+def list_of(value: Any) -> list[Any]:
+    """A list (its items are checked one by one by the caller)."""
+    if not isinstance(value, list):
+        hint = f" (write [{json.dumps(value)}])" if isinstance(value, str) else ""
+        raise Bad(f"must be a list, not {kind(value)}{hint}")
+    return value
+
+
+def host(value: Any, *, optional: bool = False) -> str:
+    """A listen address: a host name or IP, without scheme, port or brackets."""
+    text = string(value)
+    if optional and not text:
+        return text
+    if not text.strip():
+        raise Bad("must not be empty (for example 127.0.0.1, or 0.0.0.0 for every interface)")
+    if "/" in text or any(c.isspace() for c in text):
+        raise Bad(f"{text!r} is not a host name or address (no scheme, path or spaces)")
+    if text.startswith("["):
+        raise Bad(f"{text!r}: write an IPv6 address without brackets, like ::1")
+    if ":" in text:
+        try:
+            ipaddress.IPv6Address(text)
+        except ValueError:
+            raise Bad(f"{text!r} looks like host:port; put the port in its own key") from None
+    return text
+
+
+def url(value: Any) -> str:
+    """An ``http://`` or ``https://`` base URL."""
+    text = string(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise Bad(f"{text!r} is not an http:// or https:// URL with a host")
+    return text
+
+
+def pair_name(value: Any) -> str:
+    """An upper-case ``BASE-QUOTE`` pair."""
+    text = string(value)
+    try:
+        split_pair(text)
+    except ValueError as exc:
+        if text != text.upper() and valid_pair(text.upper()):
+            raise Bad(f"{text!r} must be upper case: {text.upper()}") from None
+        raise Bad(str(exc)) from None
+    return text
+
+
+def valid_pair(text: str) -> bool:
+    """Whether ``text`` is a well-formed pair."""
+    try:
+        split_pair(text)
+    except ValueError:
+        return False
+    return True

@@ -111,7 +111,11 @@ def chunk(frame: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(frame), frame)
 
 
-def encode(event: str, data: Any, event_id: int | str | None = None) -> tuple[bytes, bytes, bytes]:
+Frames = tuple[bytes, bytes, bytes]
+"""One event in every wire format, indexed by ``SSE_CHUNKED``, ``SSE_RAW``, ``WS``."""
+
+
+def encode(event: str, data: Any, event_id: int | str | None = None) -> Frames:
     """One event in every wire format, indexed by ``SSE_CHUNKED``, ``SSE_RAW``, ``WS``."""
     sse = sse_frame(event, data, event_id)
     return chunk(sse), sse, ws_frame(ws_message(event, data))
@@ -130,12 +134,21 @@ class Hub:
         self.latest: dict[str, Tick] = {}
         self.statuses: dict[str, FeedStatus] = {}
         self.max_id = 0
-        self._ring: deque[Tick] = deque()
+        # Ticks are kept with their encoded frames: a reconnect storm replays bytes that
+        # already exist instead of encoding every missed tick once per client.
+        self._ring: deque[tuple[Tick, Frames]] = deque()
         self._ring_floor = 0
         """Every tick with an id above this is in the ring."""
+        self._latest_frames: dict[str, Frames] = {}
+        self._status_frames: dict[str, Frames] = {}
         self._by_pair: dict[str, tuple[set[Subscriber], ...]] = {}
         self._count = [0, 0, 0]
         self._heartbeat_task: asyncio.Task[None] | None = None
+        # Labelled children looked up once: .labels() costs microseconds per call.
+        self._m_events = [metrics.events_sent.labels(t) for t in TRANSPORT_OF]
+        self._m_bytes = [metrics.bytes_sent.labels(t) for t in TRANSPORT_OF]
+        self._m_opened = [metrics.connections_opened.labels(t) for t in TRANSPORT_OF]
+        self._m_subscribers = [metrics.subscribers.labels(t) for t in TRANSPORT_OF]
 
     # -- set-up -------------------------------------------------------------
 
@@ -147,12 +160,15 @@ class Hub:
         statuses: Iterable[FeedStatus],
     ) -> None:
         """Seed the ring and snapshot from the store at start-up (``recent`` oldest first)."""
-        self._ring = deque(recent[-self.config.replay_limit :] if self.config.replay_limit else ())
-        self._ring_floor = self._ring[0].id - 1 if self._ring else max_id
+        kept = recent[-self.config.replay_limit :] if self.config.replay_limit else ()
+        self._ring = deque((t, _price_frames(t)) for t in kept)
+        self._ring_floor = kept[0].id - 1 if kept else max_id
         self.max_id = max_id
-        self.latest.update(latest)
+        for tick in latest.values():
+            self.latest[tick.pair] = tick
+            self._latest_frames[tick.pair] = _price_frames(tick)
         for status in statuses:
-            self.statuses[status.pair] = status
+            self.publish_status(status)
 
     def start(self) -> None:
         """Start the shared heartbeat timer."""
@@ -169,22 +185,26 @@ class Hub:
 
     def publish(self, tick: Tick) -> None:
         """Hand a stored tick to every subscriber of its pair."""
+        frames = _price_frames(tick)
         self.latest[tick.pair] = tick
+        self._latest_frames[tick.pair] = frames
         self.max_id = max(self.max_id, tick.id)
         if self.config.replay_limit:
             if len(self._ring) >= self.config.replay_limit:
-                self._ring_floor = self._ring.popleft().id
-            self._ring.append(tick)
+                self._ring_floor = self._ring.popleft()[0].id
+            self._ring.append((tick, frames))
         else:
             self._ring_floor = tick.id
-        self._broadcast(tick.pair, encode("price", tick.to_json(), tick.id))
+        self._broadcast(tick.pair, frames)
 
     def publish_status(self, status: FeedStatus) -> None:
         """Tell every subscriber of the pair that it went stale or live again (no id)."""
+        frames = encode("status", status.to_json())
         self.statuses[status.pair] = status
-        self._broadcast(status.pair, encode("status", status.to_json()))
+        self._status_frames[status.pair] = frames
+        self._broadcast(status.pair, frames)
 
-    def _broadcast(self, pair: str, frames: tuple[bytes, bytes, bytes]) -> None:
+    def _broadcast(self, pair: str, frames: Frames) -> None:
         groups = self._by_pair.get(pair)
         if not groups:
             return
@@ -207,9 +227,8 @@ class Hub:
                 sent += 1
                 if transport.get_write_buffer_size() > cap:
                     gone.append((sub, "slow"))
-            transport_name = TRANSPORT_OF[fmt]
-            self.metrics.events_sent.labels(transport_name).inc(sent)
-            self.metrics.bytes_sent.labels(transport_name).inc(sent * len(data))
+            self._m_events[fmt].inc(sent)
+            self._m_bytes[fmt].inc(sent * len(data))
         for sub, reason in gone:
             self.close(sub, reason)
         self.metrics.broadcast_duration.observe(self.clock.monotonic() - started)
@@ -245,53 +264,57 @@ class Hub:
         for pair in pairs:
             self._by_pair.setdefault(pair, (set(), set(), set()))[fmt].add(sub)
         self._count[fmt] += 1
-        self.metrics.connections_opened.labels(TRANSPORT_OF[fmt]).inc()
-        self.metrics.subscribers.labels(TRANSPORT_OF[fmt]).inc()
+        self._m_opened[fmt].inc()
+        self._m_subscribers[fmt].inc()
         if opening:
             transport.write(b"".join(frames[fmt] for frames in opening))
         return sub
 
     def _opening(
         self, pairs: tuple[str, ...], last_id: int | None, rows: list[Tick] | None, min_id: int
-    ) -> list[tuple[bytes, bytes, bytes]]:
-        wanted = set(pairs)
+    ) -> list[Frames]:
         if last_id is None:
-            ticks = sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
+            frames = self._snapshot(pairs)
         elif last_id > self.max_id:
             return self._resync(pairs, f"event id {last_id} is ahead of this feed ({self.max_id})")
         else:
-            if rows is None:
-                after = last_id
-                ticks = []
-            else:
-                if len(rows) > self.config.replay_limit:
-                    return self._resync(
-                        pairs, f"more than {self.config.replay_limit} events missed"
-                    )
+            frames = []
+            after = last_id
+            if rows is not None:
                 if min_id > last_id + 1:
                     return self._resync(pairs, f"events after {last_id} are no longer kept")
-                ticks = rows
+                frames = [_price_frames(t) for t in rows]
                 after = rows[-1].id if rows else last_id
-            ticks = ticks + [t for t in self._ring if t.id > after and t.pair in wanted]
-            if len(ticks) > self.config.replay_limit:
+            frames += self._ring_after(after, pairs)
+            if len(frames) > self.config.replay_limit:
                 return self._resync(pairs, f"more than {self.config.replay_limit} events missed")
-        frames = [encode("price", t.to_json(), t.id) for t in ticks]
-        frames += [
-            encode("status", self.statuses[p].to_json()) for p in pairs if p in self.statuses
-        ]
-        return frames
+        return frames + self._statuses(pairs)
 
-    def _resync(self, pairs: tuple[str, ...], reason: str) -> list[tuple[bytes, bytes, bytes]]:
+    def _ring_after(self, after: int, pairs: tuple[str, ...]) -> list[Frames]:
+        """Frames of ring ticks newer than ``after``, oldest first: O(missed), not O(ring)."""
+        found: list[Frames] = []
+        for tick, frames in reversed(self._ring):
+            if tick.id <= after or len(found) > self.config.replay_limit:
+                break
+            if tick.pair in pairs:
+                found.append(frames)
+        found.reverse()
+        return found
+
+    def _snapshot(self, pairs: tuple[str, ...]) -> list[Frames]:
+        ticks = sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
+        return [self._latest_frames[t.pair] for t in ticks]
+
+    def _statuses(self, pairs: tuple[str, ...]) -> list[Frames]:
+        return [self._status_frames[p] for p in pairs if p in self._status_frames]
+
+    def _resync(self, pairs: tuple[str, ...], reason: str) -> list[Frames]:
         ticks = sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
         # With no tick to point at, an empty id clears the client's (unknown) resume point,
         # so its next reconnect asks for a snapshot instead of resyncing again.
         last = ticks[-1].id if ticks else ""
         data = {"reason": reason, "ticks": [t.to_json() for t in ticks]}
-        frames = [encode("resync", data, last)]
-        frames += [
-            encode("status", self.statuses[p].to_json()) for p in pairs if p in self.statuses
-        ]
-        return frames
+        return [encode("resync", data, last), *self._statuses(pairs)]
 
     def close(self, sub: Subscriber, reason: str) -> None:
         """Detach a subscriber and wake its handler; ``slow`` ones are aborted at once."""
@@ -376,6 +399,10 @@ class Hub:
 
 
 _HEARTBEATS = (chunk(SSE_HEARTBEAT), SSE_HEARTBEAT, WS_PING)
+
+
+def _price_frames(tick: Tick) -> Frames:
+    return encode("price", tick.to_json(), tick.id)
 
 
 def _bound_kernel_buffer(transport: Transport, cap: int) -> None:

@@ -132,7 +132,8 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
     fetcher = Fetcher(
         app[CONFIG], app[SESSION], app[CLOCK], metrics, sink, hub.publish_status, hub.latest
     )
-    hub.statuses.update({p: s.status for p, s in fetcher.pairs.items()})
+    for state in fetcher.pairs.values():
+        hub.publish_status(state.status)
     for pair, tick in hub.latest.items():
         # Gauges start at the stored price, not at 0, after a restart.
         metrics.last_tick.labels(pair).set(tick.ts_ms / 1000)

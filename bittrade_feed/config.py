@@ -33,6 +33,9 @@ DB_FILENAME = "bittrade-feed.sqlite3"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 STRATEGIES = ("median", "failover")
+MIN_INTERVAL = 0.01
+"""Shortest interval (100 ticks/s): for the simulated source and benchmarks; real exchanges
+rate-limit far above it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,15 +245,17 @@ def _build_fetch(r: Reader, aggregation: AggregationConfig) -> FetchConfig:
         pairs = ["BTC-USD"]
     elif not pairs and not r.faulted("feed.pairs"):
         r.fail("feed.pairs", 'must list at least one pair (for example ["BTC-USD"])')
-    interval = r.get("feed.interval", 30.0, number(0.05, 86400))
+    interval = r.get("feed.interval", 30.0, number(MIN_INTERVAL, 86400))
     fetch = FetchConfig(
         pairs=tuple(pairs),
         sources={},
         interval=interval,
         # Defaults follow a short interval, so `interval = 2` alone is a valid file.
-        request_timeout=r.get("feed.request_timeout", min(5.0, interval), number(0.05, 120)),
+        request_timeout=r.get(
+            "feed.request_timeout", min(5.0, interval), number(MIN_INTERVAL, 120)
+        ),
         max_attempts=r.get("feed.max_attempts", 3, integer(1, 10)),
-        stale_after=r.get("feed.stale_after", max(90.0, 3 * interval), number(0.05)),
+        stale_after=r.get("feed.stale_after", max(90.0, 3 * interval), number(MIN_INTERVAL)),
     )
     if fetch.stale_after < fetch.interval:
         r.fail(

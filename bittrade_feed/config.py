@@ -104,6 +104,8 @@ class StreamConfig:
     replay_limit: int = 1000
     max_lifetime: float = 0.0
     """Close a stream after about this many seconds, with jitter (0: never)."""
+    coalesce_ms: int = 0
+    """Batch events for up to this many ms into one write per subscriber (0: send at once)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +205,7 @@ def _build(r: Reader) -> Config:
         max_buffer_bytes=r.get("stream.max_buffer_bytes", 256 * 1024, integer(4096, 1 << 30)),
         replay_limit=r.get("stream.replay_limit", 1000, integer(0, 100_000)),
         max_lifetime=r.get("stream.max_lifetime", 0.0, number(0)),
+        coalesce_ms=r.get("stream.coalesce_ms", 0, integer(0, 1000)),
     )
     log = LogConfig(
         level=r.get("log.level", "info", choice(LOG_LEVELS)),

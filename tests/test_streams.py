@@ -363,3 +363,33 @@ async def test_websocket_events_and_resubscribe(
         await client.app[FETCHER].run_cycle()
         live = await ws.receive_json(timeout=5)
         assert live["data"]["pair"] == "ETH-USD" and live["data"]["id"] == 6
+
+
+async def test_coalescing_batches_without_loss_or_duplicates(
+    aiohttp_client: AiohttpClient, daemon_config
+) -> None:
+    """With coalesce_ms, a window's events arrive together and in order; none arrive twice."""
+    config = sim_config(daemon_config, stream={"coalesce_ms": 200})
+    client = await aiohttp_client(create_app(config, fetch=False))
+    hub = client.app[HUB]
+    async with client.get("/api/price-stream?pairs=BTC-USD") as first:
+        await frames(first, 2)  # retry, "no price yet"
+        for i in range(1, 4):
+            hub.publish(Tick(i, "BTC-USD", Decimal(f"60000.0{i}"), 0, ("simulated",)))
+        with pytest.raises(TimeoutError):  # still inside the window
+            await frames(first, 1, timeout=0.05)
+        async with client.get("/api/price-stream?pairs=BTC-USD") as second:
+            # Subscribing flushes the window to `first`; `second` replays from the snapshot.
+            got_first = await events(first, 3)
+            got_second = await events(second, 3)
+            hub.publish(Tick(4, "BTC-USD", Decimal("60000.04"), 0, ("simulated",)))
+            (late_first,) = await events(first, 1, timeout=2)
+            (late_second,) = await events(second, 1, timeout=2)
+    assert [g[0] for g in got_first] == ["1", "2", "3"]
+    assert [g[1] for g in got_second] == [None, "price", "status"]  # retry, latest, status
+    assert got_second[1][0] == "3"
+    assert late_first[0] == late_second[0] == "4"
+    sent = client.app[METRICS].registry.get_sample_value(
+        "bittrade_feed_events_sent_total", {"transport": "sse"}
+    )
+    assert sent == 5  # three to the first subscriber, then one each

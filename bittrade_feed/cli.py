@@ -130,6 +130,10 @@ async def serve(config: Config, config_path: Path | None) -> int:
             shutdown_timeout=config.server.shutdown_timeout,
             # A client that goes away cancels its stream handler at once, freeing it.
             handler_cancellation=True,
+            # The per-connection timer that guards against silent new connections fires
+            # once (a stream is a request in progress, so it stays open) and is freed,
+            # instead of lingering for aiohttp's default hour on every subscriber.
+            keepalive_timeout=75,
         )
         # Cleanup runs even if setup fails half-way: it closes what did start.
         stack.push_async_callback(runner.cleanup)

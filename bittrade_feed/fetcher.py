@@ -1,7 +1,8 @@
 """The fetch loop: once per interval, ask the exchanges, aggregate, hand on one price.
 
 One loop per daemon, on the clock: interval k starts at ``start + k * interval`` (no
-drift), a cycle never overlaps the next (an overrun skips the missed slots), and every
+drift), a cycle never overlaps the next (a late one is followed at once; slots missed by a
+whole interval are skipped), and every
 request has a timeout, so a cycle always ends. Retryable errors are retried with
 tenacity while the interval's budget allows. Each source has a circuit breaker shared
 by all pairs, because exchanges rate-limit per client, not per pair.
@@ -183,8 +184,10 @@ class Fetcher:
             interval = self.config.fetch.interval
             next_at += interval
             now = self.clock.monotonic()
-            if now > next_at:
-                missed = math.ceil((now - next_at) / interval)
+            # A late cycle is followed at once by the next (never overlapping it); only
+            # slots missed by a whole interval or more are skipped, keeping the phase.
+            missed = math.floor((now - next_at) / interval) if now > next_at else 0
+            if missed:
                 log.warning("fetch cycle overran", missed_intervals=missed)
                 next_at += missed * interval
             await self.clock.sleep(next_at - now)

@@ -17,7 +17,7 @@ from aiohttp.http import HttpVersion11
 
 from bittrade_feed.config import Config
 from bittrade_feed.hub import SSE_CHUNKED, SSE_RAW, WS, Hub, Subscriber
-from bittrade_feed.problems import Problem
+from bittrade_feed.problems import Problem, handles_own_problems, problem_response
 from bittrade_feed.state import HUB, current_config
 
 MAX_WS_MESSAGE = 4096
@@ -91,12 +91,16 @@ def _refuse_if_full(hub: Hub, transport: str) -> None:
         )
 
 
+@handles_own_problems
 async def price_stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: snapshot or replay, then every price and status as it happens."""
     hub, config = _app_state(request)
-    pairs = requested_pairs(request, "pairs")
-    resume = last_event_id(request)
-    _refuse_if_full(hub, "sse")
+    try:
+        pairs = requested_pairs(request, "pairs")
+        resume = last_event_id(request)
+        _refuse_if_full(hub, "sse")
+    except Problem as problem:
+        return problem_response(problem)
     resp = web.StreamResponse(headers=SSE_HEADERS)
     http11 = request.version >= HttpVersion11
     if http11:
@@ -116,6 +120,7 @@ async def price_stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+@handles_own_problems
 async def ws_stream(request: web.Request) -> web.StreamResponse:
     """WebSocket: the same events as JSON ``{"event": ..., "data": ...}`` text messages.
 
@@ -123,9 +128,12 @@ async def ws_stream(request: web.Request) -> web.StreamResponse:
     change its pairs and resume point.
     """
     hub, config = _app_state(request)
-    pairs = requested_pairs(request, "pairs")
-    resume = last_event_id(request)
-    _refuse_if_full(hub, "ws")
+    try:
+        pairs = requested_pairs(request, "pairs")
+        resume = last_event_id(request)
+        _refuse_if_full(hub, "ws")
+    except Problem as problem:
+        return problem_response(problem)
     # Compression off: frames are pre-encoded once for every subscriber.
     ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_WS_MESSAGE, autoping=True)
     await ws.prepare(request)

@@ -253,19 +253,24 @@ async def test_loop_is_scheduled_on_the_clock_without_drift(
             await clock.advance(interval)
             await _until(lambda k=k: h.fetcher.cycles == k and clock.sleepers == 1)
         assert clock._sleepers[0][0] == start + 4 * interval
-        # The cycle starting at slot 4 takes 2.5 intervals: slots 5 and 6 are skipped.
-        h.fetcher.sink = _slow_sink(h.fetcher.sink, clock, 2.5 * interval)
+        # The cycle of slot 4 takes 2.5 intervals: slot 5 is skipped (a whole interval
+        # late), slot 6 runs at once (late but not by a whole interval), then slot 7 on time.
+        h.fetcher.sink = _slow_once(h.fetcher.sink, clock, 2.5 * interval)
         await clock.advance(interval)
-        await _until(lambda: h.fetcher.cycles == 5 and clock.sleepers == 1)
-        assert clock._sleepers[0][0] == start + 7 * interval  # 5 and 6 skipped
+        await _until(lambda: h.fetcher.cycles == 6 and clock.sleepers == 1)
+        assert clock._sleepers[0][0] == start + 7 * interval
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
 
-def _slow_sink(inner: Any, clock: FakeClock, seconds: float) -> Any:
+def _slow_once(inner: Any, clock: FakeClock, seconds: float) -> Any:
+    calls = []
+
     async def sink(draft: TickDraft) -> Tick:
-        clock.jump(seconds)
+        if not calls:
+            calls.append(1)
+            clock.jump(seconds)
         tick: Tick = await inner(draft)
         return tick
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 import threading
@@ -10,7 +11,8 @@ import threading
 import pytest
 from bittrade_feed_client import Tick, Unauthorized, subscribe
 
-WAIT = 5.0
+SLOW_CALLBACK = re.compile(r"^Executing .* took \d+\.\d+ seconds$")
+WAIT = 20.0  # a bound for a loaded CI machine, not a speed assertion
 SCRIPT = """
 import sys
 from bittrade_feed_client import subscribe
@@ -97,5 +99,7 @@ async def test_ctrl_c_while_waiting_for_a_tick_stops_a_script_at_once(daemon) ->
         rest, errors = await proc.communicate()
     assert proc.returncode == 0
     assert rest == b"interrupted\n"
-    # Development mode reports unclosed sessions, sockets and pending tasks on stderr.
-    assert errors == b""
+    # Development mode reports unclosed sessions, sockets and pending tasks on stderr. Its
+    # "Executing <Task> took 0.1 seconds" notes only say the machine is busy.
+    problems = [line for line in errors.decode().splitlines() if not SLOW_CALLBACK.search(line)]
+    assert problems == []

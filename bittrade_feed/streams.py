@@ -91,14 +91,20 @@ def _refuse_if_full(hub: Hub, transport: str) -> None:
         )
 
 
+def _admit(request: web.Request, hub: Hub, transport: str) -> tuple[tuple[str, ...], int | None]:
+    """The stream's pairs and resume point; ``Problem`` if the request or the limit says no."""
+    pairs = requested_pairs(request, "pairs")
+    resume = last_event_id(request)
+    _refuse_if_full(hub, transport)
+    return pairs, resume
+
+
 @handles_own_problems
 async def price_stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: snapshot or replay, then every price and status as it happens."""
     hub, config = _app_state(request)
     try:
-        pairs = requested_pairs(request, "pairs")
-        resume = last_event_id(request)
-        _refuse_if_full(hub, "sse")
+        pairs, resume = _admit(request, hub, "sse")
     except Problem as problem:
         return problem_response(problem)
     resp = web.StreamResponse(headers=SSE_HEADERS)
@@ -129,9 +135,7 @@ async def ws_stream(request: web.Request) -> web.StreamResponse:
     """
     hub, config = _app_state(request)
     try:
-        pairs = requested_pairs(request, "pairs")
-        resume = last_event_id(request)
-        _refuse_if_full(hub, "ws")
+        pairs, resume = _admit(request, hub, "ws")
     except Problem as problem:
         return problem_response(problem)
     # Compression off: frames are pre-encoded once for every subscriber.

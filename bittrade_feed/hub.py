@@ -142,6 +142,8 @@ class Hub:
         self._latest_frames: dict[str, Frames] = {}
         self._status_frames: dict[str, Frames] = {}
         self._by_pair: dict[str, tuple[set[Subscriber], ...]] = {}
+        self._all: set[Subscriber] = set()
+        """Every subscriber once, for the timer (the per-pair sets repeat multi-pair ones)."""
         self._count = [0, 0, 0]
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._pending: dict[str, list[Frames]] = {}
@@ -290,6 +292,7 @@ class Hub:
         sub = Subscriber(transport, fmt, pairs, now, self._expiry(now))
         for pair in pairs:
             self._by_pair.setdefault(pair, (set(), set(), set()))[fmt].add(sub)
+        self._all.add(sub)
         self._count[fmt] += 1
         self._m_opened[fmt].inc()
         self._m_subscribers[fmt].inc()
@@ -366,25 +369,19 @@ class Hub:
         if not sub.done.done():
             sub.done.set_result(reason)
         transport = TRANSPORT_OF[sub.fmt]
+        self._all.discard(sub)
         self._count[sub.fmt] -= 1
         self.metrics.subscribers.labels(transport).dec()
         self.metrics.connections_closed.labels(transport, reason).inc()
 
     def close_all(self, reason: str) -> None:
         """Close every stream (shutdown)."""
-        for groups in list(self._by_pair.values()):
-            for subs in groups:
-                for sub in list(subs):
-                    self.close(sub, reason)
+        for sub in list(self._all):
+            self.close(sub, reason)
 
     def subscribers(self) -> list[Subscriber]:
         """Every connected subscriber (each once)."""
-        seen: dict[int, Subscriber] = {}
-        for groups in self._by_pair.values():
-            for subs in groups:
-                for sub in subs:
-                    seen[id(sub)] = sub
-        return list(seen.values())
+        return list(self._all)
 
     # -- the shared timer -----------------------------------------------------
 

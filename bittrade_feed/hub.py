@@ -24,7 +24,7 @@ import random
 import socket
 import struct
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -161,18 +161,16 @@ class Hub:
         recent: Sequence[Tick],
         latest: dict[str, Tick],
         max_id: int,
-        statuses: Iterable[FeedStatus],
     ) -> None:
         """Seed the ring and snapshot from the store at start-up (``recent`` oldest first)."""
         kept = recent[-self.config.replay_limit :] if self.config.replay_limit else ()
         self._ring = deque((t, _price_frames(t)) for t in kept)
         self._ring_floor = kept[0].id - 1 if kept else max_id
         self.max_id = max_id
+        in_ring = {t.id: frames for t, frames in self._ring}
         for tick in latest.values():
             self.latest[tick.pair] = tick
-            self._latest_frames[tick.pair] = _price_frames(tick)
-        for status in statuses:
-            self.publish_status(status)
+            self._latest_frames[tick.pair] = in_ring.get(tick.id) or _price_frames(tick)
 
     def start(self) -> None:
         """Start the shared heartbeat timer."""
@@ -331,15 +329,18 @@ class Hub:
         found.reverse()
         return found
 
+    def _latest_ticks(self, pairs: tuple[str, ...]) -> list[Tick]:
+        """The latest tick of each pair that has one, in id order."""
+        return sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
+
     def _snapshot(self, pairs: tuple[str, ...]) -> list[Frames]:
-        ticks = sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
-        return [self._latest_frames[t.pair] for t in ticks]
+        return [self._latest_frames[t.pair] for t in self._latest_ticks(pairs)]
 
     def _statuses(self, pairs: tuple[str, ...]) -> list[Frames]:
         return [self._status_frames[p] for p in pairs if p in self._status_frames]
 
     def _resync(self, pairs: tuple[str, ...], reason: str) -> list[Frames]:
-        ticks = sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
+        ticks = self._latest_ticks(pairs)
         # With no tick to point at, an empty id clears the client's (unknown) resume point,
         # so its next reconnect asks for a snapshot instead of resyncing again.
         last = ticks[-1].id if ticks else ""
@@ -358,21 +359,16 @@ class Hub:
 
     def detach(self, sub: Subscriber, reason: str = "client") -> None:
         """Forget a subscriber (idempotent); called by the handler when it ends."""
-        removed = False
-        for pair in sub.pairs:
-            groups = self._by_pair.get(pair)
-            if groups is not None and sub in groups[sub.fmt]:
-                groups[sub.fmt].discard(sub)
-                removed = True
-        if not removed:
+        if sub not in self._all:
             return
+        self._all.remove(sub)
+        for pair in sub.pairs:
+            self._by_pair[pair][sub.fmt].discard(sub)
         if not sub.done.done():
             sub.done.set_result(reason)
-        transport = TRANSPORT_OF[sub.fmt]
-        self._all.discard(sub)
         self._count[sub.fmt] -= 1
-        self.metrics.subscribers.labels(transport).dec()
-        self.metrics.connections_closed.labels(transport, reason).inc()
+        self._m_subscribers[sub.fmt].dec()
+        self.metrics.connections_closed.labels(TRANSPORT_OF[sub.fmt], reason).inc()
 
     def close_all(self, reason: str) -> None:
         """Close every stream (shutdown)."""
@@ -417,9 +413,7 @@ class Hub:
                     self.close(sub, "slow")
         for fmt in FORMATS:
             if beats[fmt]:
-                self.metrics.bytes_sent.labels(TRANSPORT_OF[fmt]).inc(
-                    beats[fmt] * len(_HEARTBEATS[fmt])
-                )
+                self._m_bytes[fmt].inc(beats[fmt] * len(_HEARTBEATS[fmt]))
 
 
 _HEARTBEATS = (chunk(SSE_HEARTBEAT), SSE_HEARTBEAT, WS_PING)

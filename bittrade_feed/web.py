@@ -107,7 +107,7 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     hub = Hub(config.stream, app[CLOCK], app[METRICS], store)
     latest = await store.latest(config.fetch.pairs)
-    hub.load(await store.recent(config.stream.replay_limit), latest, await store.max_id(), ())
+    hub.load(await store.recent(config.stream.replay_limit), latest, await store.max_id())
     app[HUB] = hub
     hub.start()
     yield

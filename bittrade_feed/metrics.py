@@ -20,6 +20,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from bittrade_feed import __version__
 from bittrade_feed.errors import SOURCE_ERROR_REASONS
@@ -44,6 +45,8 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.exposition = make_aiohttp_handler(registry)
+        """The /metrics handler (text or OpenMetrics by ``Accept``), built once."""
         r = registry
         Info("bittrade_feed_build", "Version of this daemon.", registry=r).info(
             {"version": __version__, "python_version": platform.python_version()}

@@ -17,7 +17,6 @@ import aiohttp
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from prometheus_client.aiohttp import make_aiohttp_handler
 
 from bittrade_feed import __version__
 from bittrade_feed.clock import Clock, SystemClock
@@ -289,8 +288,7 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
         metrics.store_size.set(await store.size_bytes())
     except StoreError as exc:
         log.warning("store metrics unavailable", reason=str(exc))
-    handler = make_aiohttp_handler(metrics.registry)
-    return await handler(request)
+    return await metrics.exposition(request)
 
 
 def _time_param(request: web.Request, name: str, default: int) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,12 @@ from tests.daemon import daemon_config, fx
 from tests.fakeclock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def documented(exchange: str, case: str) -> Any:
+    """The body of a vendor-documented example from tests/fixtures/documented/, decimals exact."""
+    path = FIXTURES / "documented" / f"{exchange}.json"
+    return json.loads(path.read_text(), parse_float=Decimal)["cases"][case]["body"]
 
 
 def recorded(exchange: str, case: int = 0) -> Any:
@@ -26,4 +33,4 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-__all__ = ["clock", "daemon_config", "fx", "recorded"]
+__all__ = ["clock", "daemon_config", "documented", "fx", "recorded"]

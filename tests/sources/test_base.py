@@ -36,7 +36,7 @@ from bittrade_feed.models import Quote
 from bittrade_feed.sources import REAL_SOURCES, SOURCES
 from bittrade_feed.sources.base import FUTURE_TOLERANCE, MAX_BODY_BYTES, parse_retry_after
 from bittrade_feed.sources.kraken import Kraken
-from tests.conftest import FIXTURES, recorded
+from tests.conftest import documented, recorded
 from tests.fakeclock import FakeClock
 
 PAIR = "BTC-USDT"
@@ -329,24 +329,16 @@ def test_every_real_source_has_an_https_production_host() -> None:
 
 # Every source obeys the same checks on price and time.
 
-DOCUMENTED = FIXTURES / "documented"
-
-
-def _documented(exchange: str, case: str) -> Any:
-    return json.loads((DOCUMENTED / f"{exchange}.json").read_text(), parse_float=Decimal)["cases"][
-        case
-    ]["body"]
-
 
 # (source, pair, body, path to the price in the body)
 EVERY_SOURCE: dict[str, tuple[str, Any, tuple[str | int, ...]]] = {
-    "coinbase": ("BTC-USD", _documented("coinbase", "spot"), ("data", "amount")),
+    "coinbase": ("BTC-USD", documented("coinbase", "spot"), ("data", "amount")),
     "coinbase_exchange": ("BTC-USDT", recorded("coinbaseexchange"), ("price",)),
     "kraken": ("BTC-USDT", recorded("kraken"), ("result", "XBTUSDT", "c", 0)),
     "bitstamp": ("BTC-USDT", recorded("bitstamp"), ("last",)),
     "gemini": ("BTC-USDT", recorded("gemini"), ("last",)),
     "bitfinex": ("BTC-USDT", recorded("bitfinex"), (6,)),
-    "coingecko": ("BTC-USD", _documented("coingecko", "price"), ("bitcoin", "usd")),
+    "coingecko": ("BTC-USD", documented("coingecko", "price"), ("bitcoin", "usd")),
     "okx": ("BTC-USDT", recorded("okx"), ("data", 0, "last")),
     "binance": ("BTC-USDT", recorded("binance"), ("lastPrice",)),
 }

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
-
 import pytest
 
 from bittrade_feed.errors import SourceBadBody, SourceRateLimited, SourceWrongPair
 from bittrade_feed.sources.binance import Binance
-from tests.conftest import FIXTURES, recorded
+from tests.conftest import documented, recorded
 
 SOURCE = Binance()
 RECORDED_TS = 1710328245.391
-DOC = json.loads((FIXTURES / "documented" / "binance.json").read_text(), parse_float=Decimal)
 
 
 def test_recorded_body() -> None:
@@ -60,13 +56,13 @@ def test_other_symbol_is_wrong_pair() -> None:
 def test_invalid_symbol_is_bad_body() -> None:
     """``{"code": -1121, "msg": ...}`` is a bad body quoting code and message."""
     with pytest.raises(SourceBadBody, match=r"code -1121: Invalid symbol\.$"):
-        SOURCE.parse("BTC-USDT", DOC["cases"]["invalid_symbol"]["body"], 0.0)
+        SOURCE.parse("BTC-USDT", documented("binance", "invalid_symbol"), 0.0)
 
 
 def test_geo_block_body_in_200_is_bad_body() -> None:
     """The geo-block message, if ever served with 200, is still refused as an error."""
     with pytest.raises(SourceBadBody, match="code 0: Service unavailable from a restricted"):
-        SOURCE.parse("BTC-USDT", DOC["cases"]["geo_blocked"]["body"], 0.0)
+        SOURCE.parse("BTC-USDT", documented("binance", "geo_blocked"), 0.0)
 
 
 def test_ip_ban_code_is_rate_limited() -> None:

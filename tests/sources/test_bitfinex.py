@@ -10,17 +10,11 @@ import pytest
 
 from bittrade_feed.errors import SourceBadBody, SourceRateLimited
 from bittrade_feed.sources.bitfinex import Bitfinex
-from tests.conftest import FIXTURES, recorded
+from tests.conftest import FIXTURES, documented, recorded
 
 SOURCE = Bitfinex()
 NOW = 1_763_900_000.0
 DOC_TEXT = (FIXTURES / "documented" / "bitfinex.json").read_text()
-DOC = json.loads(DOC_TEXT, parse_float=Decimal)
-
-
-def documented(case: str) -> Any:
-    """A body from the vendor documentation examples."""
-    return DOC["cases"][case]["body"]
 
 
 def test_recorded_body() -> None:
@@ -64,21 +58,21 @@ def test_symbol_and_url(pair: str, symbol: str) -> None:
 def test_rate_limit_object_is_rate_limited() -> None:
     """``{"error": "ERR_RATE_LIMIT"}`` is rate limited, with no known delay."""
     with pytest.raises(SourceRateLimited, match="ERR_RATE_LIMIT") as info:
-        SOURCE.parse("BTC-USD", documented("rate_limited"), NOW)
+        SOURCE.parse("BTC-USD", documented("bitfinex", "rate_limited"), NOW)
     assert info.value.retry_after is None
 
 
 def test_error_array_is_bad_body() -> None:
     """``["error", code, msg]`` is a bad body quoting code and message, not retried."""
     with pytest.raises(SourceBadBody, match="error in 200: 10020 limit: invalid") as info:
-        SOURCE.parse("BTC-USD", documented("error"), NOW)
+        SOURCE.parse("BTC-USD", documented("bitfinex", "error"), NOW)
     assert not info.value.retryable
 
 
 def test_maintenance_is_retryable_bad_body() -> None:
     """The maintenance error (20060) is a bad body worth retrying later."""
     with pytest.raises(SourceBadBody, match="20060 maintenance") as info:
-        SOURCE.parse("BTC-USD", documented("maintenance"), NOW)
+        SOURCE.parse("BTC-USD", documented("bitfinex", "maintenance"), NOW)
     assert info.value.retryable
 
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from bittrade_feed.errors import SourceBadBody, SourceRateLimited
 from bittrade_feed.sources.bitstamp import Bitstamp
-from tests.conftest import FIXTURES, recorded
+from tests.conftest import documented, recorded
 
 SOURCE = Bitstamp()
-DOC = json.loads((FIXTURES / "documented" / "bitstamp.json").read_text(), parse_float=Decimal)
 
 
 def test_recorded_body() -> None:
@@ -25,7 +22,7 @@ def test_recorded_body() -> None:
 
 def test_documented_body() -> None:
     """The documented example parses the same way."""
-    quote = SOURCE.parse("BTC-USD", DOC["cases"]["ticker"]["body"], 0.0)
+    quote = SOURCE.parse("BTC-USD", documented("bitstamp", "ticker"), 0.0)
     assert str(quote.price) == "7675.00"
     assert quote.exchange_ts == 1523543610.0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from typing import Any
 
@@ -10,21 +9,15 @@ import pytest
 
 from bittrade_feed.errors import SourceBadBody, SourceRateLimited, SourceWrongPair
 from bittrade_feed.sources.coinbase import Coinbase
-from tests.conftest import FIXTURES
+from tests.conftest import documented
 
 SOURCE = Coinbase()
 NOW = 1_763_900_000.0
-DOC = json.loads((FIXTURES / "documented" / "coinbase.json").read_text(), parse_float=Decimal)
-
-
-def documented(case: str) -> Any:
-    """A body from the vendor documentation examples."""
-    return DOC["cases"][case]["body"]
 
 
 def test_documented_spot_body() -> None:
     """The documented example (no ``base``) gives its exact price and no exchange time."""
-    quote = SOURCE.validate(SOURCE.parse("BTC-USD", documented("spot"), NOW))
+    quote = SOURCE.validate(SOURCE.parse("BTC-USD", documented("coinbase", "spot"), NOW))
     assert str(quote.price) == "1015.00"
     assert (quote.source, quote.pair, quote.received_at) == ("coinbase", "BTC-USD", NOW)
     assert quote.exchange_ts is None
@@ -32,7 +25,7 @@ def test_documented_spot_body() -> None:
 
 def test_live_shape_with_base() -> None:
     """The live shape with ``base`` is accepted when base and currency match the pair."""
-    quote = SOURCE.parse("LTC-USD", documented("spot_with_base"), NOW)
+    quote = SOURCE.parse("LTC-USD", documented("coinbase", "spot_with_base"), NOW)
     assert quote.price == Decimal("1020.25")
 
 
@@ -58,25 +51,25 @@ def test_base_url_override() -> None:
 def test_errors_list_is_bad_body() -> None:
     """A body with an ``errors`` list is a bad body naming the error id and message."""
     with pytest.raises(SourceBadBody, match="error in 200: not_found: Not found"):
-        SOURCE.parse("BTC-USD", documented("not_found"), NOW)
+        SOURCE.parse("BTC-USD", documented("coinbase", "not_found"), NOW)
 
 
 def test_rate_limit_error_rests_the_source() -> None:
     """``rate_limit_exceeded`` in the errors list is a rate limit, like the other exchanges'."""
     with pytest.raises(SourceRateLimited, match="error in 200: rate_limit_exceeded"):
-        SOURCE.parse("BTC-USD", documented("rate_limit_exceeded"), NOW)
+        SOURCE.parse("BTC-USD", documented("coinbase", "rate_limit_exceeded"), NOW)
 
 
 def test_other_currency_is_wrong_pair() -> None:
     """An answer in another quote currency is the wrong pair."""
     with pytest.raises(SourceWrongPair, match=r"asked for EUR, got data\.currency = 'USD'"):
-        SOURCE.parse("BTC-EUR", documented("spot"), NOW)
+        SOURCE.parse("BTC-EUR", documented("coinbase", "spot"), NOW)
 
 
 def test_other_base_is_wrong_pair() -> None:
     """An answer for another coin is the wrong pair."""
     with pytest.raises(SourceWrongPair, match=r"asked for BTC, got data\.base = 'LTC'"):
-        SOURCE.parse("BTC-USD", documented("spot_with_base"), NOW)
+        SOURCE.parse("BTC-USD", documented("coinbase", "spot_with_base"), NOW)
 
 
 @pytest.mark.parametrize(

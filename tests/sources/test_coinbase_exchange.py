@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 from typing import Any
 
@@ -10,13 +9,10 @@ import pytest
 
 from bittrade_feed.errors import SourceBadBody
 from bittrade_feed.sources.coinbase_exchange import CoinbaseExchange
-from tests.conftest import FIXTURES, recorded
+from tests.conftest import documented, recorded
 
 SOURCE = CoinbaseExchange()
 RECORDED_TS = 1710328241.27
-DOC = json.loads(
-    (FIXTURES / "documented" / "coinbase_exchange.json").read_text(), parse_float=Decimal
-)
 
 
 def test_recorded_body() -> None:
@@ -29,7 +25,7 @@ def test_recorded_body() -> None:
 
 def test_documented_body() -> None:
     """The documented example (numeric trade_id, ms time) parses the same way."""
-    quote = SOURCE.parse("BTC-USD", DOC["cases"]["ticker"]["body"], 0.0)
+    quote = SOURCE.parse("BTC-USD", documented("coinbase_exchange", "ticker"), 0.0)
     assert quote.price == Decimal("6268.48")
     assert quote.exchange_ts == 1584663777.833
 
@@ -50,7 +46,7 @@ def test_url(pair: str, url: str) -> None:
 def test_message_body_is_bad_body() -> None:
     """A ``{"message": ...}`` body is a bad body quoting the message."""
     with pytest.raises(SourceBadBody, match="error in 200: Invalid Price"):
-        SOURCE.parse("BTC-USD", DOC["cases"]["error"]["body"], 0.0)
+        SOURCE.parse("BTC-USD", documented("coinbase_exchange", "error"), 0.0)
 
 
 @pytest.mark.parametrize("when", ["yesterday", 1710328241, None, "2024-13-45T00:00:00Z"])

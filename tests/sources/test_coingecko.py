@@ -4,28 +4,21 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
-from typing import Any
 
 import pytest
 
 from bittrade_feed.errors import SourceBadBody, SourceRateLimited
 from bittrade_feed.sources.coingecko import CoinGecko
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, documented
 
 SOURCE = CoinGecko()
 UPDATED = 1711356300.0
 DOC_TEXT = (FIXTURES / "documented" / "coingecko.json").read_text()
-DOC = json.loads(DOC_TEXT, parse_float=Decimal)
-
-
-def documented(case: str) -> Any:
-    """A body from the vendor documentation examples."""
-    return DOC["cases"][case]["body"]
 
 
 def test_documented_body() -> None:
     """The documented example gives the exact JSON-number price and last_updated_at."""
-    quote = SOURCE.validate(SOURCE.parse("BTC-USD", documented("price"), UPDATED + 30))
+    quote = SOURCE.validate(SOURCE.parse("BTC-USD", documented("coingecko", "price"), UPDATED + 30))
     assert str(quote.price) == "67187.3358936566"
     assert quote.exchange_ts == UPDATED
 
@@ -40,7 +33,7 @@ def test_price_off_the_wire_is_exact() -> None:
 def test_cache_age_is_tolerated() -> None:
     """A 150 s old quote passes: CoinGecko caches for 60 s, so its limit is 180 s."""
     assert SOURCE.max_quote_age == 180.0
-    quote = SOURCE.parse("BTC-USD", documented("price"), UPDATED + 150)
+    quote = SOURCE.parse("BTC-USD", documented("coingecko", "price"), UPDATED + 150)
     assert SOURCE.validate(quote) is quote
 
 
@@ -83,19 +76,19 @@ def test_unknown_coin_has_no_symbol() -> None:
 def test_empty_answer_is_bad_body() -> None:
     """``{}`` (CoinGecko's answer for an unknown id) is a bad body: no price for the pair."""
     with pytest.raises(SourceBadBody, match="coingecko has no price for bitcoin/usd"):
-        SOURCE.parse("BTC-USD", documented("unknown_id"), 0.0)
+        SOURCE.parse("BTC-USD", documented("coingecko", "unknown_id"), 0.0)
 
 
 def test_missing_currency_is_bad_body() -> None:
     """An answer without the asked currency is a bad body naming coin and currency."""
     with pytest.raises(SourceBadBody, match="coingecko has no price for bitcoin/eur"):
-        SOURCE.parse("BTC-EUR", documented("price"), 0.0)
+        SOURCE.parse("BTC-EUR", documented("coingecko", "price"), 0.0)
 
 
 def test_rate_limit_status_is_rate_limited() -> None:
     """A ``status.error_code`` of 429 is rate limited, quoting the message."""
     with pytest.raises(SourceRateLimited, match="429: You've exceeded the Rate Limit"):
-        SOURCE.parse("BTC-USD", documented("rate_limited"), 0.0)
+        SOURCE.parse("BTC-USD", documented("coingecko", "rate_limited"), 0.0)
 
 
 def test_other_status_error_is_bad_body() -> None:
@@ -107,7 +100,7 @@ def test_other_status_error_is_bad_body() -> None:
 
 def test_missing_update_time_is_named() -> None:
     """A price without ``last_updated_at`` is a bad body naming the field."""
-    body = documented("price")
+    body = documented("coingecko", "price")
     del body["bitcoin"]["last_updated_at"]
     with pytest.raises(SourceBadBody, match=r"missing field bitcoin\.last_updated_at$"):
         SOURCE.parse("BTC-USD", body, 0.0)

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
-
 import pytest
 
 from bittrade_feed.errors import SourceBadBody, SourceRateLimited, SourceWrongPair
 from bittrade_feed.sources.gemini import Gemini
-from tests.conftest import FIXTURES, recorded
+from tests.conftest import documented, recorded
 
 SOURCE = Gemini()
-DOC = json.loads((FIXTURES / "documented" / "gemini.json").read_text(), parse_float=Decimal)
 
 
 def test_recorded_body() -> None:
@@ -24,7 +20,7 @@ def test_recorded_body() -> None:
 
 def test_documented_body_with_numeric_timestamp() -> None:
     """The documented example has the ms timestamp as a number, read the same way."""
-    quote = SOURCE.parse("BTC-USD", DOC["cases"]["ticker"]["body"], 0.0)
+    quote = SOURCE.parse("BTC-USD", documented("gemini", "ticker"), 0.0)
     assert str(quote.price) == "977.65"
     assert quote.exchange_ts == 1483018200.0
 

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from decimal import Decimal
 
 import pytest
 
 from bittrade_feed.errors import SourceBadBody, SourceRateLimited, SourceWrongPair
 from bittrade_feed.sources.kraken import Kraken
-from tests.conftest import FIXTURES, recorded
+from tests.conftest import documented, recorded
 
 SOURCE = Kraken()
 NOW = 1_763_900_000.0
-DOC = json.loads((FIXTURES / "documented" / "kraken.json").read_text(), parse_float=Decimal)
 
 
 def test_recorded_body() -> None:
@@ -26,7 +24,7 @@ def test_recorded_body() -> None:
 
 def test_documented_renamed_key() -> None:
     """XBTUSD answers under Kraken's own key XXBTZUSD, which still matches BTC-USD."""
-    quote = SOURCE.parse("BTC-USD", DOC["cases"]["ticker"]["body"], NOW)
+    quote = SOURCE.parse("BTC-USD", documented("kraken", "ticker"), NOW)
     assert str(quote.price) == "30303.20000"
 
 
@@ -47,7 +45,7 @@ def test_url(pair: str, url: str) -> None:
 def test_documented_error_is_bad_body() -> None:
     """An ``error`` entry in a 200 is a bad body quoting it, not retried."""
     with pytest.raises(SourceBadBody, match="EQuery:Unknown asset pair") as info:
-        SOURCE.parse("BTC-USD", DOC["cases"]["unknown_pair"]["body"], NOW)
+        SOURCE.parse("BTC-USD", documented("kraken", "unknown_pair"), NOW)
     assert not info.value.retryable
 
 

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from decimal import Decimal
 from typing import Any
 
 import pytest
 
 from bittrade_feed.errors import SourceBadBody, SourceRateLimited, SourceWrongPair
 from bittrade_feed.sources.okx import Okx
-from tests.conftest import FIXTURES, recorded
+from tests.conftest import documented, recorded
 
 SOURCE = Okx()
 RECORDED_TS = 1710328243.709
-DOC = json.loads((FIXTURES / "documented" / "okx.json").read_text(), parse_float=Decimal)
 
 
 def test_recorded_body() -> None:
@@ -49,12 +46,12 @@ def test_supports_only_usdt(pair: str, supported: bool) -> None:
 def test_swap_answer_is_wrong_pair() -> None:
     """The documented perpetual-swap ticker is the wrong pair for BTC-USDT spot."""
     with pytest.raises(SourceWrongPair, match=r"asked for BTC-USDT, got .*'BTC-USD-SWAP'"):
-        SOURCE.parse("BTC-USDT", DOC["cases"]["swap_ticker"]["body"], 0.0)
+        SOURCE.parse("BTC-USDT", documented("okx", "swap_ticker"), 0.0)
 
 
 def test_unknown_instrument_is_bad_body() -> None:
     """A non-zero ``code`` is a bad body quoting code and message, not retried."""
-    body = DOC["cases"]["unknown_instrument"]["body"]
+    body = documented("okx", "unknown_instrument")
     with pytest.raises(SourceBadBody, match="code 51001: Instrument ID does not exist") as info:
         SOURCE.parse("BTC-USDT", body, 0.0)
     assert not info.value.retryable
@@ -63,7 +60,7 @@ def test_unknown_instrument_is_bad_body() -> None:
 def test_50011_is_rate_limited() -> None:
     """Code 50011 is rate limited."""
     with pytest.raises(SourceRateLimited, match="50011: Too Many Requests") as info:
-        SOURCE.parse("BTC-USDT", DOC["cases"]["rate_limited"]["body"], 0.0)
+        SOURCE.parse("BTC-USDT", documented("okx", "rate_limited"), 0.0)
     assert info.value.retry_after is None
 
 

@@ -12,9 +12,7 @@ from typing import Any
 import aiohttp
 from aiohttp.test_utils import unused_port
 
-from tests.daemon import PAIR
-from tests.fakeexchange import FakeExchanges, with_price
-from tests.test_cli import (
+from tests.childdaemon import (
     START_TIMEOUT,
     Daemon,
     NotifySocket,
@@ -22,6 +20,8 @@ from tests.test_cli import (
     run_daemon,
     write_config,
 )
+from tests.daemon import PAIR
+from tests.fakeexchange import FakeExchanges, with_price
 
 
 async def prices(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:

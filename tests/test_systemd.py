@@ -18,15 +18,15 @@ from pathlib import Path
 import aiohttp
 from aiohttp.test_utils import unused_port
 
-from tests.daemon import PAIR
-from tests.fakeexchange import FakeExchanges
-from tests.test_cli import (
+from tests.childdaemon import (
     START_TIMEOUT,
     NotifySocket,
     config_dict,
     run_daemon,
     write_config,
 )
+from tests.daemon import PAIR
+from tests.fakeexchange import FakeExchanges
 
 WATCHDOG_USEC = 400_000
 """A short ``WatchdogSec=`` (0.4 s): pings every 0.2 s."""

@@ -694,6 +694,17 @@ def evaluate(results: dict[str, Any], p: dict[str, Any]) -> list[dict[str, Any]]
             }
         )
 
+    def side(r: Any, paths: tuple[Any, ...]) -> Any:
+        """One path's value, or two paths' values shown as "a / b"."""
+        if paths and isinstance(paths[0], tuple):
+            return _pair(g(r, *paths[0]), g(r, *paths[1]))
+        return g(r, *paths)
+
+    def info(target: str, metric: str, *paths: Any, with_ratio: bool = False) -> None:
+        """A row without a goal: the same path(s) read from the daemon's and nchan's results."""
+        dv, nv = side(d, paths), side(n, paths)
+        row(target, metric, dv, nv, "-", None, ratio(dv, nv) if with_ratio else None)
+
     if "hold" in d or "hold" in n:
 
         def hold_missed(r: Any) -> Any:
@@ -712,14 +723,7 @@ def evaluate(results: dict[str, Any], p: dict[str, Any]) -> list[dict[str, Any]]
             f"= {goal_n}",
             None if dc is None else dc == goal_n,
         )
-        row(
-            "a",
-            "connect time, all (s)",
-            g(d, "hold", "connect", "seconds"),
-            g(n, "hold", "connect", "seconds"),
-            "-",
-            None,
-        )
+        info("a", "connect time, all (s)", "hold", "connect", "seconds")
         row(
             "a", f"missed events over {p['hold']:g} s", dm, nm, "0", None if dm is None else dm == 0
         )
@@ -735,53 +739,20 @@ def evaluate(results: dict[str, Any], p: dict[str, Any]) -> list[dict[str, Any]]
             else g(d, "hold", "clients", "duplicates") == 0,
         )
         for q in ("p50_ms", "p99_ms", "max_ms"):
-            row(
-                "a",
-                f"latency {q[:-3]} (ms)",
-                g(d, "hold", "window", "latency", q),
-                g(n, "hold", "window", "latency", q),
-                "-",
-                None,
-            )
-        row(
-            "a",
-            "publish->first delivery p50/max (ms)",
-            _pair(
-                g(d, "hold", "window", "per_tick", "to_first_delivery", "p50_ms"),
-                g(d, "hold", "window", "per_tick", "to_first_delivery", "max_ms"),
-            ),
-            _pair(
-                g(n, "hold", "window", "per_tick", "to_first_delivery", "p50_ms"),
-                g(n, "hold", "window", "per_tick", "to_first_delivery", "max_ms"),
-            ),
-            "-",
-            None,
+            info("a", f"latency {q[:-3]} (ms)", "hold", "window", "latency", q)
+        first = ("hold", "window", "per_tick", "to_first_delivery")
+        info("a", "publish->first delivery p50/max (ms)", (*first, "p50_ms"), (*first, "max_ms"))
+        spread = ("hold", "window", "per_tick", "fanout_spread")
+        info(
+            "a", "fan-out spread first->last p50/max (ms)", (*spread, "p50_ms"), (*spread, "max_ms")
         )
-        row(
-            "a",
-            "fan-out spread first->last p50/max (ms)",
-            _pair(
-                g(d, "hold", "window", "per_tick", "fanout_spread", "p50_ms"),
-                g(d, "hold", "window", "per_tick", "fanout_spread", "max_ms"),
-            ),
-            _pair(
-                g(n, "hold", "window", "per_tick", "fanout_spread", "p50_ms"),
-                g(n, "hold", "window", "per_tick", "fanout_spread", "max_ms"),
-            ),
-            "-",
-            None,
-        )
-        row(
+        info(
             "a",
             "server CPU us/delivery",
-            g(d, "hold", "window", "server_cpu_us_per_delivery"),
-            g(n, "hold", "window", "server_cpu_us_per_delivery"),
-            "-",
-            None,
-            ratio(
-                g(d, "hold", "window", "server_cpu_us_per_delivery"),
-                g(n, "hold", "window", "server_cpu_us_per_delivery"),
-            ),
+            "hold",
+            "window",
+            "server_cpu_us_per_delivery",
+            with_ratio=True,
         )
     if "cpu" in d or "cpu" in n:
         dv = g(d, "cpu", "window", "server_cpu_us_per_delivery")
@@ -796,32 +767,23 @@ def evaluate(results: dict[str, Any], p: dict[str, Any]) -> list[dict[str, Any]]
             None if r is None else r <= 1.0,
             r,
         )
-        row(
+        spread = ("cpu", "window", "per_tick", "fanout_spread")
+        info(
             "b",
             "fan-out spread first->last, p50/max (ms)",
-            _pair(
-                g(d, "cpu", "window", "per_tick", "fanout_spread", "p50_ms"),
-                g(d, "cpu", "window", "per_tick", "fanout_spread", "max_ms"),
-            ),
-            _pair(
-                g(n, "cpu", "window", "per_tick", "fanout_spread", "p50_ms"),
-                g(n, "cpu", "window", "per_tick", "fanout_spread", "max_ms"),
-            ),
-            "-",
-            None,
+            (*spread, "p50_ms"),
+            (*spread, "max_ms"),
         )
-        dc = g(d, "cpu", "server", "cpu_us_per_connect")
-        nc = g(n, "cpu", "server", "cpu_us_per_connect")
-        row("b", "server CPU us per new connection", dc, nc, "-", None, ratio(dc, nc))
+        info(
+            "b",
+            "server CPU us per new connection",
+            "cpu",
+            "server",
+            "cpu_us_per_connect",
+            with_ratio=True,
+        )
         for q in ("p50_ms", "p99_ms"):
-            row(
-                "b",
-                f"latency {q[:-3]} (ms)",
-                g(d, "cpu", "window", "latency", q),
-                g(n, "cpu", "window", "latency", q),
-                "-",
-                None,
-            )
+            info("b", f"latency {q[:-3]} (ms)", "cpu", "window", "latency", q)
         for key, label in (("pss_per_sub_bytes", "PSS"), ("rss_per_sub_bytes", "RSS")):
             dv = g(d, "cpu", "server", key)
             nv = g(n, "cpu", "server", key)
@@ -860,14 +822,7 @@ def evaluate(results: dict[str, Any], p: dict[str, Any]) -> list[dict[str, Any]]
             None if dv is None else dv >= need and (r is None or r >= 0.9),
             r,
         )
-        row(
-            "d",
-            "ticks/s delivered",
-            g(d, "tput", "window", "ticks_per_s"),
-            g(n, "tput", "window", "ticks_per_s"),
-            "-",
-            None,
-        )
+        info("d", "ticks/s delivered", "tput", "window", "ticks_per_s")
         first_q = ("tput", "window", "per_tick", "to_first_delivery_first_quarter", "p50_ms")
         last_q = ("tput", "window", "per_tick", "to_first_delivery_last_quarter", "p50_ms")
         row(
@@ -878,32 +833,22 @@ def evaluate(results: dict[str, Any], p: dict[str, Any]) -> list[dict[str, Any]]
             "no growth",
             None,
         )
-        row(
+        info(
             "d",
             "server CPU util / load generator CPU util",
-            _pair(
-                g(d, "tput", "window", "server_cpu_util"),
-                g(d, "tput", "window", "loadgen_cpu_util"),
-            ),
-            _pair(
-                g(n, "tput", "window", "server_cpu_util"),
-                g(n, "tput", "window", "loadgen_cpu_util"),
-            ),
-            "-",
-            None,
+            ("tput", "window", "server_cpu_util"),
+            ("tput", "window", "loadgen_cpu_util"),
         )
         for q in ("p50_ms", "p99_ms"):
-            row(
-                "d",
-                f"latency {q[:-3]} (ms)",
-                g(d, "tput", "window", "latency", q),
-                g(n, "tput", "window", "latency", q),
-                "-",
-                None,
-            )
-        dv = g(d, "tput", "window", "server_cpu_us_per_delivery")
-        nv = g(n, "tput", "window", "server_cpu_us_per_delivery")
-        row("d", "server CPU us/delivery", dv, nv, "-", None, ratio(dv, nv))
+            info("d", f"latency {q[:-3]} (ms)", "tput", "window", "latency", q)
+        info(
+            "d",
+            "server CPU us/delivery",
+            "tput",
+            "window",
+            "server_cpu_us_per_delivery",
+            with_ratio=True,
+        )
         if "tput_coalesced" in d:
             nd = g(n, "tput", "window", "deliveries_per_s")
             cv = g(d, "tput_coalesced", "window", "deliveries_per_s")
@@ -956,13 +901,11 @@ def evaluate(results: dict[str, Any], p: dict[str, Any]) -> list[dict[str, Any]]
                 "-",
                 None,
             )
-        row(
+        info(
             "d",
             "missed events / disconnects",
-            _pair(g(d, "tput", "clients", "missed_events"), g(d, "tput", "disconnects_total")),
-            _pair(g(n, "tput", "clients", "missed_events"), g(n, "tput", "disconnects_total")),
-            "-",
-            None,
+            ("tput", "clients", "missed_events"),
+            ("tput", "disconnects_total"),
         )
     if "storm" in d or "storm" in n:
         ds, ns = g(d, "storm", "storm") or {}, g(n, "storm", "storm") or {}

@@ -123,6 +123,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("stream.replay_limit", -1, "-1 is out of range: must be from 0 to 100000"),
     ("stream.max_lifetime", "1h", "must be a number, not a string"),
     ("stream.max_lifetime", -1, "-1 is out of range: must be at least 0"),
+    ("stream.coalesce_ms", 2.5, "must be an integer, not a number"),
+    ("stream.coalesce_ms", 5000, "5000 is out of range: must be from 0 to 1000"),
     ("log.level", 20, "must be a string, not an integer"),
     ("log.level", "INFO", "'INFO' is not one of debug, info, warning, error"),
     ("log.format", True, "must be a string, not a boolean"),
@@ -560,6 +562,15 @@ def test_example_commented_tables_are_valid() -> None:
     assert config.sources_for("BTC-USDT") == ("binance", "okx", "kraken")
     assert config.exchange("kraken").base_url == "https://api.kraken.com"
     assert "simulated" in config.exchanges
+
+
+def test_every_key_has_bad_value_cases() -> None:
+    """Each key the loader reads is fed garbage in BAD_VALUES (so a new key cannot skip it)."""
+    covered = {
+        "exchanges.<source>.base_url" if key.endswith(".base_url") else key
+        for key, _, _ in BAD_VALUES
+    }
+    assert schema_keys() - covered == set()
 
 
 def test_docs_table_lists_every_key() -> None:

@@ -27,9 +27,10 @@ from typing import Any
 
 from aiohttp import web
 
-from bittrade_feed import cli, logs
+from bittrade_feed import cli
 from bittrade_feed.config import parse_config
-from bittrade_feed.web import create_app
+from bittrade_feed.ops import logs
+from bittrade_feed.server.app import create_app
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))

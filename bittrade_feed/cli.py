@@ -26,12 +26,13 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from bittrade_feed import __version__, logs, systemd
+from bittrade_feed import __version__
 from bittrade_feed.config import Config, load_config
 from bittrade_feed.errors import ConfigError, FeedError
-from bittrade_feed.fetcher import Fetcher
-from bittrade_feed.state import FETCH_TASK, FETCHER, HUB, METRICS, STORE
-from bittrade_feed.web import create_app, metrics_handler
+from bittrade_feed.feed.fetcher import Fetcher
+from bittrade_feed.ops import logs, systemd
+from bittrade_feed.server.app import create_app, metrics_handler
+from bittrade_feed.server.state import FETCH_TASK, FETCHER, HUB, METRICS, STORE
 
 EX_CONFIG = 78
 STATUS_PERIOD = 5.0

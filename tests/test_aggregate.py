@@ -7,7 +7,7 @@ from decimal import Decimal
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bittrade_feed.aggregate import canonical, failover, median
+from bittrade_feed.feed.aggregate import canonical, failover, median
 from bittrade_feed.models import Quote
 
 PAIR = "BTC-USD"

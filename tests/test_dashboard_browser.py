@@ -20,7 +20,7 @@ from aiohttp import web
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from bittrade_feed.config import Config
-from bittrade_feed.web import create_app
+from bittrade_feed.server.app import create_app
 from tests.daemon import PAIR
 from tests.fakeexchange import FakeExchanges
 

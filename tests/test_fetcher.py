@@ -11,9 +11,9 @@ import aiohttp
 import pytest
 
 from bittrade_feed.config import Config
-from bittrade_feed.fetcher import Fetcher
-from bittrade_feed.metrics import Metrics, new_registry
+from bittrade_feed.feed.fetcher import Fetcher
 from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts
+from bittrade_feed.ops.metrics import Metrics, new_registry
 from tests.fakeclock import FakeClock, settle
 from tests.fakeexchange import Answer, FakeExchanges, with_price
 

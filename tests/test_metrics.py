@@ -18,10 +18,10 @@ from prometheus_client import CollectorRegistry
 
 from bittrade_feed import __version__
 from bittrade_feed.config import Config
-from bittrade_feed.metrics import new_registry
 from bittrade_feed.models import Tick
-from bittrade_feed.state import FETCHER, HUB
-from bittrade_feed.web import create_app
+from bittrade_feed.ops.metrics import new_registry
+from bittrade_feed.server.app import create_app
+from bittrade_feed.server.state import FETCHER, HUB
 from tests.daemon import PAIR
 from tests.fakeclock import FakeClock
 from tests.fakeexchange import FakeExchanges

@@ -14,7 +14,7 @@ import pytest
 
 from bittrade_feed.errors import StoreError
 from bittrade_feed.models import TickDraft
-from bittrade_feed.store import MIGRATIONS, Store
+from bittrade_feed.store.sqlite import MIGRATIONS, Store
 
 
 def draft(pair: str = "BTC-USD", price: str = "100.5", ts_ms: int = 1000) -> TickDraft:
@@ -141,7 +141,7 @@ import asyncio, os, sys
 from decimal import Decimal
 from pathlib import Path
 from bittrade_feed.models import TickDraft
-from bittrade_feed.store import Store
+from bittrade_feed.store.sqlite import Store
 async def main():
     store = await Store.open(Path(sys.argv[1]))
     tick = await store.insert(TickDraft("BTC-USD", Decimal("1.5"), 1, ("kraken",)))

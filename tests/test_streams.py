@@ -12,12 +12,12 @@ import aiohttp
 import pytest
 from aiohttp.pytest_plugin import AiohttpClient
 
-from bittrade_feed import hub as hub_module
+from bittrade_feed.broadcast import hub as hub_module
+from bittrade_feed.broadcast.hub import chunk, encode, sse_frame, ws_frame
 from bittrade_feed.config import Config
-from bittrade_feed.hub import chunk, encode, sse_frame, ws_frame
 from bittrade_feed.models import FeedStatus, Tick
-from bittrade_feed.state import FETCHER, HUB, METRICS
-from bittrade_feed.web import create_app
+from bittrade_feed.server.app import create_app
+from bittrade_feed.server.state import FETCHER, HUB, METRICS
 from tests.fakeclock import FakeClock
 from tests.streamutil import events, frames
 

@@ -10,8 +10,8 @@ import pytest
 from aiohttp.pytest_plugin import AiohttpClient
 from aiohttp.test_utils import TestServer
 
-from bittrade_feed.state import FETCHER, HUB
-from bittrade_feed.web import create_app
+from bittrade_feed.server.app import create_app
+from bittrade_feed.server.state import FETCHER, HUB
 from tests.fakeexchange import FakeExchanges
 from tests.streamutil import events, frames
 

@@ -12,9 +12,9 @@ from aiohttp.pytest_plugin import AiohttpServer
 
 from bittrade_feed.clock import Clock
 from bittrade_feed.config import Config
+from bittrade_feed.server.app import create_app
+from bittrade_feed.server.state import FETCHER, HUB
 from bittrade_feed.sources import SOURCES
-from bittrade_feed.state import FETCHER, HUB
-from bittrade_feed.web import create_app
 from tests.daemon import PAIR, daemon_config, fx  # noqa: F401 (fixtures, used by name)
 from tests.fakeexchange import FakeExchanges
 

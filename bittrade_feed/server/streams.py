@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.http import HttpVersion11
 
+from bittrade_feed.broadcast.hub import SSE_CHUNKED, SSE_RAW, WS, Hub, Subscriber
 from bittrade_feed.config import Config
-from bittrade_feed.hub import SSE_CHUNKED, SSE_RAW, WS, Hub, Subscriber
-from bittrade_feed.problems import Problem, handles_own_problems, problem_response
-from bittrade_feed.state import HUB, current_config
+from bittrade_feed.server.problems import Problem, handles_own_problems, problem_response
+from bittrade_feed.server.state import HUB, current_config
 
 MAX_WS_MESSAGE = 4096
 

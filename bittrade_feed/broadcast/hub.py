@@ -31,10 +31,10 @@ import structlog
 
 from bittrade_feed.clock import Clock
 from bittrade_feed.config import StreamConfig
-from bittrade_feed.metrics import Metrics
 from bittrade_feed.models import FeedStatus, Tick
+from bittrade_feed.ops.metrics import Metrics
 
-log = structlog.get_logger("bittrade_feed.hub")
+log = structlog.get_logger("bittrade_feed.broadcast.hub")
 
 # Wire formats; a subscriber has exactly one.
 SSE_CHUNKED = 0

@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from bittrade_feed import __version__
-from bittrade_feed.state import current_config
+from bittrade_feed.server.state import current_config
 
 ASSET_TYPES = {
     "dashboard.js": "text/javascript",
@@ -65,12 +65,12 @@ def add_dashboard_routes(app: web.Application) -> None:
     app.router.add_get("/dashboard/{name}", dashboard_asset)
 
 
-JS_CLIENT = Path(__file__).resolve().parent.parent / "clients" / "js" / "src" / "index.js"
+JS_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "js" / "src" / "index.js"
 """The JS client in a checkout; installed wheels carry it as ``static/feed.js``."""
 
 
 def _read(name: str) -> bytes:
-    packaged = resources.files("bittrade_feed").joinpath("static", name)
+    packaged = resources.files("bittrade_feed.server").joinpath("static", name)
     if name == "feed.js" and not packaged.is_file():
         return JS_CLIENT.read_bytes()
     return packaged.read_bytes()

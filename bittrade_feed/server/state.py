@@ -7,12 +7,12 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
+from bittrade_feed.broadcast.hub import Hub
 from bittrade_feed.clock import Clock
 from bittrade_feed.config import Config
-from bittrade_feed.fetcher import Fetcher
-from bittrade_feed.hub import Hub
-from bittrade_feed.metrics import Metrics
-from bittrade_feed.store import Store
+from bittrade_feed.feed.fetcher import Fetcher
+from bittrade_feed.ops.metrics import Metrics
+from bittrade_feed.store.sqlite import Store
 
 CONFIG = web.AppKey("config", Config)
 """The start-up config; settings that may change on reload are read from ``FETCHER``."""

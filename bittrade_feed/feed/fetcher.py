@@ -28,7 +28,6 @@ from tenacity import (
 from tenacity.stop import stop_base
 from tenacity.wait import wait_random_exponential
 
-from bittrade_feed import aggregate
 from bittrade_feed.clock import Clock
 from bittrade_feed.config import Config
 from bittrade_feed.errors import (
@@ -37,11 +36,12 @@ from bittrade_feed.errors import (
     SourceRateLimited,
     StoreError,
 )
-from bittrade_feed.metrics import Metrics
+from bittrade_feed.feed import aggregate
 from bittrade_feed.models import FeedStatus, Quote, Tick, TickDraft
+from bittrade_feed.ops.metrics import Metrics
 from bittrade_feed.sources import SOURCES, Source
 
-log = structlog.get_logger("bittrade_feed.fetcher")
+log = structlog.get_logger("bittrade_feed.feed.fetcher")
 
 FAILURES_TO_OPEN = 3
 """Consecutive failed requests before a source is rested."""

@@ -10,7 +10,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-log = structlog.get_logger("bittrade_feed.web")
+log = structlog.get_logger("bittrade_feed.server.app")
 
 PROBLEM_TYPE = "application/problem+json"
 

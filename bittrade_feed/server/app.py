@@ -19,16 +19,16 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bittrade_feed import __version__
+from bittrade_feed.broadcast.hub import Hub
 from bittrade_feed.clock import Clock, SystemClock
 from bittrade_feed.config import Config
-from bittrade_feed.dashboard import add_dashboard_routes
 from bittrade_feed.errors import StoreError
-from bittrade_feed.fetcher import Fetcher
-from bittrade_feed.hub import Hub
-from bittrade_feed.metrics import Metrics, new_registry
+from bittrade_feed.feed.fetcher import Fetcher
 from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts, parse_ts
-from bittrade_feed.problems import Problem, problem_middleware
-from bittrade_feed.state import (
+from bittrade_feed.ops.metrics import Metrics, new_registry
+from bittrade_feed.server.dashboard import add_dashboard_routes
+from bittrade_feed.server.problems import Problem, problem_middleware
+from bittrade_feed.server.state import (
     CLOCK,
     CONFIG,
     FETCH_TASK,
@@ -39,10 +39,10 @@ from bittrade_feed.state import (
     STORE,
     current_config,
 )
-from bittrade_feed.store import Store
-from bittrade_feed.streams import price_stream, requested_pairs, ws_stream
+from bittrade_feed.server.streams import price_stream, requested_pairs, ws_stream
+from bittrade_feed.store.sqlite import Store
 
-log = structlog.get_logger("bittrade_feed.web")
+log = structlog.get_logger("bittrade_feed.server.app")
 
 FETCH_ENABLED = web.AppKey("fetch_enabled", bool)
 

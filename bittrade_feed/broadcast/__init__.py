@@ -1,0 +1,1 @@
+"""The fan-out: wire framing, replay and resume, subscribers; no HTTP handler in here."""

@@ -1,0 +1,1 @@
+"""The aiohttp application: REST and stream handlers, problem responses, the dashboard."""

@@ -1,0 +1,1 @@
+"""Durable storage of every committed tick (SQLite)."""

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import gc
 import signal
+import socket
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -59,9 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
     except ConfigError as exc:
+        # Redacted again here: a message may quote a URL with its user:password@.
         print(f"bittrade-feed: invalid config {args.config}:", file=sys.stderr)
         for key, problem in exc.details:
-            print(f"  {key}: {problem}", file=sys.stderr)
+            print(logs.redact_text(f"  {key}: {problem}"), file=sys.stderr)
         systemd.notify(f"STATUS=invalid config: {_one_line(str(exc))}")
         return EX_CONFIG
     if args.command == "check-config":
@@ -165,16 +167,22 @@ async def _listen(
     inherited = systemd.listen_sockets()
     api = [sock for name, sock in inherited if name != "metrics"]
     metrics = [sock for name, sock in inherited if name == "metrics"]
-    sites: list[web.BaseSite] = [web.SockSite(runner, sock) for sock in api] or [
-        web.TCPSite(runner, config.server.host, config.server.port, backlog=4096)
+    backlog = config.server.backlog
+    sites: list[web.BaseSite] = [_inherited_site(runner, sock, backlog) for sock in api] or [
+        web.TCPSite(runner, config.server.host, config.server.port, backlog=backlog)
     ]
     if metrics or config.server.metrics_host:
         metrics_runner = web.AppRunner(_metrics_app(app), handle_signals=False, access_log=None)
         # Pushed after the API runner, so it stops first, before the database closes.
         stack.push_async_callback(metrics_runner.cleanup)
         await metrics_runner.setup()
-        sites += [web.SockSite(metrics_runner, sock) for sock in metrics] or [
-            web.TCPSite(metrics_runner, config.server.metrics_host, config.server.metrics_port)
+        sites += [_inherited_site(metrics_runner, sock, backlog) for sock in metrics] or [
+            web.TCPSite(
+                metrics_runner,
+                config.server.metrics_host,
+                config.server.metrics_port,
+                backlog=backlog,
+            )
         ]
     for site in sites:
         await site.start()
@@ -185,6 +193,15 @@ async def _listen(
         pairs=list(config.fetch.pairs),
         db=str(config.database.path),
     )
+
+
+def _inherited_site(runner: web.AppRunner, sock: socket.socket, fallback: int) -> web.SockSite:
+    """A site on a socket-activated socket that keeps the backlog systemd gave it.
+
+    asyncio calls ``listen()`` again on the socket it serves, with the site's backlog
+    (aiohttp's default 128), which would shrink the unit's ``Backlog=`` (4096 by default).
+    """
+    return web.SockSite(runner, sock, backlog=systemd.listen_backlog(sock) or fallback)
 
 
 def _metrics_app(main_app: web.Application) -> web.Application:

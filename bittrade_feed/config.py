@@ -33,6 +33,10 @@ DB_FILENAME = "bittrade-feed.sqlite3"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 STRATEGIES = ("median", "failover")
+SOMAXCONN = "/proc/sys/net/core/somaxconn"
+FALLBACK_BACKLOG = 4096
+"""Listen backlog when somaxconn cannot be read (Linux's default since 5.4)."""
+MIN_BACKLOG, MAX_BACKLOG = 128, 65535
 MIN_INTERVAL = 0.01
 """Shortest interval (100 ticks/s): for the simulated source and benchmarks; real exchanges
 rate-limit far above it."""
@@ -49,6 +53,8 @@ class ServerConfig:
     metrics_port: int = 0
     """The port of that second listener; set both or neither."""
     shutdown_timeout: float = 10.0
+    backlog: int = field(default_factory=lambda: default_backlog())  # noqa: PLW0108 - below
+    """Connections the kernel queues before accepting (the TCP listener only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +112,10 @@ class StreamConfig:
     """Close a stream after about this many seconds, with jitter (0: never)."""
     coalesce_ms: int = 0
     """Batch events for up to this many ms into one write per subscriber (0: send at once)."""
+    ws_ops_burst: int = 10
+    """WebSocket messages a client may send at once before the rate applies."""
+    ws_ops_per_second: float = 2.0
+    """WebSocket messages per second a client may send after its burst; more closes it (1008)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +153,20 @@ def default_db_path() -> Path:
     return Path(state or "data") / DB_FILENAME
 
 
+def default_backlog() -> int:
+    """The kernel's cap on a listen queue (``somaxconn``), or ``FALLBACK_BACKLOG``."""
+    try:
+        text = Path(SOMAXCONN).read_text().strip()
+    except OSError:
+        return FALLBACK_BACKLOG
+    # A larger backlog than somaxconn is silently cut to it; a tiny one is raised.
+    return (
+        max(MIN_BACKLOG, min(int(text), MAX_BACKLOG))
+        if text.isascii() and text.isdigit()
+        else FALLBACK_BACKLOG
+    )
+
+
 def default_sources(pair: str) -> tuple[str, ...]:
     """Every real exchange that lists the pair; never the simulator."""
     return tuple(name for name in REAL_SOURCES if SOURCES[name]().supports(pair))
@@ -152,17 +176,23 @@ def load_config(path: Path | None) -> Config:
     """Read and validate a config file; ``None`` gives the defaults."""
     if path is None:
         return parse_config({})
+    where = str(path)
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError([(str(path), "file not found")]) from None
+        raise ConfigError([(where, "file not found")]) from None
     except OSError as exc:
-        raise ConfigError([(str(path), f"cannot read: {exc.strerror or exc}")]) from None
+        raise ConfigError([(where, f"cannot read: {exc.strerror or exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([(str(path), f"not valid TOML: {exc}")]) from None
+        raise ConfigError([(where, f"not valid TOML: {exc}")]) from None
     except UnicodeDecodeError:
-        raise ConfigError([(str(path), "not valid TOML: the file is not UTF-8 text")]) from None
+        raise ConfigError([(where, "not valid TOML: the file is not UTF-8 text")]) from None
+    except RecursionError:
+        raise ConfigError([(where, "lists or tables are nested too deeply")]) from None
+    except ValueError:
+        # tomllib's int() of more than 4,300 digits; no key of ours takes such a number.
+        raise ConfigError([(where, "a number has more than 4300 digits")]) from None
     return parse_config(raw)
 
 
@@ -184,6 +214,7 @@ def _build(r: Reader) -> Config:
         metrics_host=r.get("server.metrics_host", "", partial(host, optional=True)),
         metrics_port=r.get("server.metrics_port", 0, integer(0, 65535)),
         shutdown_timeout=r.get("server.shutdown_timeout", 10.0, number(0.1, 300)),
+        backlog=r.get("server.backlog", default_backlog(), integer(1, MAX_BACKLOG)),
     )
     _check_metrics_listener(r, server)
     database = DatabaseConfig(
@@ -206,6 +237,8 @@ def _build(r: Reader) -> Config:
         replay_limit=r.get("stream.replay_limit", 1000, integer(0, 100_000)),
         max_lifetime=r.get("stream.max_lifetime", 0.0, number(0)),
         coalesce_ms=r.get("stream.coalesce_ms", 0, integer(0, 1000)),
+        ws_ops_burst=r.get("stream.ws_ops_burst", 10, integer(1, 10_000)),
+        ws_ops_per_second=r.get("stream.ws_ops_per_second", 2.0, number(0.01, 10_000)),
     )
     log = LogConfig(
         level=r.get("log.level", "info", choice(LOG_LEVELS)),
@@ -348,7 +381,15 @@ def _db_path(value: Any) -> Path:
     text = string(value)
     if not text.strip():
         raise Bad("must not be empty (leave the key out for the default)")
-    path = Path(text).expanduser()
-    if path.is_dir():
+    if "\0" in text:
+        raise Bad("contains a NUL character, which no file name can hold")
+    try:
+        path = Path(text).expanduser()
+        is_dir = path.is_dir()
+    except RuntimeError:
+        raise Bad(f"{text!r}: no home directory to expand ~ to; write the full path") from None
+    except OSError as exc:
+        raise Bad(f"{text!r} cannot be used: {exc.strerror or exc}") from None
+    if is_dir:
         raise Bad(f"{text!r} is a directory; name the file, like {path / DB_FILENAME}")
     return path

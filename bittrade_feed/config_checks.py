@@ -17,8 +17,12 @@ from urllib.parse import urlsplit
 
 from bittrade_feed.errors import ConfigError
 from bittrade_feed.models import split_pair
+from bittrade_feed.ops.logs import redact_text
 
 T = TypeVar("T")
+
+SHOWN_BITS = 64
+LOG10_2 = math.log10(2)
 
 
 class Reader:
@@ -144,10 +148,12 @@ def number(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callabl
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Bad(f"must be a number, not {kind(value)}")
-        if not math.isfinite(value) or value < lo or (lo_open and value == lo) or value > hi:
+        # Compared before float(): an integer of 400 digits does not fit a float at all.
+        finite = isinstance(value, int) or math.isfinite(value)
+        if not finite or value < lo or (lo_open and value == lo) or value > hi:
             low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
             high = "" if hi == math.inf else f" and at most {hi:g}"
-            raise Bad(f"{value!r} is out of range: must be {low}{high}")
+            raise Bad(f"{shown_number(value)} is out of range: must be {low}{high}")
         return float(value)
 
     return check
@@ -161,10 +167,19 @@ def integer(lo: int, hi: int) -> Callable[[Any], int]:
             hint = " (write it without a decimal point)" if isinstance(value, float) else ""
             raise Bad(f"must be an integer, not {kind(value)}{hint}")
         if not lo <= value <= hi:
-            raise Bad(f"{value} is out of range: must be from {lo} to {hi}")
+            raise Bad(f"{shown_number(value)} is out of range: must be from {lo} to {hi}")
         return value
 
     return check
+
+
+def shown_number(value: float) -> str:
+    """A number as quoted in a message; a huge integer by its length, not its digits."""
+    if isinstance(value, int) and abs(value).bit_length() > SHOWN_BITS:
+        # str() of an integer over 4,300 digits raises, and nobody reads 400 digits.
+        digits = math.floor(abs(value).bit_length() * LOG10_2) + 1
+        return f"a number of about {digits} digits"
+    return repr(value)
 
 
 def choice(options: tuple[str, ...]) -> Callable[[Any], str]:
@@ -214,11 +229,16 @@ def host(value: Any, *, optional: bool = False) -> str:
 
 
 def url(value: Any) -> str:
-    """An ``http://`` or ``https://`` base URL."""
+    """An ``http://`` or ``https://`` base URL with a host (and a valid port, if any)."""
     text = string(value)
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise Bad(f"{text!r} is not an http:// or https:// URL with a host")
+    shown = repr(redact_text(text))
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError as exc:
+        raise Bad(f"{shown} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Bad(f"{shown} is not an http:// or https:// URL with a host")
     return text
 
 

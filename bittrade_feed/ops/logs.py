@@ -11,20 +11,72 @@ import logging
 import os
 import re
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
-_URL_CREDENTIALS = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
+# Userinfo (``user:password@`` or a bare token ``user@``) after any scheme, valid URL or not.
+_URL_CREDENTIALS = re.compile(r"(?<=://)[^/?#@\s]+@")
+_MAX_DEPTH = 32
+"""Log values nested deeper than this are not searched (they are never ours)."""
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the userinfo of every URL replaced by ``***``: the one redaction."""
+    return _URL_CREDENTIALS.sub("***@", text) if "://" in text else text
+
+
+def redact_value(value: Any, depth: int = 0) -> Any:
+    """``value`` with every string in it redacted, inside dicts, lists and tuples too."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if depth >= _MAX_DEPTH:
+        return value
+    if isinstance(value, dict):
+        return {k: redact_value(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact_value(v, depth + 1) for v in value)
+    if isinstance(value, BaseException):
+        # Rendered later by str(); redact what it will say now.
+        return redact_text(f"{type(value).__name__}: {value}")
+    return value
 
 
 def redact(_: WrappedLogger, __: str, event: EventDict) -> EventDict:
-    """Remove ``user:password@`` from any URL in any string value: no secret reaches a log."""
+    """Redact every field of a log event, at any depth: no URL secret reaches a log."""
     for key, value in event.items():
-        if isinstance(value, str) and "://" in value:
-            event[key] = _URL_CREDENTIALS.sub("***@", value)
+        if key != "exc_info":
+            event[key] = redact_value(value)
     return event
+
+
+class RateLimitedLog:
+    """Lets at most ``per_minute`` lines through per minute and counts the ones it held back."""
+
+    __slots__ = ("clock", "held_back", "left", "per_minute", "window_end")
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.per_minute = per_minute
+        self.clock = clock
+        self.window_end = 0.0
+        self.left = 0
+        self.held_back = 0
+
+    def allow(self) -> int | None:
+        """``None`` to stay quiet, else how many lines were held back since the last one."""
+        now = self.clock()
+        if now >= self.window_end:
+            self.window_end, self.left = now + 60.0, self.per_minute
+        if self.left <= 0:
+            self.held_back += 1
+            return None
+        self.left -= 1
+        held_back, self.held_back = self.held_back, 0
+        return held_back
 
 
 class _SyslogPrefix:
@@ -48,7 +100,6 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact,
     ]
     renderer: Processor
     if json_out:
@@ -58,6 +109,9 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
         shared.append(structlog.processors.dict_tracebacks)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        shared.append(structlog.processors.format_exc_info)
+    # Last, so tracebacks (exception messages included) are redacted too.
+    shared.append(redact)
     numeric = getattr(logging, level.upper())
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],

@@ -28,7 +28,7 @@ from bittrade_feed.errors import SOURCE_ERROR_REASONS
 UPSTREAM_OUTCOMES = ("ok", *SOURCE_ERROR_REASONS)
 CIRCUIT_STATES = ("closed", "open", "half_open", "disabled")
 TRANSPORTS = ("sse", "ws")
-CLOSE_REASONS = ("client", "slow", "shutdown", "limit", "lifetime", "resubscribe")
+CLOSE_REASONS = ("client", "slow", "shutdown", "limit", "lifetime", "resubscribe", "abuse")
 SKIP_REASONS = ("no_quorum", "store_error")
 
 
@@ -125,6 +125,11 @@ class Metrics:
             "bittrade_feed_connections_closed",
             "Subscriber connections closed, by transport and reason.",
             ["transport", "reason"],
+            registry=r,
+        )
+        self.bad_requests = Counter(
+            "bittrade_feed_bad_requests",
+            "Requests refused with 400 before routing: unparsable line or headers, or too long.",
             registry=r,
         )
         self.events_sent = Counter(

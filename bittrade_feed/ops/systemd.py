@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import time
+
+from bittrade_feed.ops.logs import redact_text
 
 LISTEN_FDS_START = 3
 """The first file descriptor systemd passes (``SD_LISTEN_FDS_START``)."""
 
 
 def notify(*assignments: str) -> bool:
-    """Send ``KEY=value`` assignments in one datagram; ``False`` if not under systemd."""
+    """Send ``KEY=value`` assignments in one datagram; ``False`` if not under systemd.
+
+    Every value is redacted: ``STATUS=`` quotes config errors, which may quote a URL.
+    """
     address = os.environ.get("NOTIFY_SOCKET", "")
     if not address.startswith(("/", "@")):
         return False
@@ -26,7 +32,7 @@ def notify(*assignments: str) -> bool:
             # Never block the event loop: a full queue drops the message, like a lost ping.
             sock.setblocking(False)
             sock.connect(address)
-            sock.sendall("\n".join(assignments).encode())
+            sock.sendall("\n".join(map(redact_text, assignments)).encode())
     except OSError:
         return False
     return True
@@ -63,3 +69,25 @@ def listen_sockets() -> list[tuple[str, socket.socket]]:
         sock.set_inheritable(False)
         found.append((names[i] if i < len(names) else "", sock))
     return found
+
+
+TCP_LISTEN = 10
+"""``tcpi_state`` of a listening socket."""
+_TCP_INFO_SACKED = struct.Struct("=28xI")
+"""``tcpi_sacked`` of ``struct tcp_info``: a listening socket's backlog (Linux)."""
+
+
+def listen_backlog(sock: socket.socket) -> int | None:
+    """The backlog a listening TCP socket was given, where the kernel says (Linux)."""
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, _TCP_INFO_SACKED.size)
+    except OSError:
+        return None
+    # For a socket in LISTEN state the kernel reports sk_max_ack_backlog here.
+    if len(raw) < _TCP_INFO_SACKED.size or raw[0] != TCP_LISTEN:
+        return None
+    (backlog,) = _TCP_INFO_SACKED.unpack(raw)
+    return int(backlog)

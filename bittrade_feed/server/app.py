@@ -24,9 +24,11 @@ from bittrade_feed.clock import Clock, SystemClock
 from bittrade_feed.config import Config
 from bittrade_feed.errors import StoreError
 from bittrade_feed.feed.fetcher import Fetcher
-from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts, parse_ts
+from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts
 from bittrade_feed.ops.metrics import Metrics, new_registry
+from bittrade_feed.server.badinput import install as install_bad_input_log
 from bittrade_feed.server.dashboard import add_dashboard_routes
+from bittrade_feed.server.params import int_param, requested_pairs, time_param
 from bittrade_feed.server.problems import Problem, problem_middleware
 from bittrade_feed.server.state import (
     CLOCK,
@@ -39,7 +41,7 @@ from bittrade_feed.server.state import (
     STORE,
     current_config,
 )
-from bittrade_feed.server.streams import price_stream, requested_pairs, ws_stream
+from bittrade_feed.server.streams import price_stream, ws_stream
 from bittrade_feed.store.sqlite import Store
 
 log = structlog.get_logger("bittrade_feed.server.app")
@@ -66,6 +68,7 @@ def create_app(
     app[METRICS] = Metrics(registry if registry is not None else new_registry())
     app[FETCH_ENABLED] = fetch
 
+    install_bad_input_log(app)
     app.cleanup_ctx.extend([_session_ctx, _store_ctx, _hub_ctx, _fetcher_ctx, _retention_ctx])
     app.on_shutdown.append(_on_shutdown)
     app.add_routes(
@@ -211,11 +214,11 @@ async def get_prices(request: web.Request) -> web.Response:
     """Stored prices of one pair between ``since`` and ``until`` (RFC 3339), oldest first."""
     pair = _pair(request)
     now_ms = round(request.app[CLOCK].time() * 1000)
-    until = _time_param(request, "until", now_ms + 1)
-    since = _time_param(request, "since", until - DEFAULT_RANGE_SECONDS * 1000)
+    until = time_param(request, "until", now_ms + 1)
+    since = time_param(request, "since", max(0, until - DEFAULT_RANGE_SECONDS * 1000))
     if since >= until:
         raise Problem(400, "since must be earlier than until", param="since")
-    limit = _int_param(request, "limit", DEFAULT_RANGE_LIMIT, 1, MAX_RANGE_LIMIT)
+    limit = int_param(request, "limit", DEFAULT_RANGE_LIMIT, 1, MAX_RANGE_LIMIT)
     ticks = await request.app[STORE].between(pair, since, until, limit)
     return web.json_response(
         {
@@ -289,26 +292,3 @@ async def metrics_handler(request: web.Request) -> web.StreamResponse:
     except StoreError as exc:
         log.warning("store metrics unavailable", reason=str(exc))
     return await metrics.exposition(request)
-
-
-def _time_param(request: web.Request, name: str, default: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return parse_ts(raw) if not raw.isdigit() else int(raw) * 1000
-    except ValueError:
-        raise Problem(
-            400,
-            f"{name}={raw!r} is not a time: use RFC 3339 (2026-11-23T20:31:00Z) or Unix seconds",
-            param=name,
-        ) from None
-
-
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return default
-    if not raw.isdigit() or not lo <= int(raw) <= hi:
-        raise Problem(400, f"{name}={raw!r} must be a whole number from {lo} to {hi}", param=name)
-    return int(raw)

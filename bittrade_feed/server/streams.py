@@ -8,19 +8,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 from typing import Any
 
 from aiohttp import WSMsgType, web
 from aiohttp.http import HttpVersion11
+from aiohttp.web import ContentCoding
 
 from bittrade_feed.broadcast.hub import SSE_CHUNKED, SSE_RAW, WS, Hub, Subscriber
 from bittrade_feed.config import Config
+from bittrade_feed.server.badinput import note_bad_message
+from bittrade_feed.server.params import last_event_id, requested_pairs
 from bittrade_feed.server.problems import Problem, handles_own_problems, problem_response
 from bittrade_feed.server.state import HUB, current_config
+from bittrade_feed.server.wsops import TokenBucket, describe_limit, json_error, parse_op
 
 MAX_WS_MESSAGE = 4096
+WS_POLICY_VIOLATION = 1008
+PROXY_HINT = (
+    "/api/ws is a WebSocket endpoint: send an HTTP/1.1 GET with 'Upgrade: websocket' and "
+    "'Connection: Upgrade'; a reverse proxy must pass both through "
+    "(README, 'Behind a reverse proxy')"
+)
+
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -32,52 +42,6 @@ SSE_HEADERS = {
 
 def _app_state(request: web.Request) -> tuple[Hub, Config]:
     return request.app[HUB], current_config(request.app)
-
-
-def requested_pairs(request: web.Request, param: str, *, single: bool = False) -> tuple[str, ...]:
-    """The pairs named in ``?pairs=`` / ``?pair=`` (default: every configured pair)."""
-    _, config = _app_state(request)
-    known = config.fetch.pairs
-    raw = request.query.get(param, "")
-    if not raw:
-        return known[:1] if single else known
-    return check_pairs(raw.split(","), known, param, single=single)
-
-
-def check_pairs(
-    names: list[Any], known: tuple[str, ...], param: str, *, single: bool = False
-) -> tuple[str, ...]:
-    """Validate pair names against the configured ones; ``Problem`` 400 naming the bad one."""
-    if single and len(names) != 1:
-        raise Problem(400, f"{param} takes exactly one pair", param=param)
-    pairs: list[str] = []
-    for name in names:
-        pair = str(name).strip().upper()
-        if pair not in known:
-            raise Problem(
-                400,
-                f"unknown pair {str(name)!r} in {param}: this feed serves {', '.join(known)}",
-                param=param,
-            )
-        if pair not in pairs:
-            pairs.append(pair)
-    return tuple(pairs)
-
-
-def last_event_id(request: web.Request) -> int | None:
-    """The resume point: ``Last-Event-ID`` header, else ``?last_event_id=``."""
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id")
-    return parse_event_id(raw, "Last-Event-ID")
-
-
-def parse_event_id(raw: Any, name: str) -> int | None:
-    """An event id is a non-negative integer; empty means "none"."""
-    if raw is None or raw == "":
-        return None
-    text = str(raw).strip()
-    if isinstance(raw, bool) or not text.isdigit() or len(text) > 18:
-        raise Problem(400, f"{name} {raw!r} is not an event id (a whole number)", param=name)
-    return int(text)
 
 
 def _refuse_if_full(hub: Hub, transport: str) -> None:
@@ -95,7 +59,8 @@ def _admit(request: web.Request, hub: Hub, transport: str) -> tuple[tuple[str, .
     """The stream's pairs and resume point; ``Problem`` if the request or the limit says no."""
     pairs = requested_pairs(request, "pairs")
     resume = last_event_id(request)
-    _refuse_if_full(hub, transport)
+    if request.method != "HEAD":
+        _refuse_if_full(hub, transport)
     return pairs, resume
 
 
@@ -107,7 +72,13 @@ async def price_stream(request: web.Request) -> web.StreamResponse:
         pairs, resume = _admit(request, hub, "sse")
     except Problem as problem:
         return problem_response(problem)
+    if request.method == "HEAD":
+        # The headers a GET would get, and no stream: HEAD must not hold a subscriber slot.
+        return web.Response(headers=SSE_HEADERS)
     resp = web.StreamResponse(headers=SSE_HEADERS)
+    # Never compressed, whatever Accept-Encoding says: the hub writes pre-framed bytes
+    # straight to the socket, and a compressor would hold events back until it flushes.
+    resp.enable_compression(force=ContentCoding.identity)
     http11 = request.version >= HttpVersion11
     if http11:
         resp.enable_chunked_encoding()
@@ -131,7 +102,8 @@ async def ws_stream(request: web.Request) -> web.StreamResponse:
     """WebSocket: the same events as JSON ``{"event": ..., "data": ...}`` text messages.
 
     The client may send ``{"op": "subscribe", "pairs": [...], "last_event_id": N}`` to
-    change its pairs and resume point.
+    change its pairs and resume point, at most ``stream.ws_ops_burst`` at once and then
+    ``stream.ws_ops_per_second``; past that it is closed with code 1008.
     """
     hub, config = _app_state(request)
     try:
@@ -140,29 +112,44 @@ async def ws_stream(request: web.Request) -> web.StreamResponse:
         return problem_response(problem)
     # Compression off: frames are pre-encoded once for every subscriber.
     ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_WS_MESSAGE, autoping=True)
+    if not ws.can_prepare(request).ok:
+        # A proxy that drops the Upgrade headers turns the handshake into a plain GET.
+        return problem_response(
+            Problem(426, PROXY_HINT, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+        )
     await ws.prepare(request)
     transport = request.transport
     if transport is None:
         return ws
+    stream = config.stream
+    bucket = TokenBucket(stream.ws_ops_burst, stream.ws_ops_per_second, hub.clock.monotonic)
     sub = await hub.subscribe(transport, WS, pairs, resume)
     try:
         while True:
-            sub = await _serve_ws_message(ws, hub, sub, config.fetch.pairs)
+            sub = await _serve_ws_message(request, ws, sub, config.fetch.pairs, bucket)
             if sub.done.done():
                 break
     finally:
         hub.detach(sub)
         if not ws.closed:
             reason = sub.done.result() if sub.done.done() else "client"
+            code, text = 1001, reason
+            if reason == "abuse":
+                code, text = WS_POLICY_VIOLATION, describe_limit(bucket.burst, bucket.rate)
             with contextlib.suppress(ConnectionError):
-                await ws.close(code=1001, message=reason.encode())
+                await ws.close(code=code, message=text.encode())
     return ws
 
 
 async def _serve_ws_message(
-    ws: web.WebSocketResponse, hub: Hub, sub: Subscriber, known: tuple[str, ...]
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    sub: Subscriber,
+    known: tuple[str, ...],
+    bucket: TokenBucket,
 ) -> Subscriber:
     """Wait for one client message or for the hub to end the stream."""
+    hub = request.app[HUB]
     receive = asyncio.ensure_future(ws.receive())
     waiters: set[asyncio.Future[Any]] = {receive, sub.done}
     await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
@@ -173,27 +160,21 @@ async def _serve_ws_message(
     if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
         hub.detach(sub, "client")
         return sub
-    if msg.type != WSMsgType.TEXT:
-        await _ws_error(ws, "send JSON text messages")
+    if not bucket.take():
+        note_bad_message(request.app, request.remote, "over the op rate limit; closing")
+        hub.detach(sub, "abuse")
         return sub
     try:
-        op = json.loads(msg.data)
-        if not isinstance(op, dict) or op.get("op") != "subscribe":
-            raise Problem(400, 'the only op is {"op": "subscribe", "pairs": [...]}')
-        names = op.get("pairs", list(known))
-        if not isinstance(names, list) or not names:
-            raise Problem(400, "pairs must be a non-empty list of pair names", param="pairs")
-        pairs = check_pairs(names, known, "pairs")
-        resume = parse_event_id(op.get("last_event_id"), "last_event_id")
-    except ValueError:
-        await _ws_error(ws, "message is not JSON")
-        return sub
+        if msg.type != WSMsgType.TEXT:
+            raise Problem(400, "send JSON text messages")
+        pairs, resume = parse_op(msg.data, known)
     except Problem as problem:
-        await _ws_error(ws, problem.detail)
+        note_bad_message(request.app, request.remote, problem.detail)
+        await ws.send_str(json_error(problem.detail))
         return sub
     hub.detach(sub, "resubscribe")
-    return await hub.subscribe(sub.transport, WS, pairs, resume)
-
-
-async def _ws_error(ws: web.WebSocketResponse, detail: str) -> None:
-    await ws.send_str(json.dumps({"event": "error", "data": {"detail": detail}}))
+    new = await hub.subscribe(sub.transport, WS, pairs, resume)
+    # The stream's lifetime and heartbeat schedule carry over: ops must not postpone the
+    # timer that retires old streams and checks an idle client's unsent bytes.
+    new.expires, new.last_write = sub.expires, min(new.last_write, sub.last_write)
+    return new

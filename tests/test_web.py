@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 from aiohttp.pytest_plugin import AiohttpClient
 from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from bittrade_feed.server.app import create_app
 from bittrade_feed.server.state import FETCHER, HUB
@@ -105,6 +106,18 @@ async def test_price_before_first_tick_is_503_problem(
         ("limit=abc", "limit='abc'"),
         ("limit=100000", "limit='100000'"),
         ("since=2026-11-23T10:00:00Z&until=2026-11-23T09:00:00Z", "since must be earlier"),
+        ("until=253402300800", "until='253402300800' is not a time"),
+        ("until=9223372036854775808", "until='9223372036854775808' is not a time"),
+        ("until=1e30", "until='1e30' is not a time"),
+        ("since=0001-01-01T00:00:00%2B23:59", "since='0001-01-01T00:00:00+23:59' is not"),
+        ("until=9999-12-31T23:59:59-23:59", "until='9999-12-31T23:59:59-23:59' is not"),
+        ("since=-1", "since='-1' is not a time"),
+        ("since=%D9%A1%D9%A2", "since='\u0661\u0662' is not a time"),
+        ("since=2026-11-23T20:31:00%D9%A1Z", "is not a time"),
+        ("limit=%C2%B2", "limit='\u00b2' must be a whole number"),
+        ("limit=%D9%A1%D9%A2", "must be a whole number from 1 to 10000"),
+        ("limit=" + "9" * 5000, "limit='" + "9" * 40 + "...' must be a whole number"),
+        ("pair=" + "A" * 5000, "unknown pair '" + "A" * 40 + "...' in pair"),
     ],
 )
 async def test_prices_bad_parameters_are_400(
@@ -112,7 +125,7 @@ async def test_prices_bad_parameters_are_400(
 ) -> None:
     """Every bad /api/prices parameter is a 400 problem that names it."""
     client = await aiohttp_client(create_app(daemon_config(), fetch=False))
-    resp = await client.get(f"/api/prices?{query}")
+    resp = await client.get(URL(f"/api/prices?{query}", encoded=True))
     assert resp.status == 400
     assert resp.headers["Content-Type"] == "application/problem+json"
     body = await resp.json()

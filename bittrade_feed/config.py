@@ -153,18 +153,16 @@ def default_db_path() -> Path:
     return Path(state or "data") / DB_FILENAME
 
 
-def default_backlog() -> int:
+def default_backlog(somaxconn: str = SOMAXCONN) -> int:
     """The kernel's cap on a listen queue (``somaxconn``), or ``FALLBACK_BACKLOG``."""
     try:
-        text = Path(SOMAXCONN).read_text().strip()
+        text = Path(somaxconn).read_text().strip()
     except OSError:
         return FALLBACK_BACKLOG
-    # A larger backlog than somaxconn is silently cut to it; a tiny one is raised.
-    return (
-        max(MIN_BACKLOG, min(int(text), MAX_BACKLOG))
-        if text.isascii() and text.isdigit()
-        else FALLBACK_BACKLOG
-    )
+    if not (text.isascii() and text.isdigit() and len(text) < 10):
+        return FALLBACK_BACKLOG
+    # A backlog above somaxconn is cut to it by the kernel; one below 128 is never right.
+    return max(MIN_BACKLOG, min(int(text), MAX_BACKLOG))
 
 
 def default_sources(pair: str) -> tuple[str, ...]:

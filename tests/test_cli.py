@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
 import aiohttp
 from aiohttp.test_utils import unused_port
 
+from bittrade_feed.config import default_backlog, load_config
+from bittrade_feed.ops.systemd import listen_backlog
 from tests.childdaemon import (
     config_dict,
     run_daemon,
@@ -138,3 +141,57 @@ async def test_socket_activation_serves_on_the_passed_socket(
             assert await daemon.wait() == 0
     (listening,) = [e for e in daemon.events() if e["event"] == "listening"]
     assert listening["socket_activated"] is True
+
+
+async def test_socket_activation_keeps_the_sockets_backlog(
+    tmp_path: Path, fx: FakeExchanges
+) -> None:
+    """An inherited socket keeps its listen backlog (asyncio re-listens with aiohttp's 128)."""
+    config = write_config(tmp_path / "c.toml", config_dict(tmp_path, fx, unused_port()))
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1000)  # as systemd does with Backlog=1000
+        port = listener.getsockname()[1]
+        fd = listener.fileno()
+        wrapper = (sys.executable, "-c", _ACTIVATE, str(fd))
+        env = {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "bittrade-feed.socket"}
+        async with run_daemon(
+            config, tmp_path, port=port, env=env, wrapper=wrapper, pass_fds=(fd,)
+        ) as daemon:
+            await daemon.until_answers()
+            # The same socket, so the kernel reports what the daemon's listen() left.
+            assert listen_backlog(listener) == 1000
+            assert _ss_backlog(port) == 1000
+            daemon.signal(signal.SIGTERM)
+            assert await daemon.wait() == 0
+
+
+async def test_tcp_listener_uses_server_backlog(tmp_path: Path, fx: FakeExchanges) -> None:
+    """``server.backlog`` is the TCP listener's backlog, as ``ss`` reports it."""
+    port = unused_port()
+    raw = config_dict(tmp_path, fx, port, server={"backlog": 777})
+    async with run_daemon(write_config(tmp_path / "c.toml", raw), tmp_path, port=port) as daemon:
+        await daemon.until_answers()
+        assert _ss_backlog(port) == 777
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+
+
+def test_default_backlog_follows_somaxconn(tmp_path: Path) -> None:
+    """The default backlog is somaxconn, kept within 128-65535; 4096 if it cannot be read."""
+    somaxconn = tmp_path / "somaxconn"
+    for text, expected in (("4096\n", 4096), ("100", 128), ("1000000", 65535), ("x", 4096)):
+        somaxconn.write_text(text)
+        assert default_backlog(str(somaxconn)) == expected
+    assert default_backlog(str(tmp_path / "absent")) == 4096
+    real = int(Path("/proc/sys/net/core/somaxconn").read_text())
+    assert load_config(None).server.backlog == max(128, min(real, 65535))
+
+
+def _ss_backlog(port: int) -> int:
+    """The listen backlog of the TCP socket on ``port`` (``ss`` prints it as Send-Q)."""
+    out = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    (line,) = out.splitlines()
+    return int(line.split()[2])

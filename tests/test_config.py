@@ -658,3 +658,50 @@ def test_check_config_exit_status_of_the_real_command(tmp_path: Path) -> None:
     assert "log.level: 'loud' is not one of" in result.stderr
     good = subprocess.run([*command, str(DEMO)], capture_output=True, text=True, check=False)
     assert good.returncode == 0, good.stderr
+
+
+CRASHERS = [
+    ("[feed]\ninterval = 1" + "0" * 399 + "\n", "feed.interval", "a number of about 400 digits"),
+    ("[feed]\ninterval = 1" + "0" * 399 + ".0\n", "feed.interval", "inf is out of range"),
+    ("[server]\nport = " + "9" * 5000 + "\n", "{path}", "a number has more than 4300 digits"),
+    (
+        '[exchanges.kraken]\nbase_url = "http://[::1"\n',
+        "exchanges.kraken.base_url",
+        "not a valid URL",
+    ),
+    ('[database]\npath = "~nouser-bittrade/x.sqlite3"\n', "database.path", "no home directory"),
+    ('[database]\npath = "data/x\\u0000.sqlite3"\n', "database.path", "NUL character"),
+    ("[feed]\npairs = " + "[" * 5000 + "]" * 5000 + "\n", "{path}", "nested too deeply"),
+    ("[feed]\npairs = " + "{a = " * 3000 + "1" + "}" * 3000 + "\n", "{path}", "nested too deeply"),
+    ("[" + ".".join(["a"] * 5000) + "]\n", "a", "unknown key"),
+    ("[feed]\npairs = [" + "[" * 100 + "]" * 100 + "]\n", "feed.pairs[0]", "must be a string"),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "problem"), CRASHERS, ids=[f"{k}:{p}" for _, k, p in CRASHERS]
+)
+@pytest.mark.parametrize("command", ["check-config", "serve"])
+def test_values_that_crashed_the_checker_are_named_errors(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    command: str,
+    text: str,
+    key: str,
+    problem: str,
+) -> None:
+    """Each is one named fault and exit 78 from check-config and serve alike, no traceback."""
+    path = write(tmp_path, text)
+    argv = (
+        ["check-config", str(path)]
+        if command == "check-config"
+        else ["serve", "--config", str(path)]
+    )
+    assert cli.main(argv) == 78
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert lines[0] == f"bittrade-feed: invalid config {path}:"
+    assert lines[1].startswith(f"  {key.format(path=path)}: "), lines
+    assert problem in lines[1]
+    assert all(len(line) < 400 for line in lines)
+    assert "Traceback" not in err

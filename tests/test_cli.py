@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -15,6 +17,7 @@ from aiohttp.test_utils import unused_port
 from bittrade_feed.config import default_backlog, load_config
 from bittrade_feed.ops.systemd import listen_backlog
 from tests.childdaemon import (
+    Daemon,
     config_dict,
     run_daemon,
     write_config,
@@ -116,29 +119,37 @@ async def test_metrics_on_their_own_address(tmp_path: Path, fx: FakeExchanges) -
         assert "process_cpu_seconds_total" in text
 
 
+@contextlib.asynccontextmanager
+async def _socket_activated(
+    config: Path, tmp_path: Path, backlog: int
+) -> AsyncIterator[tuple[socket.socket, Daemon]]:
+    """The daemon started as systemd does: a listening socket at fd 3 and ``LISTEN_PID``."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(backlog)
+        port = listener.getsockname()[1]
+        fd = listener.fileno()
+        wrapper = (sys.executable, "-c", _ACTIVATE, str(fd))
+        env = {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "bittrade-feed.socket"}
+        async with run_daemon(
+            config, tmp_path, port=port, env=env, wrapper=wrapper, pass_fds=(fd,)
+        ) as daemon:
+            yield listener, daemon
+
+
 async def test_socket_activation_serves_on_the_passed_socket(
     tmp_path: Path, fx: FakeExchanges
 ) -> None:
     """With ``LISTEN_FDS``/``LISTEN_PID`` the API answers on the inherited socket (fd 3)."""
     configured = unused_port()
     config = write_config(tmp_path / "c.toml", config_dict(tmp_path, fx, configured))
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen()
-        port = listener.getsockname()[1]
-        fd = listener.fileno()
-        # As systemd does: the socket at fd 3, and LISTEN_PID naming the process that execs.
-        wrapper = (sys.executable, "-c", _ACTIVATE, str(fd))
-        env = {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "bittrade-feed.socket"}
-        async with run_daemon(
-            config, tmp_path, port=port, env=env, wrapper=wrapper, pass_fds=(fd,)
-        ) as daemon:
-            listener.close()  # only the daemon holds it now
-            await daemon.until_answers()
-            with socket.socket() as probe:
-                assert probe.connect_ex(("127.0.0.1", configured)) != 0
-            daemon.signal(signal.SIGTERM)
-            assert await daemon.wait() == 0
+    async with _socket_activated(config, tmp_path, 128) as (listener, daemon):
+        listener.close()  # only the daemon holds it now
+        await daemon.until_answers()
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", configured)) != 0
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
     (listening,) = [e for e in daemon.events() if e["event"] == "listening"]
     assert listening["socket_activated"] is True
 
@@ -148,22 +159,13 @@ async def test_socket_activation_keeps_the_sockets_backlog(
 ) -> None:
     """An inherited socket keeps its listen backlog (asyncio re-listens with aiohttp's 128)."""
     config = write_config(tmp_path / "c.toml", config_dict(tmp_path, fx, unused_port()))
-    with socket.socket() as listener:
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(1000)  # as systemd does with Backlog=1000
-        port = listener.getsockname()[1]
-        fd = listener.fileno()
-        wrapper = (sys.executable, "-c", _ACTIVATE, str(fd))
-        env = {"LISTEN_FDS": "1", "LISTEN_FDNAMES": "bittrade-feed.socket"}
-        async with run_daemon(
-            config, tmp_path, port=port, env=env, wrapper=wrapper, pass_fds=(fd,)
-        ) as daemon:
-            await daemon.until_answers()
-            # The same socket, so the kernel reports what the daemon's listen() left.
-            assert listen_backlog(listener) == 1000
-            assert _ss_backlog(port) == 1000
-            daemon.signal(signal.SIGTERM)
-            assert await daemon.wait() == 0
+    async with _socket_activated(config, tmp_path, 1000) as (listener, daemon):
+        await daemon.until_answers()
+        # The same socket, so the kernel reports what the daemon's listen() left.
+        assert listen_backlog(listener) == 1000
+        assert _ss_backlog(listener.getsockname()[1]) == 1000
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
 
 
 async def test_tcp_listener_uses_server_backlog(tmp_path: Path, fx: FakeExchanges) -> None:

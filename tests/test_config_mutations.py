@@ -223,9 +223,9 @@ def _offline(port: int, db: Path) -> dict[str, Any]:
 def _answers(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proc.poll() is None:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as resp:
-                return bool(resp.status == 200)
+        url = f"http://127.0.0.1:{port}/healthz"
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
         time.sleep(0.05)
     return False
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+
 import pytest
 from aiohttp import WSMsgType
 from aiohttp.pytest_plugin import AiohttpClient
@@ -87,7 +88,7 @@ async def test_odd_digits_are_not_event_ids(
         return  # a WS op that long is over the message limit: see the property test
     async with client.ws_connect("/api/ws?pairs=BTC-USD") as ws:
         await ws.receive_json(timeout=5)  # status
-        await ws.send_str('{"op": "subscribe", "last_event_id": "%s"}' % bad)
+        await ws.send_json({"op": "subscribe", "last_event_id": bad})
         err = await ws.receive_json(timeout=5)
         assert err["event"] == "error" and "is not an event id" in err["data"]["detail"]
 

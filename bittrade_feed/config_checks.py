@@ -70,7 +70,7 @@ class Reader:
 
     def fail(self, key: str, problem: str) -> None:
         """Record one fault; the key is never reported again as unknown."""
-        self.errors.append((key, problem))
+        self.errors.append((printable(key), printable(problem)))
         self._reported.add(key)
 
     def faulted(self, key: str) -> bool:
@@ -124,6 +124,13 @@ class Reader:
             except Bad as bad:
                 self.fail(f"{key}[{i}]", str(bad))
         return good
+
+
+def printable(text: str) -> str:
+    """``text`` with control and line-separator characters escaped: one fault, one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class Bad(ValueError):

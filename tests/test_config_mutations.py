@@ -182,6 +182,7 @@ def _check(text: str, directory: Path) -> tuple[Path, int, str]:
 @example(text=EXAMPLE.read_text().replace("port = 8080", "port = " + "9" * 5000))
 @example(text=EXAMPLE.read_text().replace('level = "info"', "level = " + "[" * 5000))
 @example(text=EXAMPLE.read_text() + '[exchanges.kraken]\nbase_url = "http://a:b@[::1"\n')
+@example(text=EXAMPLE.read_text().replace("[database]", '"\\u001e" = 1\n"\\u2028" = 2\n[database]'))
 @example(
     text=EXAMPLE.read_text().replace("# path = ", "path = ").replace('.sqlite3"', '\\u0000"', 1)
 )

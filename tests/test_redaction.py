@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import structlog
 from aiohttp.test_utils import unused_port
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bittrade_feed.ops import logs
 from tests.childdaemon import NotifySocket, config_dict, run_daemon, write_config
@@ -109,3 +111,33 @@ def test_redact_text_is_the_one_rule() -> None:
         == "see https://***@h and http://h/x@y"
     )
     assert logs.redact_text("no url: a@b") == "no url: a@b"
+
+
+userinfo = st.text(
+    st.characters(blacklist_characters="/?#@", blacklist_categories=("Cc", "Zs", "Zl", "Zp")),
+    min_size=1,
+    max_size=20,
+)
+
+
+@given(
+    before=st.text(max_size=30).filter(lambda t: "://" not in t),
+    scheme=st.sampled_from(["http", "https", "redis", "x+y"]),
+    user=userinfo,
+    password=st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=12, max_size=20),
+    host=st.sampled_from(["example.org", "[::1", "10.0.0.1:99999", ""]),
+    nested=st.integers(0, 5),
+)
+def test_no_url_password_survives_redaction(
+    before: str, scheme: str, user: str, password: str, host: str, nested: int
+) -> None:
+    """Whatever surrounds a URL and however deep it sits, its userinfo is gone."""
+    text = f"{before}{scheme}://{user}:{password}@{host}/p"
+    value: object = text
+    for i in range(nested):
+        value = {"k": [value, i]} if i % 2 else (value,)
+    redacted = f"{before}{scheme}://***@{host}/p"
+    assert logs.redact_text(text) == redacted
+    assert json.dumps(logs.redact_value(value)) == json.dumps(value).replace(
+        json.dumps(text)[1:-1], json.dumps(redacted)[1:-1]
+    )

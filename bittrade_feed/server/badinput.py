@@ -64,7 +64,9 @@ class BadRequestFilter(logging.Filter):
         record.msg = "malformed request from %s answered 400: %s (%d similar lines held back)"
         record.args = (peer, reason, held_back)
         record.exc_info = record.exc_text = None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        # aiohttp logs a non-HTTP first line (a TLS hello, a port scan) at debug: keep that.
+        if record.levelno > logging.WARNING:
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 

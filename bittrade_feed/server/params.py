@@ -9,11 +9,11 @@ and ``١٢``, and ``int()`` of 5,000 digits hits Python's integer-string limit.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
+from bittrade_feed.models import parse_ts
 from bittrade_feed.server.problems import Problem
 from bittrade_feed.server.state import current_config
 
@@ -113,12 +113,9 @@ def parse_time(raw: str) -> int | None:
         ms = seconds * 1000
     elif raw.isascii() and len(raw) <= MAX_TIME_TEXT:
         try:
-            dt = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
-            if dt.tzinfo is None:
-                dt = dt.replace(tzinfo=UTC)
-            # Offsets can push year 1 or 9999 outside what datetime (and our wire) can hold.
-            ms = round(dt.timestamp() * 1000)
+            ms = parse_ts(raw)
         except (ValueError, OverflowError):
+            # An offset can push year 1 or 9999 outside what datetime can hold.
             return None
     else:
         return None

@@ -31,7 +31,6 @@ PROXY_HINT = (
     "(README, 'Behind a reverse proxy')"
 )
 
-
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
     "Cache-Control": "no-store",

@@ -70,11 +70,14 @@ async def test_plain_get_on_ws_says_what_the_proxy_must_pass(
     assert client.app[HUB].count == 0
 
 
-@pytest.mark.parametrize("bad", ["²", "١٢", "9" * 19, "9" * 5000, "1.0", "+1"])
+ODD_IDS = ["²", "١٢", "9" * 19, "1.0", "+1", "-1", " 1 2"]
+
+
+@pytest.mark.parametrize("bad", [*ODD_IDS, "9" * 5000])
 async def test_odd_digits_are_not_event_ids(
     aiohttp_client: AiohttpClient, daemon_config, bad: str
 ) -> None:
-    """Only ASCII digits (at most 18) are an id, on the header, the query and a WS op."""
+    """Only ASCII digits (at most 18) are an id, in the header and the query of both streams."""
     client = await aiohttp_client(create_app(sim_config(daemon_config), fetch=False))
     for resp in (
         await client.get("/api/price-stream", headers={"Last-Event-ID": bad}),
@@ -84,8 +87,14 @@ async def test_odd_digits_are_not_event_ids(
         assert resp.status == 400, bad
         assert resp.headers["Content-Type"] == "application/problem+json"
         assert "is not an event id" in (await resp.json())["detail"]
-    if len(bad) > 100:
-        return  # a WS op that long is over the message limit: see the property test
+
+
+@pytest.mark.parametrize("bad", [*ODD_IDS, 1.0, -1, True, 10**19])
+async def test_odd_ids_in_a_ws_op_get_an_error_event(
+    aiohttp_client: AiohttpClient, daemon_config, bad: object
+) -> None:
+    """A subscribe op's last_event_id follows the same rule, as a string or a JSON number."""
+    client = await aiohttp_client(create_app(sim_config(daemon_config), fetch=False))
     async with client.ws_connect("/api/ws?pairs=BTC-USD") as ws:
         await ws.receive_json(timeout=5)  # status
         await ws.send_json({"op": "subscribe", "last_event_id": bad})

@@ -40,15 +40,10 @@ async def test_stale_when_the_daemon_says_so_and_live_when_it_recovers(daemon_fa
     assert daemon.pair in changes[1].reason
 
 
-async def test_connecting_to_a_stale_feed_never_shows_live(daemon_factory) -> None:
+async def test_connecting_to_a_stale_feed_never_shows_live(stale_daemon) -> None:
     """The opening snapshot and its stale status arrive together: no false LIVE."""
-    clock = FakeClock()
-    daemon = await daemon_factory(clock=clock, feed={"stale_after": 1.0})
-    await daemon.tick()
-    clock.set_time(clock.time() + 2)
-    await daemon.fail()
     changes: list[StateChange] = []
-    async with FeedClient(daemon.url, on_state=changes.append) as feed:
+    async with FeedClient(stale_daemon.url, on_state=changes.append) as feed:
         await wait_for(feed, State.STALE)
     assert [c.state for c in changes] == [State.STALE, State.CLOSED]
 

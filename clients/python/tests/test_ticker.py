@@ -18,8 +18,6 @@ import termios
 import pytest
 from bittrade_feed_client import ticker
 
-from tests.fakeclock import FakeClock
-
 WAIT = 5.0
 TICKER = (sys.executable, "-X", "dev", "-m", "bittrade_feed_client.ticker")
 
@@ -158,17 +156,12 @@ def test_fit_cuts_after_a_whole_word_and_keeps_colours() -> None:
     assert ticker.fit(coloured, 20) == "\x1b[33mstale\x1b[0m\x1b[2m (BTC-USD:…\x1b[0m"
 
 
-async def test_terminal_line_is_cut_at_a_word_to_the_terminal_width(daemon_factory) -> None:
+async def test_terminal_line_is_cut_at_a_word_to_the_terminal_width(stale_daemon) -> None:
     """A stale reason longer than a 60-column terminal ends in an ellipsis after a word."""
-    clock = FakeClock()
-    daemon = await daemon_factory(clock=clock, feed={"stale_after": 1.0})
-    await daemon.tick()
-    clock.set_time(clock.time() + 2)
-    await daemon.fail()
     controller, terminal = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 60, 0, 0))
     proc = await asyncio.create_subprocess_exec(
-        *TICKER, daemon.url, stdin=terminal, stdout=terminal, stderr=terminal
+        *TICKER, stale_daemon.url, stdin=terminal, stdout=terminal, stderr=terminal
     )
     os.close(terminal)
     screen = b""

@@ -235,7 +235,9 @@ function makeCard(pair) {
     for (let ts = Math.ceil(t0 / tStep) * tStep; ts <= t1; ts += tStep) {
       const px = ((ts - t0) / (t1 - t0)) * CHART_W
       grid.push(svgLine(px, 0, px, CHART_H))
-      timeLabels.push(axisLabel(formatClock(ts, tStep), 'left', (px / CHART_W) * 100))
+      const percent = (px / CHART_W) * 100
+      // A centred label at either end would stick out of the card: keep only its line.
+      if (percent >= 6 && percent <= 94) timeLabels.push(axisLabel(formatClock(ts, tStep), 'left', percent))
     }
     $('.grid', node).replaceChildren(...grid)
     $('.y-axis', node).replaceChildren(...priceLabels)

@@ -48,7 +48,8 @@ log = structlog.get_logger("bittrade_feed")
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
-    parser = argparse.ArgumentParser(prog="bittrade-feed", description=__doc__.splitlines()[0])
+    about = __doc__.splitlines()[0].replace("``", "")  # --help is plain text, not reST
+    parser = argparse.ArgumentParser(prog="bittrade-feed", description=about)
     parser.add_argument("--version", action="version", version=f"bittrade-feed {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the daemon")

@@ -9,6 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 PAIR_RE = re.compile(r"^([A-Z0-9]{2,10})-([A-Z0-9]{2,10})$")
+SIMULATED_SOURCE = "simulated"
+"""The fake source (``sources.simulated``): a price it went into is not one to trade on."""
 
 
 def split_pair(pair: str) -> tuple[str, str]:
@@ -66,6 +68,11 @@ class Tick:
     ts_ms: int
     sources: tuple[str, ...]
 
+    @property
+    def simulated(self) -> bool:
+        """Whether the simulated source went into this price (then it is fake)."""
+        return SIMULATED_SOURCE in self.sources
+
     def to_json(self) -> dict[str, Any]:
         """The wire form shared by SSE, WebSocket and REST."""
         return {
@@ -74,6 +81,7 @@ class Tick:
             "price": str(self.price),
             "ts": format_ts(self.ts_ms),
             "sources": list(self.sources),
+            "simulated": self.simulated,
         }
 
 
@@ -85,6 +93,8 @@ class FeedStatus:
     state: str
     since_ms: int
     reason: str
+    simulated: bool = False
+    """The pair's configured sources include the simulated one (its prices are fake)."""
 
     def to_json(self) -> dict[str, Any]:
         """The wire form of a ``status`` event."""
@@ -93,4 +103,5 @@ class FeedStatus:
             "pair": self.pair,
             "since": format_ts(self.since_ms),
             "reason": self.reason,
+            "simulated": self.simulated,
         }

@@ -52,9 +52,15 @@ def test_zero_like_flash_crash_quote_cannot_move_price() -> None:
 
 def test_quorum_not_met_says_why() -> None:
     """Fewer valid quotes than the quorum publish nothing, with a reason."""
-    out = median(PAIR, quotes("100"), 2, ONE_PCT, 0)
+    out = median(PAIR, quotes("100"), 2, ONE_PCT, 0, asked=3)
     assert out.draft is None
-    assert out.reason == "quorum not met: 1 of 2 sources"
+    assert out.reason == "quorum not met: 1 of 3 sources answered, 2 needed"
+
+
+def test_quorum_reason_counts_the_sources_asked_not_the_quorum() -> None:
+    """Issue 11 item 2: 7 sources asked, none answered, quorum 2 is "0 of 7 ..., 2 needed"."""
+    out = median(PAIR, [], 2, ONE_PCT, 0, asked=7)
+    assert out.reason == "quorum not met: 0 of 7 sources answered, 2 needed"
 
 
 def test_quorum_counted_after_outliers() -> None:

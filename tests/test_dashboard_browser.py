@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +22,11 @@ from aiohttp import web
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
 from bittrade_feed.config import Config
+from bittrade_feed.models import SIMULATED_SOURCE, TickDraft
 from bittrade_feed.server.app import create_app
+from bittrade_feed.server.state import FETCHER, STORE
 from tests.daemon import PAIR
-from tests.fakeexchange import FakeExchanges
+from tests.fakeexchange import Answer, FakeExchanges
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -61,6 +65,8 @@ class Daemon:
     config: Config
     port: int = field(default_factory=free_port)
     runner: web.AppRunner | None = None
+    fetch: bool = True
+    """Run the fetch loop; without it the test drives cycles (``app[FETCHER].run_cycle()``)."""
 
     @property
     def url(self) -> str:
@@ -68,15 +74,21 @@ class Daemon:
         return f"http://127.0.0.1:{self.port}/"
 
     async def start(self) -> None:
-        """Serve a new app (same config, so same database) with the real fetch loop."""
+        """Serve a new app (same config, so same database), with the real fetch loop or not."""
         self.runner = web.AppRunner(
-            create_app(self.config),
+            create_app(self.config, fetch=self.fetch),
             handle_signals=False,
             shutdown_timeout=2,
             handler_cancellation=True,
         )
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    @property
+    def app(self) -> web.Application:
+        """The running application."""
+        assert self.runner is not None
+        return self.runner.app
 
     async def stop(self) -> None:
         """Shut down as on SIGTERM: streams are closed, the port is released."""
@@ -160,7 +172,7 @@ async def test_shows_first_price_then_updates_live(
     page = await open_page(browser, daemon, console, viewport={"width": 1200, "height": 800})
     card = page.locator(f'article.pair[data-pair="{PAIR}"]')
     price = card.locator(".price-value")
-    await expect(price).to_have_text("73,365.3", timeout=WAIT_MS)
+    await expect(price).to_have_text("73,365.30", timeout=WAIT_MS)
     await expect(page.locator("#connection")).to_have_text("Live")
     await expect(page.locator("#trade")).to_have_attribute("data-can-trade", "true")
     await expect(page.locator("#trade-label")).to_have_text("Safe to trade")
@@ -169,22 +181,40 @@ async def test_shows_first_price_then_updates_live(
     rows = page.locator("#sources tbody tr")
     await expect(rows).to_have_count(2, timeout=WAIT_MS)
     await expect(page.locator('#sources tr[data-source="kraken"] .badge')).to_have_text("ok")
+    width = (await price.bounding_box() or {})["width"]
 
     fx.price("kraken", "73400.6")
     fx.price("bitfinex", "73380")
-    await expect(price).to_have_text("73,390.3", timeout=WAIT_MS)
+    await expect(price).to_have_text("73,390.30", timeout=WAIT_MS)
     await expect(price).to_have_class(re.compile(r"\bup\b"))
     await expect(card.locator(".change")).to_have_text(
         re.compile(r"^\+25\.00 \(\+0\.03 %\) in \d+ s$")
     )
-    points = card.locator("polyline.line")
-    await expect(points).to_have_attribute("points", re.compile(r"\S+ \S+"), timeout=WAIT_MS)
+    line = card.locator("path.line")
+    await expect(line).to_have_attribute("d", re.compile(r"^M\S+ L\S+"), timeout=WAIT_MS)
+    # Whole dollars still show cents: the same decimals, so the same width (tabular-nums).
+    fx.price("kraken", "73400")
+    fx.price("bitfinex", "73400")
+    await expect(price).to_have_text("73,400.00", timeout=WAIT_MS)
+    assert (await price.bounding_box() or {})["width"] == width, "the price keeps its width"
+    await expect(card.locator(".y-axis .tick").first).to_have_text(re.compile(r"^73,\d{3}"))
+    await expect(card.locator(".x-axis .tick").first).to_have_text(re.compile(r"^\d\d:\d\d"))
     await page.screenshot(path=shot("dashboard-live.png"), full_page=True)
     await page.set_viewport_size({"width": 390, "height": 844})
     await page.screenshot(path=shot("dashboard-live-phone.png"), full_page=True)
-    width = await page.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390, "no sideways scrolling on a phone"
+    assert await no_sideways_scroll(page), "no sideways scrolling on a phone"
     assert console.errors == []
+
+
+async def no_sideways_scroll(page: Page) -> bool:
+    """Whether the page (and the sources table) fit the viewport's width."""
+    return bool(
+        await page.evaluate(
+            "document.scrollingElement.scrollWidth <= document.scrollingElement.clientWidth"
+            " && [...document.querySelectorAll('.table-wrap')]"
+            ".every((el) => el.scrollWidth <= el.clientWidth)"
+        )
+    )
 
 
 async def test_failing_exchanges_show_stale_banner(
@@ -225,7 +255,7 @@ async def test_lost_daemon_then_recovery_without_reload(
     """Daemon stopped: lost-connection banner; restarted on the same port and DB: live again."""
     page = await open_page(browser, daemon, console, viewport={"width": 1200, "height": 800})
     price = page.locator(f'article[data-pair="{PAIR}"] .price-value')
-    await expect(price).to_have_text("73,365.3", timeout=WAIT_MS)
+    await expect(price).to_have_text("73,365.30", timeout=WAIT_MS)
     await page.evaluate("window.__sameDocument = true")
 
     await daemon.stop()
@@ -234,7 +264,7 @@ async def test_lost_daemon_then_recovery_without_reload(
     await expect(banner).to_contain_text("Connection to the feed lost")
     await expect(page.locator("#connection")).to_have_text("Reconnecting…")
     await expect(page.locator("#trade")).to_have_attribute("data-can-trade", "false")
-    await expect(price).to_have_text("73,365.3")  # the last price stays, dimmed
+    await expect(price).to_have_text("73,365.30")  # the last price stays, dimmed
     card = page.locator(f'article[data-pair="{PAIR}"]')
     await expect(card).to_have_class(re.compile(r"\bdim\b"))
     await expect(card.locator(".pair-status")).to_have_text("offline")
@@ -244,7 +274,7 @@ async def test_lost_daemon_then_recovery_without_reload(
     fx.price("kraken", "73500.6")
     fx.price("bitfinex", "73500")
     await daemon.start()
-    await expect(price).to_have_text("73,500.3", timeout=20_000)
+    await expect(price).to_have_text("73,500.30", timeout=20_000)
     await expect(page.locator("#connection")).to_have_text("Live")
     await expect(banner).to_be_hidden()
     await expect(page.locator("#trade")).to_have_attribute("data-can-trade", "true")
@@ -273,3 +303,127 @@ async def test_dashboard_files_are_self_contained(daemon: Daemon) -> None:
         async with session.get(daemon.url + "dashboard/..%2fweb.py") as resp:
             assert resp.status == 404
     assert served == CLIENT_SOURCE.read_bytes(), "the page must use clients/js/src/index.js"
+
+
+BADGES = {
+    # source: the badge's text and colour after three cycles
+    "kraken": ("ok", "good"),
+    "bitfinex": ("failing", "bad"),  # ok, ok, then 500: its circuit is still closed
+    "okx": ("resting", "bad"),  # 500 three times: rested
+    "binance": ("disabled", "bad"),  # 451: blocked for this location
+}
+
+
+async def test_source_badges_follow_the_last_outcome(
+    browser: Browser, daemon_config: Callable[..., Config], fx: FakeExchanges, console: Console
+) -> None:
+    """A source whose last request failed is "failing", not a green "ok", on any screen."""
+    server = Daemon(daemon_config(tuple(BADGES), feed={"interval": 1.0}), fetch=False)
+    ok = fx.answers["bitfinex"][0]
+    fx.script("bitfinex", ok, ok, Answer(status=500, raw=b"<html>oops</html>"))
+    fx.answer("okx", status=500, raw=b"<html>Service Unavailable</html>")
+    fx.answer("binance", status=451, body={"code": 0, "msg": "restricted location"})
+    await server.start()
+    try:
+        for _ in range(3):
+            await server.app[FETCHER].run_cycle()
+        page = await open_page(browser, server, console, viewport={"width": 1200, "height": 800})
+        for source, (text, colour) in BADGES.items():
+            badge = page.locator(f'#sources tr[data-source="{source}"] .badge')
+            await expect(badge).to_have_text(text, timeout=WAIT_MS)
+            await expect(badge).to_have_class(re.compile(rf"\bhealth-{text}\b"))
+            await expect(badge).to_have_css("color", await colour_of(page, colour))
+        okx_error = page.locator('#sources tr[data-source="okx"] td.error')
+        await expect(okx_error).to_contain_text("500")
+        await page.screenshot(path=shot("dashboard-sources.png"), full_page=True)
+
+        await page.set_viewport_size({"width": 390, "height": 844})
+        await expect(okx_error).to_be_visible()
+        # One read in the page: the table is redrawn every second, replacing its cells.
+        left, right = await page.evaluate(
+            """() => {
+                const r = document.querySelector('#sources tr[data-source="okx"] td.error')
+                    .getBoundingClientRect()
+                return [r.left, r.right]
+            }"""
+        )
+        assert 0 <= left < right <= 390, "the error is within the phone's width"
+        assert await no_sideways_scroll(page), "no sideways scrolling on a phone"
+        await okx_error.scroll_into_view_if_needed()
+        await page.screenshot(path=shot("dashboard-sources-phone.png"), full_page=True)
+        assert console.errors == []
+    finally:
+        await server.stop()
+
+
+async def colour_of(page: Page, kind: str) -> str:
+    """The computed colour of the stylesheet's --good or --bad."""
+    return str(
+        await page.evaluate(
+            """kind => {
+                const probe = document.createElement('span')
+                probe.style.color = `var(--${kind})`
+                document.body.append(probe)
+                const colour = getComputedStyle(probe).color
+                probe.remove()
+                return colour
+            }""",
+            kind,
+        )
+    )
+
+
+async def test_chart_has_axes_and_a_gap_across_an_outage(
+    browser: Browser, daemon_config: Callable[..., Config], console: Console
+) -> None:
+    """Prices 1 s apart, a 20 s outage, then more: two line segments, labelled axes."""
+    server = Daemon(daemon_config(feed={"interval": 1.0}), fetch=False)
+    await server.start()
+    try:
+        now_ms = round(time.time() * 1000)
+        offsets = (-40, -39, -38, -37, -15, -14, -13, -12)
+        prices = ("73300", "73310.5", "73305.25", "73320", "73400", "73390.75", "73410", "73405")
+        for offset, price in zip(offsets, prices, strict=True):
+            draft = TickDraft(PAIR, Decimal(price), now_ms + offset * 1000, ("kraken", "bitfinex"))
+            await server.app[STORE].insert(draft)
+        page = await open_page(browser, server, console, viewport={"width": 1200, "height": 800})
+        card = page.locator(f'article.pair[data-pair="{PAIR}"]')
+        line = card.locator("path.line")
+        await expect(line).to_have_attribute("d", re.compile(r"^M.* M"), timeout=WAIT_MS)
+        d = await line.get_attribute("d") or ""
+        assert d.count("M") == 2, f"one segment before the outage, one after: {d}"
+        assert [len(seg.split(" L")) for seg in d.split("M")[1:]] == [4, 4]
+        price_ticks = await card.locator(".y-axis .tick").all_text_contents()
+        time_ticks = await card.locator(".x-axis .tick").all_text_contents()
+        assert len(price_ticks) >= 2 and all(re.match(r"^73,[34]\d\d", t) for t in price_ticks)
+        assert len(time_ticks) >= 2 and all(re.match(r"^\d\d:\d\d:\d\d$", t) for t in time_ticks)
+        await page.screenshot(path=shot("dashboard-chart-gap.png"), full_page=True)
+        assert console.errors == []
+    finally:
+        await server.stop()
+
+
+async def test_simulated_prices_are_not_safe_to_trade(
+    browser: Browser, daemon_config: Callable[..., Config], console: Console
+) -> None:
+    """Live, fresh, fake prices: "Not safe to trade", with the reason, and the badge."""
+    feed = {"interval": 1.0, "sources": {PAIR: [SIMULATED_SOURCE]}}
+    config = daemon_config((SIMULATED_SOURCE,), feed=feed, aggregation={"quorum": 1})
+    server = Daemon(config)
+    await server.start()
+    try:
+        page = await open_page(browser, server, console, viewport={"width": 1200, "height": 800})
+        card = page.locator(f'article.pair[data-pair="{PAIR}"]')
+        await expect(card.locator(".pair-status")).to_have_text("fresh", timeout=WAIT_MS)
+        await expect(page.locator("#connection")).to_have_text("Live")
+        await expect(page.locator("#simulated")).to_be_visible()
+        trade = page.locator("#trade")
+        await expect(trade).to_have_attribute("data-can-trade", "false")
+        await expect(page.locator("#trade-label")).to_have_text("Not safe to trade")
+        await expect(page.locator("#trade-reason")).to_have_text(
+            "Simulated prices: not for trading"
+        )
+        await page.screenshot(path=shot("dashboard-simulated.png"), full_page=True)
+        assert console.errors == []
+    finally:
+        await server.stop()

@@ -217,7 +217,7 @@ async def test_stale_after_no_quorum_then_live_again(
     assert [s.state for s in h.statuses] == ["stale"]
     stale = h.statuses[0]
     assert stale.since_ms == h.ticks[0].ts_ms
-    assert stale.reason == "quorum not met: 1 of 2 sources"
+    assert stale.reason == "quorum not met: 1 of 2 sources answered, 2 needed"
     assert h.sample("bittrade_feed_stale", pair=PAIR) == 1
     fx.price("kraken", "73380.6")
     await clock.advance(30)

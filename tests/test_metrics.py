@@ -182,6 +182,34 @@ async def test_scripted_run_sets_every_metric(
         assert value(closed, transport=transport, reason="slow") == 0
 
 
+async def test_no_timestamp_or_price_sample_before_there_is_one(
+    aiohttp_client: AiohttpClient, daemon_config: Callable[..., Config], fx: FakeExchanges
+) -> None:
+    """Before the first price: no 0 (1970) timestamp and no 0 price, for pairs and sources."""
+    registry = new_registry()
+    client = await aiohttp_client(create_app(daemon_config(), registry=registry, fetch=False))
+    value = sampler(registry)
+    never = (
+        ("bittrade_feed_last_tick_timestamp_seconds", {"pair": PAIR}),
+        ("bittrade_feed_last_price", {"pair": PAIR}),
+        ("bittrade_feed_source_last_success_timestamp_seconds", {"source": "kraken"}),
+    )
+    fx.answer("kraken", status=500)
+    fx.answer("bitfinex", status=500)
+    await client.app[FETCHER].run_cycle()
+    exposition = await (await client.get("/metrics")).text()
+    for name, labels in never:
+        assert value(name, **labels) is None, name
+        assert f"\n{name}{{" not in exposition, name
+    assert value("bittrade_feed_ticks_total", pair=PAIR) == 0, "counters are still declared"
+    promtool_check(exposition)
+    fx.price("kraken", "73380.6")
+    fx.price("bitfinex", "73350")
+    await client.app[FETCHER].run_cycle()
+    for name, labels in never:
+        assert (value(name, **labels) or 0) > 0, name
+
+
 async def test_slow_subscriber_is_counted_as_slow(
     aiohttp_client: AiohttpClient, daemon_config: Callable[..., Config], fx: FakeExchanges
 ) -> None:

@@ -25,7 +25,7 @@ TICK = Tick(1842, "BTC-USD", Decimal("64123.45"), 1_795_465_860_123, ("bitstamp"
 PRICE_FRAME = (
     b"id: 1842\nevent: price\n"
     b'data: {"id":1842,"pair":"BTC-USD","price":"64123.45","ts":"2026-11-23T20:31:00.123Z",'
-    b'"sources":["bitstamp","coinbase"]}\n\n'
+    b'"sources":["bitstamp","coinbase"],"simulated":false}\n\n'
 )
 
 
@@ -40,7 +40,7 @@ def test_status_frame_has_no_id() -> None:
     assert sse_frame("status", status.to_json()) == (
         b"event: status\n"
         b'data: {"state":"stale","pair":"BTC-USD","since":"2026-11-23T20:33:00.000Z",'
-        b'"reason":"quorum not met: 1 of 2 sources"}\n\n'
+        b'"reason":"quorum not met: 1 of 2 sources","simulated":false}\n\n'
     )
 
 
@@ -61,7 +61,7 @@ def test_resync_and_heartbeat_exact_bytes() -> None:
     assert frame == (
         b"id: 1842\nevent: resync\n"
         b'data: {"reason":"r","ticks":[{"id":1842,"pair":"BTC-USD","price":"64123.45",'
-        b'"ts":"2026-11-23T20:31:00.123Z","sources":["bitstamp","coinbase"]}]}\n\n'
+        b'"ts":"2026-11-23T20:31:00.123Z","sources":["bitstamp","coinbase"],"simulated":false}]}\n\n'
     )
     assert hub_module._HEARTBEATS == (
         b"e\r\n: keep-alive\n\n\r\n",
@@ -75,10 +75,11 @@ def test_ws_status_message_exact_bytes() -> None:
     status = FeedStatus("BTC-USD", "live", 1_795_465_980_000, "price updated")
     payload = (
         b'{"event":"status","data":{"state":"live","pair":"BTC-USD",'
-        b'"since":"2026-11-23T20:33:00.000Z","reason":"price updated"}}'
+        b'"since":"2026-11-23T20:33:00.000Z","reason":"price updated","simulated":false}}'
     )
-    assert len(payload) < 126  # so the length fits the frame's first length byte
-    assert encode("status", status.to_json())[2] == b"\x81" + bytes([len(payload)]) + payload
+    assert 125 < len(payload) < 65536  # so the length takes the 16-bit form
+    header = b"\x81\x7e" + len(payload).to_bytes(2, "big")
+    assert encode("status", status.to_json())[2] == header + payload
 
 
 def sim_config(daemon_config: Callable[..., Config], **sections: object) -> Config:

@@ -95,7 +95,9 @@ async def test_price_before_first_tick_is_503_problem(
     assert resp.status == 503
     assert resp.headers["Content-Type"] == "application/problem+json"
     assert "Retry-After" in resp.headers
-    assert "no price for BTC-USDT yet" in (await resp.json())["detail"]
+    detail = (await resp.json())["detail"]
+    assert detail.startswith("no price for BTC-USDT yet: no fetch has reached a quorum")
+    assert detail.count("no price") == 1, "said once, not 'no price yet: no price yet'"
 
 
 @pytest.mark.parametrize(

@@ -39,11 +39,19 @@ def canonical(price: Decimal) -> Decimal:
 
 
 def median(
-    pair: str, quotes: Sequence[Quote], quorum: int, max_deviation: Decimal, ts_ms: int
+    pair: str,
+    quotes: Sequence[Quote],
+    quorum: int,
+    max_deviation: Decimal,
+    ts_ms: int,
+    asked: int | None = None,
 ) -> Outcome:
-    """Median with outlier rejection and a quorum."""
+    """Median with outlier rejection and a quorum; ``asked``: how many sources were asked."""
     if len(quotes) < quorum:
-        return Outcome(None, reason=f"quorum not met: {len(quotes)} of {quorum} sources")
+        of = max(asked or 0, len(quotes))
+        return Outcome(
+            None, reason=f"quorum not met: {len(quotes)} of {of} sources answered, {quorum} needed"
+        )
     centre = statistics.median(q.price for q in quotes)
     kept: list[Quote] = []
     outliers: list[Quote] = []

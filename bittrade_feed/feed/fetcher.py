@@ -222,7 +222,9 @@ class Fetcher:
                 *(self._ask(plan, name, pair, deadline, report) for name in names)
             )
             quotes = [q for q in answers if q is not None]
-            outcome = aggregate.median(pair, quotes, agg.quorum, agg.max_deviation, self._now_ms())
+            outcome = aggregate.median(
+                pair, quotes, agg.quorum, agg.max_deviation, self._now_ms(), len(names)
+            )
         for q in outcome.outliers:
             self.metrics.outliers.labels(q.source).inc()
             report[q.source] = f"outlier {q.price}"

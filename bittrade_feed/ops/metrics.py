@@ -174,17 +174,19 @@ class Metrics:
                 self.connections_closed.labels(transport, reason)
 
     def declare(self, pairs: Iterable[str], sources: Iterable[str]) -> None:
-        """Create every labelled series up front, so absent means zero, not unknown."""
+        """Create every labelled series up front, so absent means zero, not unknown.
+
+        Not the timestamps and the last price: their zero would be a time (1970, so
+        ``time() - gauge`` is 56 years) or a price. They appear with their first value.
+        """
         for pair in pairs:
             self.ticks.labels(pair)
-            self.last_tick.labels(pair)
             self.stale.labels(pair)
             for reason in SKIP_REASONS:
                 self.ticks_skipped.labels(pair, reason)
         for source in sources:
             self.upstream_duration.labels(source)
             self.outliers.labels(source)
-            self.source_last_success.labels(source)
             for outcome in UPSTREAM_OUTCOMES:
                 self.upstream_requests.labels(source, outcome)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -24,7 +25,7 @@ from bittrade_feed.clock import Clock, SystemClock
 from bittrade_feed.config import Config
 from bittrade_feed.errors import StoreError
 from bittrade_feed.feed.fetcher import Fetcher
-from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts
+from bittrade_feed.models import SIMULATED_SOURCE, FeedStatus, Tick, TickDraft, format_ts
 from bittrade_feed.ops.metrics import Metrics, new_registry
 from bittrade_feed.server.badinput import install as install_bad_input_log
 from bittrade_feed.server.dashboard import add_dashboard_routes
@@ -131,11 +132,16 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
         hub.publish(tick)
         return tick
 
-    fetcher = Fetcher(
-        app[CONFIG], app[SESSION], app[CLOCK], metrics, sink, hub.publish_status, hub.latest
-    )
+    def on_status(status: FeedStatus) -> None:
+        # Flagged here, from the config in force, so even "no price yet" says it is fake
+        # (.get: a reload may drop the pair while a cycle of the old config still runs).
+        config = current_config(app) if FETCHER in app else app[CONFIG]
+        fake = SIMULATED_SOURCE in config.fetch.sources.get(status.pair, ())
+        hub.publish_status(replace(status, simulated=fake))
+
+    fetcher = Fetcher(app[CONFIG], app[SESSION], app[CLOCK], metrics, sink, on_status, hub.latest)
     for state in fetcher.pairs.values():
-        hub.publish_status(state.status)
+        on_status(state.status)
     for pair, tick in hub.latest.items():
         # Gauges start at the stored price, not at 0, after a restart.
         metrics.last_tick.labels(pair).set(tick.ts_ms / 1000)
@@ -198,9 +204,12 @@ async def get_price(request: web.Request) -> web.Response:
     tick = request.app[HUB].latest.get(pair)
     status = _status(request, pair)
     if tick is None:
+        # Before the first price the status reason is "no price yet": do not say it twice.
+        why = status.reason if "no price" not in status.reason else ""
         raise Problem(
             503,
-            f"no price for {pair} yet: {status.reason or 'the first fetch has not succeeded'}",
+            f"no price for {pair} yet: {why or 'no fetch has reached a quorum'}"
+            " (GET /api/sources shows each source's last error)",
             headers={"Retry-After": str(int(_config(request).fetch.interval))},
             pair=pair,
         )

@@ -10,8 +10,15 @@ const config = JSON.parse(document.getElementById('feed-config').textContent)
 const staleAfterMs = Math.max((config.stale_after + config.interval) * 1000, 2 * config.interval * 1000)
 // About 500 prices of history, between one minute and one hour.
 const windowMs = Math.min(3_600_000, Math.max(60_000, config.interval * 500 * 1000))
-const SOURCES_EVERY_MS = 5_000
+// Sources are polled once per fetch interval, between one and five seconds.
+const SOURCES_EVERY_MS = Math.min(5_000, Math.max(1_000, config.interval * 1000))
+// Points further apart than this are an outage: the line breaks instead of bridging it.
+const GAP_MS = 2.5 * config.interval * 1000
+const FIAT_DECIMALS = 2
 const HISTORY_LIMIT = 1000
+const CHART_W = 600
+const CHART_H = 150
+const SVG_NS = 'http://www.w3.org/2000/svg'
 const STATE_LABELS = {
   connecting: 'Connecting…',
   live: 'Live',
@@ -48,6 +55,7 @@ function render() {
   badge.textContent = STATE_LABELS[snap.state] ?? snap.state
   document.body.dataset.state = snap.state
 
+  $('#simulated').hidden = !(config.simulated || snap.simulated)
   const trade = $('#trade')
   trade.dataset.canTrade = String(snap.canTrade)
   $('#trade-label').textContent = snap.canTrade ? 'Safe to trade' : 'Not safe to trade'
@@ -96,6 +104,9 @@ function makeCard(pair) {
   $('.chart', node).setAttribute('aria-label', `${pair} price over the last ${formatSpan(windowMs)}`)
   $('#pairs').append(node)
   const priceEl = $('.price-value', node)
+  // One number of decimals per pair (the most seen, at least the quote's usual), so the
+  // price does not change width from tick to tick.
+  let decimals = defaultDecimals(pair)
   /** Oldest first, unique ids. */
   let points = []
   let shownId = null
@@ -105,6 +116,7 @@ function makeCard(pair) {
   function add(ticks) {
     let changed = false
     for (const t of ticks) {
+      decimals = Math.max(decimals, decimalsOf(t.price))
       const last = points.at(-1)
       if (last && t.id <= last.id) {
         if (points.some((p) => p.id === t.id)) continue
@@ -139,7 +151,10 @@ function makeCard(pair) {
           const res = await fetch(url, { signal: AbortSignal.timeout(10_000) })
           if (!res.ok) break
           const body = await res.json()
-          for (const p of body.prices) loaded.push({ id: p.id, tsMs: Date.parse(p.ts), value: Number(p.price) })
+          for (const p of body.prices) {
+            decimals = Math.max(decimals, decimalsOf(p.price))
+            loaded.push({ id: p.id, tsMs: Date.parse(p.ts), value: Number(p.price) })
+          }
           if (!body.truncated || body.prices.length === 0) break
           since = new Date(Date.parse(body.prices.at(-1).ts) + 1).toISOString()
         }
@@ -164,10 +179,11 @@ function makeCard(pair) {
     $('.empty', node).hidden = !empty
     const change = $('.change', node)
     if (empty) {
-      line.setAttribute('points', '')
+      line.setAttribute('d', '')
       area.setAttribute('d', '')
-      $('.hi', node).textContent = ''
-      $('.lo', node).textContent = ''
+      $('.grid', node).replaceChildren()
+      $('.y-axis', node).replaceChildren()
+      $('.x-axis', node).replaceChildren()
       change.textContent = ''
       change.className = 'change'
       return
@@ -181,18 +197,19 @@ function makeCard(pair) {
     }
     const t1 = points.at(-1).tsMs
     const t0 = Math.min(points[0].tsMs, t1 - 1)
-    const W = 600
-    const H = 150
-    const pad = 22 // room for the high/low labels
-    const xy = points.map((p) => [
-      ((p.tsMs - t0) / (t1 - t0)) * W,
-      pad + (1 - (p.value - lo) / (hi - lo)) * (H - 2 * pad),
-    ])
-    const coords = xy.map(([x, y]) => `${x.toFixed(1)},${y.toFixed(1)}`)
-    line.setAttribute('points', coords.join(' '))
-    area.setAttribute('d', `M${xy[0][0].toFixed(1)},${H} L${coords.join(' L')} L${xy.at(-1)[0].toFixed(1)},${H} Z`)
-    $('.hi', node).textContent = `high ${formatNumber(Math.max(...values))}`
-    $('.lo', node).textContent = `low ${formatNumber(Math.min(...values))}`
+    const pad = 12 // the line never touches the top or bottom edge
+    const x = (ts) => ((ts - t0) / (t1 - t0)) * CHART_W
+    const y = (v) => pad + (1 - (v - lo) / (hi - lo)) * (CHART_H - 2 * pad)
+    // One path segment ("M" then "L"s) per run of points without an outage between them.
+    const runs = []
+    for (const [i, p] of points.entries()) {
+      if (i === 0 || p.tsMs - points[i - 1].tsMs > GAP_MS) runs.push([])
+      runs.at(-1).push([x(p.tsMs).toFixed(1), y(p.value).toFixed(1)])
+    }
+    // A lone point between two gaps gets a zero-length stroke: its round cap is a dot.
+    line.setAttribute('d', runs.map((r) => `M${r.map(([px, py]) => `${px},${py}`).join(' L')}${r.length === 1 ? ' l0,0' : ''}`).join(' '))
+    area.setAttribute('d', runs.filter((r) => r.length > 1).map((r) => `M${r[0][0]},${CHART_H} L${r.map(([px, py]) => `${px},${py}`).join(' L')} L${r.at(-1)[0]},${CHART_H} Z`).join(' '))
+    drawAxes(lo, hi, t0, t1, y)
 
     const first = points[0].value
     const last = points.at(-1).value
@@ -201,6 +218,30 @@ function makeCard(pair) {
     const sign = delta > 0 ? '+' : delta < 0 ? '−' : '±'
     change.textContent = `${sign}${formatNumber(Math.abs(delta))} (${sign}${Math.abs(pct).toFixed(2)} %) in ${formatSpan(Math.min(windowMs, t1 - points[0].tsMs))}`
     change.className = `change ${delta > 0 ? 'up' : delta < 0 ? 'down' : ''}`
+  }
+
+  function drawAxes(lo, hi, t0, t1, y) {
+    const grid = []
+    const priceLabels = []
+    const step = niceStep((hi - lo) / 3)
+    const places = Math.max(0, -Math.floor(Math.log10(step)))
+    for (let v = Math.ceil(lo / step) * step; v <= hi; v += step) {
+      const py = y(v)
+      grid.push(svgLine(0, py, CHART_W, py))
+      priceLabels.push(axisLabel(formatFixed(v, places), 'top', (py / CHART_H) * 100))
+    }
+    const timeLabels = []
+    const tStep = niceTimeStep((t1 - t0) / 4)
+    for (let ts = Math.ceil(t0 / tStep) * tStep; ts <= t1; ts += tStep) {
+      const px = ((ts - t0) / (t1 - t0)) * CHART_W
+      grid.push(svgLine(px, 0, px, CHART_H))
+      const percent = (px / CHART_W) * 100
+      // A centred label at either end would stick out of the card: keep only its line.
+      if (percent >= 6 && percent <= 94) timeLabels.push(axisLabel(formatClock(ts, tStep), 'left', percent))
+    }
+    $('.grid', node).replaceChildren(...grid)
+    $('.y-axis', node).replaceChildren(...priceLabels)
+    $('.x-axis', node).replaceChildren(...timeLabels)
   }
 
   function render(view, snap) {
@@ -217,7 +258,8 @@ function makeCard(pair) {
     status.title = view?.statusReason || ''
     if (!view || view.price === null) return
     if (view.id !== shownId) {
-      priceEl.textContent = formatDecimal(view.price)
+      decimals = Math.max(decimals, decimalsOf(view.price))
+      priceEl.textContent = formatDecimal(view.price, decimals)
       priceEl.dataset.price = view.price
       if (shownValue !== null && view.value !== shownValue) {
         priceEl.classList.remove('up', 'down')
@@ -261,13 +303,15 @@ async function refreshSources() {
       const error = document.createElement('span')
       if (s.last_error) error.append(`${s.last_error_reason ?? 'error'}: ${s.last_error_message ?? ''} (`, when(s.last_error), ')')
       else error.textContent = '—'
+      const health = sourceHealth(s)
+      tr.dataset.health = health
       tr.append(
-        cell(sourceName(s)),
-        cell(badgeFor(s.state)),
-        cell(s.pairs.join(', ')),
-        cell(s.last_success ? when(s.last_success) : 'never', s.last_success ?? ''),
-        cell(error, '', 'error'),
-        cell(String(s.consecutive_failures)),
+        cell(sourceName(s), '', 'name', 'Source'),
+        cell(badgeFor(health, s.state), '', 'health', 'Status'),
+        cell(s.pairs.join(', '), '', '', 'Pairs'),
+        cell(s.last_success ? when(s.last_success) : 'never', s.last_success ?? '', '', 'Last success'),
+        cell(error, '', 'error', 'Last error'),
+        cell(String(s.consecutive_failures), '', '', 'Failures'),
       )
       return tr
     })
@@ -288,12 +332,13 @@ function when(iso) {
   return span
 }
 
-function cell(content, title = '', className = '') {
+function cell(content, title = '', className = '', label = '') {
   const td = document.createElement('td')
   if (typeof content === 'string') td.textContent = content
   else td.append(content)
   if (title) td.title = title
   if (className) td.className = className
+  if (label) td.dataset.label = label // the heading, shown beside the value on a phone
   return td
 }
 
@@ -317,22 +362,95 @@ function sourceName(source) {
   return span
 }
 
-function badgeFor(circuit) {
+/**
+ * What the source's last outcome says: a closed circuit is not "ok" while its latest
+ * request failed (it takes a few failures in a row to open it).
+ */
+function sourceHealth(s) {
+  if (s.state === 'disabled') return 'disabled'
+  if (s.state === 'open') return 'resting'
+  if (s.state === 'half_open') return 'probing'
+  const failedLast = s.last_error !== null && (s.last_success === null || Date.parse(s.last_error) >= Date.parse(s.last_success))
+  if (s.consecutive_failures > 0 || failedLast) return 'failing'
+  return s.last_success === null ? 'waiting' : 'ok'
+}
+
+const HEALTH_TITLES = {
+  ok: 'its last request gave a valid price',
+  failing: 'its last request failed; it is rested after a few failures in a row',
+  resting: 'failing: not asked until its rest is over, then probed once',
+  probing: 'its rest is over: the next request decides',
+  disabled: 'blocked for this location (HTTP 451): no longer asked until a reload',
+  waiting: 'not asked yet',
+}
+
+function badgeFor(health, circuit) {
   const span = document.createElement('span')
-  span.className = 'badge'
-  span.dataset.circuit = circuit
-  span.textContent = { closed: 'ok', half_open: 'probing', open: 'resting', disabled: 'disabled' }[circuit] ?? circuit
-  span.title = `circuit ${circuit}`
+  span.className = `badge health-${health}`
+  span.dataset.health = health
+  span.textContent = health
+  span.title = `${HEALTH_TITLES[health]} (circuit ${circuit})`
   return span
 }
 
 // -- formatting -------------------------------------------------------------------
 
-/** Group the integer digits of a decimal string without going through a float. */
-function formatDecimal(text) {
-  const [int, frac] = text.split('.')
+/** Group the integer digits of a decimal string and pad it to `decimals`, never through a float. */
+function formatDecimal(text, decimals = 0) {
+  const [int, frac = ''] = text.split('.')
   const grouped = int.replace(/\B(?=(\d{3})+(?!\d))/g, ',')
-  return frac === undefined ? grouped : `${grouped}.${frac}`
+  const padded = frac.padEnd(decimals, '0')
+  return padded ? `${grouped}.${padded}` : grouped
+}
+
+function decimalsOf(text) {
+  const dot = text.indexOf('.')
+  return dot < 0 ? 0 : text.length - dot - 1
+}
+
+/** Cents for a fiat or stablecoin quote (BTC-USD 64,123.40); crypto quotes as they come. */
+function defaultDecimals(pair) {
+  const quote = pair.split('-')[1] ?? ''
+  return /^(USD|EUR|GBP|CHF|JPY|CAD|AUD|USDT|USDC|DAI)$/.test(quote) ? FIAT_DECIMALS : 0
+}
+
+/** A round step (1, 2 or 5 times a power of ten) near `raw`. */
+function niceStep(raw) {
+  const power = 10 ** Math.floor(Math.log10(raw))
+  const unit = raw / power
+  return (unit < 1.5 ? 1 : unit < 3.5 ? 2 : unit < 7.5 ? 5 : 10) * power
+}
+
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200].map((s) => s * 1000)
+
+function niceTimeStep(raw) {
+  return TIME_STEPS.find((s) => s >= raw) ?? TIME_STEPS.at(-1)
+}
+
+function formatFixed(n, places) {
+  return n.toLocaleString('en-US', { minimumFractionDigits: places, maximumFractionDigits: places })
+}
+
+/** Local wall-clock time of an axis tick: seconds only when the steps are under a minute. */
+function formatClock(ts, step) {
+  const options = { hour: '2-digit', minute: '2-digit', hour12: false }
+  if (step < 60_000) options.second = '2-digit'
+  return new Date(ts).toLocaleTimeString('en-GB', options)
+}
+
+function svgLine(x1, y1, x2, y2) {
+  const el = document.createElementNS(SVG_NS, 'line')
+  for (const [k, v] of Object.entries({ x1, y1, x2, y2 })) el.setAttribute(k, v.toFixed(1))
+  return el
+}
+
+/** An HTML label over the chart (SVG text would be stretched by the chart's aspect ratio). */
+function axisLabel(text, side, percent) {
+  const span = document.createElement('span')
+  span.className = 'tick'
+  span.textContent = text
+  span.style.setProperty(side, `${percent.toFixed(2)}%`)
+  return span
 }
 
 function formatNumber(n) {

@@ -1,5 +1,6 @@
 // A React order form as an integrator would write it: the submit button is disabled
-// whenever the feed says trading is not safe (stale, reconnecting, no price yet).
+// whenever the feed says trading is not safe (stale, reconnecting, no price yet, or
+// simulated prices).
 // Plain `createElement` so it runs without a JSX build; with JSX it reads the same.
 
 import { createElement as h, useState } from 'react'

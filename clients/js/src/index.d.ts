@@ -16,6 +16,11 @@ export interface PairSnapshot {
   readonly tsMs: number | null
   /** Exchanges whose quotes made the price. */
   readonly sources: readonly string[]
+  /**
+   * The price comes from the daemon's simulated source (fake, for demos): never tradeable.
+   * From the price's `simulated` field, or before the first price from the pair's status.
+   */
+  readonly simulated: boolean
   /** Local `now()` when the price arrived. */
   readonly receivedAt: number | null
   /** The daemon's verdict for the pair, `unknown` until its first `status` event. */
@@ -37,10 +42,15 @@ export interface FeedError {
 /** Immutable; a new object only when something changed (safe for `useSyncExternalStore`). */
 export interface PriceSnapshot {
   readonly state: FeedState
-  /** True only when live and every subscribed pair is fresh. */
+  /** True only when live, every subscribed pair is fresh, and none is simulated. */
   readonly canTrade: boolean
-  /** Why `canTrade` is false (human-readable); null when it is true. */
+  /**
+   * Why `canTrade` is false (human-readable); null when it is true. A live feed of fake
+   * prices says `SIMULATED_REASON` ("Simulated prices: not for trading").
+   */
   readonly reason: string | null
+  /** Some subscribed pair's prices come from the simulated source (fake prices). */
+  readonly simulated: boolean
   readonly pairs: Readonly<Record<string, PairSnapshot>>
   /** Resume point: the id of the last price seen. */
   readonly lastEventId: number | null
@@ -57,6 +67,8 @@ export interface Tick {
   readonly ts: string
   readonly tsMs: number
   readonly sources: readonly string[]
+  /** The wire's `simulated` field: the simulated source went into this price. */
+  readonly simulated: boolean
   readonly receivedAt: number
 }
 
@@ -65,6 +77,8 @@ export interface StatusEvent {
   readonly state: 'live' | 'stale' | (string & {})
   readonly since: string | null
   readonly reason: string
+  /** The pair's configured sources include the simulated one. */
+  readonly simulated: boolean
 }
 
 export interface ResyncEvent {
@@ -120,6 +134,8 @@ export interface PriceFeed {
 }
 
 export const DEFAULT_STALE_AFTER_MS: number
+/** "Simulated prices: not for trading": the `reason` of a live feed of fake prices. */
+export const SIMULATED_REASON: string
 export const DEFAULT_MAX_CLOCK_SKEW_MS: number
 export const CONNECTING_SNAPSHOT: PriceSnapshot
 export function createPriceFeed(options?: PriceFeedOptions): PriceFeed

@@ -15,6 +15,8 @@
 // less than 2 * interval, or a healthy feed flickers stale between two prices.
 
 export const DEFAULT_STALE_AFTER_MS = 120_000
+/** `reason` while every price is current but some come from the daemon's simulated source. */
+export const SIMULATED_REASON = 'Simulated prices: not for trading'
 export const DEFAULT_MAX_CLOCK_SKEW_MS = 30_000
 
 const MIN_BACKOFF_MS = 1_000
@@ -26,6 +28,7 @@ export const CONNECTING_SNAPSHOT = Object.freeze({
   state: 'connecting',
   canTrade: false,
   reason: 'connecting to the price feed',
+  simulated: false,
   pairs: Object.freeze({}),
   lastEventId: null,
   lastEventAt: null,
@@ -129,7 +132,13 @@ export function createPriceFeed(options = {}) {
   function onStatus(data) {
     if (!data || typeof data.pair !== 'string' || !accepts(data.pair)) return
     seenPairs.add(data.pair)
-    const status = { pair: data.pair, state: String(data.state), since: data.since ?? null, reason: data.reason ?? '' }
+    const status = {
+      pair: data.pair,
+      state: String(data.state),
+      since: data.since ?? null,
+      reason: data.reason ?? '',
+      simulated: data.simulated === true,
+    }
     statuses.set(data.pair, status)
     emit('status', status)
   }
@@ -253,6 +262,8 @@ export function createPriceFeed(options = {}) {
         status: status?.state ?? 'unknown',
         statusSince: status?.since ?? null,
         statusReason: status?.reason ?? null,
+        // The price says for itself whether it is fake; before the first one, the status.
+        simulated: tick?.simulated ?? status?.simulated ?? false,
         // The daemon sends every pair's status right after the opening prices: until it
         // has confirmed "live", a price is not yet known to be current.
         fresh: open && !silent && tick !== null && status?.state === 'live' && !aged,
@@ -267,11 +278,15 @@ export function createPriceFeed(options = {}) {
     else if (phase === 'closed') reason = lastError && lastError.code ? `closed: ${lastError.message}` : 'feed closed'
     else if (silent) reason = `nothing received for ${Math.round((t - (lastEventAt ?? openedAt)) / 1000)} s`
     else reason = problems[0] ?? null
-    const canTrade = state === 'live' && names.length > 0 && names.every((p) => out[p].fresh)
+    const simulated = names.some((p) => out[p].simulated)
+    // Fake prices can be live and fresh: they are still never tradeable.
+    if (reason === null && simulated) reason = SIMULATED_REASON
+    const canTrade = state === 'live' && names.length > 0 && names.every((p) => out[p].fresh) && !simulated
     return {
       state,
       canTrade,
       reason: canTrade ? null : reason,
+      simulated,
       pairs: out,
       lastEventId: lastId,
       lastEventAt,
@@ -313,7 +328,7 @@ export function createPriceFeed(options = {}) {
 /** Parse the wire form of a price; `null` if it is not one. */
 function readTick(data, receivedAt) {
   if (!data || typeof data !== 'object') return null
-  const { id, pair, price, ts, sources } = data
+  const { id, pair, price, ts, sources, simulated } = data
   const tsMs = typeof ts === 'string' ? Date.parse(ts) : NaN
   const value = typeof price === 'string' ? Number(price) : NaN
   if (!Number.isSafeInteger(id) || typeof pair !== 'string' || !Number.isFinite(value) || !Number.isFinite(tsMs)) {
@@ -327,6 +342,7 @@ function readTick(data, receivedAt) {
     ts,
     tsMs,
     sources: Object.freeze(Array.isArray(sources) ? sources.map(String) : []),
+    simulated: simulated === true,
     receivedAt,
   })
 }

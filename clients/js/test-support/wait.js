@@ -24,3 +24,10 @@ export function waitFor(feed, predicate, timeoutMs = 10_000, what = 'condition')
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
+
+/**
+ * Live with every pair fresh: what a healthy feed of the simulated source reaches (its
+ * `canTrade` stays false, because its prices are fake).
+ */
+export const allFresh = (s) =>
+  s.state === 'live' && Object.keys(s.pairs).length > 0 && Object.values(s.pairs).every((p) => p.fresh)

@@ -1,13 +1,14 @@
-// The core client against the real daemon (simulated source, a price every 0.2 s).
+// The core client against the real daemon (simulated source, a price every 0.2 s): its
+// prices are fake, so the feed gets live and fresh but canTrade stays false throughout.
 
 import assert from 'node:assert/strict'
 import { after, before, describe, test } from 'node:test'
 
 import { EventSource } from 'eventsource'
 
-import { CONNECTING_SNAPSHOT, createPriceFeed } from '../src/index.js'
+import { CONNECTING_SNAPSHOT, SIMULATED_REASON, createPriceFeed } from '../src/index.js'
 import { startDaemon } from '../test-support/daemon.js'
-import { waitFor } from '../test-support/wait.js'
+import { allFresh, waitFor } from '../test-support/wait.js'
 
 describe('price feed against a live daemon', () => {
   let daemon
@@ -34,12 +35,28 @@ describe('price feed against a live daemon', () => {
     assert.equal(snap.canTrade, false)
   })
 
+  test('simulated prices are live and fresh but never tradeable, and say why', async () => {
+    const feed = open()
+    const events = []
+    feed.on('price', (tick) => events.push(tick.simulated))
+    feed.on('status', (status) => events.push(status.simulated))
+    const snap = await waitFor(feed, allFresh, 10_000, 'all fresh')
+    assert.equal(snap.canTrade, false)
+    assert.equal(snap.reason, SIMULATED_REASON)
+    assert.equal(snap.reason, 'Simulated prices: not for trading')
+    assert.equal(snap.simulated, true)
+    assert.equal(snap.pairs['BTC-USD'].simulated, true)
+    assert.ok(events.length >= 2 && events.every((flag) => flag === true), 'every event is flagged')
+    await waitFor(feed, (s) => s.pairs['BTC-USD'].id > snap.pairs['BTC-USD'].id, 5_000, 'the next tick')
+    assert.equal(feed.getSnapshot().canTrade, false, 'still not tradeable on the next price')
+  })
+
   test('delivers the first price as the wire decimal string plus a parsed number', async () => {
     const feed = open()
-    const snap = await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade')
+    const snap = await waitFor(feed, allFresh, 10_000, 'all fresh')
     const tick = snap.pairs['BTC-USD']
     assert.equal(snap.state, 'live')
-    assert.equal(snap.reason, null)
+    assert.equal(snap.reason, SIMULATED_REASON)
     assert.match(tick.price, /^\d+(\.\d+)?$/)
     assert.equal(tick.value, Number(tick.price))
     assert.ok(Number.isSafeInteger(tick.id) && tick.id > 0)
@@ -52,7 +69,7 @@ describe('price feed against a live daemon', () => {
 
   test('matches the REST view of the same price', async () => {
     const feed = open()
-    await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade')
+    await waitFor(feed, allFresh, 10_000, 'all fresh')
     const rest = await (await fetch(`${daemon.url}/api/prices?pair=BTC-USD&limit=10000`)).json()
     const tick = feed.getSnapshot().pairs['BTC-USD']
     const same = rest.prices.find((p) => p.id === tick.id)
@@ -73,7 +90,7 @@ describe('price feed against a live daemon', () => {
 
   test('getSnapshot keeps its identity until something changes, and snapshots are frozen', async () => {
     const feed = open()
-    await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade')
+    await waitFor(feed, allFresh, 10_000, 'all fresh')
     let notified = 0
     const unsubscribe = feed.subscribe(() => (notified += 1))
     const a = feed.getSnapshot()
@@ -89,14 +106,14 @@ describe('price feed against a live daemon', () => {
 
   test('subscribing to several pairs needs every pair fresh to trade', async () => {
     const feed = open({ pairs: ['btc-usd', 'ETH-USD'] })
-    const snap = await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade')
+    const snap = await waitFor(feed, allFresh, 10_000, 'all fresh')
     assert.deepEqual(Object.keys(snap.pairs).sort(), ['BTC-USD', 'ETH-USD'])
     assert.ok(snap.pairs['ETH-USD'].fresh && snap.pairs['BTC-USD'].fresh)
   })
 
   test('without pairs it follows every pair the daemon reports', async () => {
     const feed = open({ pairs: [] })
-    const snap = await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade')
+    const snap = await waitFor(feed, allFresh, 10_000, 'all fresh')
     assert.deepEqual(Object.keys(snap.pairs).sort(), ['BTC-USD', 'ETH-USD'])
   })
 
@@ -104,7 +121,7 @@ describe('price feed against a live daemon', () => {
     const feed = open({ lastEventId: 999_999_999 })
     const resyncs = []
     feed.on('resync', (r) => resyncs.push(r))
-    const snap = await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade after resync')
+    const snap = await waitFor(feed, allFresh, 10_000, 'all fresh after resync')
     assert.equal(resyncs.length >= 1, true)
     assert.match(resyncs[0].reason, /ahead of this feed/)
     assert.equal(resyncs[0].ticks[0].pair, 'BTC-USD')
@@ -121,7 +138,7 @@ describe('price feed against a live daemon', () => {
 
   test('close() ends the stream: state closed, no more notifications', async () => {
     const feed = open()
-    await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade')
+    await waitFor(feed, allFresh, 10_000, 'all fresh')
     feed.close()
     const closed = feed.getSnapshot()
     assert.equal(closed.state, 'closed')

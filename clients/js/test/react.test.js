@@ -56,11 +56,11 @@ async function sseSubscribers() {
   return Number(/^bittrade_feed_subscribers\{transport="sse"\} (\S+)$/m.exec(text)?.[1])
 }
 
-function mount(onOrder) {
+function mount(onOrder, url = daemon.url) {
   const container = document.createElement('div')
   document.body.replaceChildren(container)
   root = createRoot(container)
-  root.render(h(StrictMode, null, h(TradeForm, { url: `${daemon.url}/api/price-stream`, onOrder, EventSource })))
+  root.render(h(StrictMode, null, h(TradeForm, { url: `${url}/api/price-stream`, onOrder, EventSource })))
   return {
     button: () => container.querySelector('button'),
     price: () => container.querySelector('output').textContent,
@@ -90,6 +90,25 @@ test('useBitcoinPrice drives the example form: Buy is enabled only while canTrad
 
   kraken.setPrice('64150')
   await until(() => !form.button().disabled && form.price() === '64150', 'Buy enabled again')
+})
+
+test('on simulated prices Buy stays disabled, with the reason shown', async () => {
+  const fake = await startDaemon({ interval: 0.2 }) // the simulated source
+  try {
+    const orders = []
+    const form = mount((order) => orders.push(order), fake.url)
+    await until(() => form.button() !== null && form.price() !== '—', 'a simulated price shown')
+    await until(() => form.status() === 'Trading paused: Simulated prices: not for trading', 'the reason')
+    assert.equal(form.button().disabled, true)
+    await sleep(500) // more fresh, live, fake prices change nothing
+    assert.equal(form.button().disabled, true)
+    form.button().click()
+    assert.deepEqual(orders, [])
+  } finally {
+    root?.unmount()
+    root = null
+    await fake.dispose()
+  }
 })
 
 test('unmounting closes the connection, StrictMode double mount included', async () => {

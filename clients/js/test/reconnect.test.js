@@ -7,17 +7,26 @@ import { EventSource } from 'eventsource'
 
 import { createPriceFeed } from '../src/index.js'
 import { startDaemon } from '../test-support/daemon.js'
+import { startFakeKraken } from '../test-support/fake-kraken.js'
 import { waitFor } from '../test-support/wait.js'
 
 let daemon
 let feed
+let kraken
 after(async () => {
   feed?.close()
   await daemon?.dispose()
+  await kraken?.close()
 })
 
 test('a stopped daemon shows reconnecting; restarted on the same port and DB it resumes live', async () => {
-  daemon = await startDaemon({ interval: 0.2 })
+  // A real exchange's parser (on loopback), so the prices are tradeable, unlike simulated ones.
+  kraken = await startFakeKraken('64123.4')
+  daemon = await startDaemon({
+    interval: 0.2,
+    sources: { 'BTC-USD': ['kraken'] },
+    exchanges: { kraken: { base_url: kraken.url } },
+  })
   feed = createPriceFeed({ url: `${daemon.url}/api/price-stream`, pairs: ['BTC-USD'], EventSource })
   const ids = []
   feed.on('price', (tick) => ids.push(tick.id))

@@ -34,6 +34,8 @@ test('a stale status from the daemon makes the feed stale and canTrade false, th
   const { kraken, feed } = await setUp({ staleAfter: 0.6, staleAfterMs: 10_000 })
   const live = await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade')
   assert.equal(live.pairs['BTC-USD'].price, '64123.4')
+  assert.equal(live.simulated, false, 'a real exchange: not simulated')
+  assert.equal(live.pairs['BTC-USD'].simulated, false)
 
   kraken.fail(500)
   const stale = await waitFor(feed, (s) => s.state === 'stale', 10_000, 'stale')

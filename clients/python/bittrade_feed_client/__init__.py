@@ -19,7 +19,7 @@ from bittrade_feed_client.errors import (
     RequestRejected,
     Unauthorized,
 )
-from bittrade_feed_client.models import PairStatus, State, StateChange, Tick
+from bittrade_feed_client.models import SIMULATED_REASON, PairStatus, State, StateChange, Tick
 from bittrade_feed_client.sse import Event, EventStreamParser
 from bittrade_feed_client.sync import subscribe
 
@@ -30,6 +30,7 @@ __all__ = [
     "Tick",
     "PairStatus",
     "State",
+    "SIMULATED_REASON",
     "StateChange",
     "FeedError",
     "RequestRejected",

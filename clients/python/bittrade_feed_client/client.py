@@ -25,11 +25,19 @@ from bittrade_feed_client.connection import (
     Drop,
     backoff_delay,
     describe,
+    normalise_pairs,
     refused,
     stream_url,
 )
 from bittrade_feed_client.errors import FeedError, GaveUp
-from bittrade_feed_client.models import PairStatus, State, StateChange, Tick
+from bittrade_feed_client.models import (
+    SIMULATED_REASON,
+    PairStatus,
+    State,
+    StateChange,
+    Tick,
+    simulated_pairs,
+)
 from bittrade_feed_client.sse import Event, EventStreamParser
 
 log = logging.getLogger("bittrade_feed_client")
@@ -74,7 +82,7 @@ class FeedClient:
         buffer: int = 1024,
     ) -> None:
         self.url = stream_url(url)
-        self.pairs = _normalise_pairs(pairs)
+        self.pairs = normalise_pairs(pairs)
         if min(idle_timeout, connect_timeout) <= 0 or min(reconnect_delay, max_delay) < 0:
             raise ValueError("timeouts must be positive and delays non-negative")
         if max_attempts is not None and max_attempts < 1:
@@ -117,8 +125,13 @@ class FeedClient:
 
     @property
     def reason(self) -> str:
-        """Why the connection is in its current state (empty when live)."""
+        """Why the connection is in its current state (when live: empty, or simulated)."""
         return self._reason
+
+    @property
+    def can_trade(self) -> bool:
+        """Live, and no price is simulated: check it before acting on a price."""
+        return self._state is State.LIVE and not simulated_pairs(self._latest, self._statuses)
 
     @property
     def error(self) -> FeedError | None:
@@ -350,7 +363,8 @@ class FeedClient:
                 State.STALE, "; ".join(f"{s.pair}: {s.reason or s.state}" for s in stale)
             )
         else:
-            self._set_state(State.LIVE, "")
+            fake = simulated_pairs(self._latest, self._statuses)
+            self._set_state(State.LIVE, SIMULATED_REASON if fake else "")
 
     def _set_state(self, state: State, reason: str) -> None:
         self._reason = reason
@@ -381,14 +395,3 @@ class FeedClient:
 
 
 _JSON_EVENTS = frozenset({"price", "status", "resync"})
-
-
-def _normalise_pairs(pairs: Iterable[str] | None) -> tuple[str, ...]:
-    if pairs is None:
-        return ()
-    if isinstance(pairs, str):
-        pairs = pairs.split(",")
-    names = tuple(dict.fromkeys(p.strip().upper() for p in pairs if p.strip()))
-    if not names:
-        raise ValueError("pairs is empty: pass None for every pair the daemon serves")
-    return names

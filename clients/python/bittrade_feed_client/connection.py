@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -106,3 +106,15 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out connecting"
     return str(exc) or type(exc).__name__
+
+
+def normalise_pairs(pairs: Iterable[str] | None) -> tuple[str, ...]:
+    """Upper-cased, de-duplicated pairs (a string may be comma-separated); ``None``: all."""
+    if pairs is None:
+        return ()
+    if isinstance(pairs, str):
+        pairs = pairs.split(",")
+    names = tuple(dict.fromkeys(p.strip().upper() for p in pairs if p.strip()))
+    if not names:
+        raise ValueError("pairs is empty: pass None for every pair the daemon serves")
+    return names

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+
+SIMULATED_REASON = "Simulated prices: not for trading"
+"""The reason a live feed gives while some of its prices come from the simulated source."""
 
 
 class State(enum.Enum):
@@ -45,6 +49,8 @@ class Tick:
     """When the daemon aggregated the price (aware, UTC)."""
     sources: tuple[str, ...]
     """The exchanges whose quotes went into the price."""
+    simulated: bool = False
+    """The daemon's simulated source made it: a fake price, never to trade on."""
 
     @classmethod
     def from_json(cls, data: Any) -> Tick:
@@ -63,8 +69,9 @@ class Tick:
                 price=price,
                 ts=parse_time(data["ts"]),
                 sources=tuple(str(s) for s in data["sources"]),
+                simulated=data.get("simulated") is True,
             )
-        except (KeyError, TypeError, InvalidOperation) as exc:
+        except (KeyError, TypeError, AttributeError, InvalidOperation) as exc:
             raise ValueError(f"not a tick: {data!r}") from exc
 
     def to_json(self) -> dict[str, Any]:
@@ -75,6 +82,7 @@ class Tick:
             "price": str(self.price),
             "ts": format_time(self.ts),
             "sources": list(self.sources),
+            "simulated": self.simulated,
         }
 
 
@@ -87,6 +95,8 @@ class PairStatus:
     """``live`` or ``stale``."""
     since: datetime
     reason: str
+    simulated: bool = False
+    """The pair's configured sources include the daemon's simulated one."""
 
     @classmethod
     def from_json(cls, data: Any) -> PairStatus:
@@ -97,9 +107,16 @@ class PairStatus:
                 state=str(data["state"]),
                 since=parse_time(data["since"]),
                 reason=str(data.get("reason") or ""),
+                simulated=data.get("simulated") is True,
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a status: {data!r}") from exc
+
+
+def simulated_pairs(latest: Mapping[str, Tick], statuses: Mapping[str, PairStatus]) -> list[str]:
+    """The pairs whose prices are fake: as the latest price says, or before one, the status."""
+    pairs = dict.fromkeys([*statuses, *latest])
+    return [p for p in pairs if (latest[p] if p in latest else statuses[p]).simulated]
 
 
 def parse_time(text: Any) -> datetime:

@@ -1,9 +1,9 @@
-"""``bittrade-ticker URL [--pairs ...] [--json]``: watch a feed from a terminal.
+"""bittrade-ticker URL [--pairs PAIR,PAIR] [--json]: watch a feed from a terminal.
 
 On a terminal: one line per pair, redrawn in place, with the price, its change since the
-ticker started, the price's age and the connection state, in colour. Piped: one plain
-line per tick, or with ``--json`` one JSON object per tick (prices as strings) and the
-connection state on stderr.
+ticker started, the price's age and the connection state, in colour, each line cut at a
+word to the terminal's width. Piped: one plain line per tick, or with --json one JSON
+object per tick (prices as strings) and the connection state on stderr.
 
 Exit status: 0 on Ctrl-C or when the daemon ends the stream (204); 1 on a permanent error
 (401/403, another 4xx, not an event stream); 2 on a bad command line or URL.
@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -36,6 +37,11 @@ _RESET, _BOLD, _DIM = "\x1b[0m", "\x1b[1m", "\x1b[2m"
 # which would throw off the cursor-up count of the next redraw.
 _WRAP_OFF, _WRAP_ON = "\x1b[?7l", "\x1b[?7h"
 _GREEN, _RED, _YELLOW = "\x1b[32m", "\x1b[31m", "\x1b[33m"
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+_ANSI_SPLIT = re.compile(f"({_ANSI.pattern})")
+_ELLIPSIS = "…"
+DEFAULT_WIDTH = 80
+"""Columns assumed when the terminal does not say."""
 _STATE_COLOUR = {
     State.LIVE: _GREEN,
     State.STALE: _YELLOW,
@@ -133,6 +139,9 @@ class LiveView(View):
         lines = [line(self, p, colour=True) for p in self.pairs] or [
             waiting_line(self, colour=True)
         ]
+        # Read each time: the terminal may have been resized since the last draw.
+        width = terminal_width(self.out)
+        lines = [fit(text, width) for text in lines]
         if self.drawn == 0:
             start = _WRAP_OFF
         else:
@@ -148,6 +157,39 @@ class LiveView(View):
             self.out.flush()
 
 
+def terminal_width(out: TextIO) -> int:
+    """The width of the terminal ``out`` writes to (``DEFAULT_WIDTH`` if it does not say)."""
+    try:
+        return os.get_terminal_size(out.fileno()).columns or DEFAULT_WIDTH
+    except (OSError, ValueError):
+        return DEFAULT_WIDTH
+
+
+def fit(text: str, width: int) -> str:
+    """``text`` in at most ``width`` columns: cut after a whole word, with an ellipsis.
+
+    ANSI colour codes take no columns and those before the cut are kept, so the colours
+    of what is shown stay; a reset follows the ellipsis.
+    """
+    plain = _ANSI.sub("", text)
+    if len(plain) <= width:
+        return text
+    limit = max(0, width - 1)  # a column for the ellipsis
+    # Keep plain[:cut] where a word ends (a space follows); one overlong word is cut hard.
+    cut = limit
+    while cut > 0 and plain[cut] != " ":
+        cut -= 1
+    visible = len(plain[:cut].rstrip()) or limit
+    out: list[str] = []
+    shown = 0
+    for token in _ANSI_SPLIT.split(text):
+        if shown >= visible:
+            break
+        out.append(token if _ANSI.fullmatch(token) else token[: visible - shown])
+        shown += 0 if _ANSI.fullmatch(token) else len(out[-1])
+    return "".join(out) + _ELLIPSIS + (_RESET if plain != text else "")
+
+
 def paint(code: str, text: str, *, colour: bool) -> str:
     """``text`` in an ANSI colour, or as it is when ``colour`` is off."""
     return f"{code}{text}{_RESET}" if colour else text
@@ -155,8 +197,12 @@ def paint(code: str, text: str, *, colour: bool) -> str:
 
 def line(view: View, pair: str, *, colour: bool) -> str:
     """``PAIR  price  change  age  state`` for one pair."""
-    state = paint(_STATE_COLOUR[view.state.state], view.state.state.value, colour=colour)
-    if view.state.state is not State.LIVE and view.state.reason:
+    # Live with a reason is live on simulated prices: shown, and not in the all-good green.
+    code = _STATE_COLOUR[view.state.state]
+    if view.state.state is State.LIVE and view.state.reason:
+        code = _YELLOW
+    state = paint(code, view.state.state.value, colour=colour)
+    if view.state.reason:
         state += paint(_DIM, f" ({view.state.reason})", colour=colour)
     name = paint(_BOLD, f"{pair:<10}", colour=colour)
     tick = view.latest.get(pair)
@@ -238,10 +284,16 @@ async def _refresh(view: LiveView) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[1])
+    about, exits = __doc__.split("\n\n")[1:3]
+    parser = argparse.ArgumentParser(prog=PROG, description=about, epilog=exits)
     parser.add_argument("url", help="the daemon's base URL, e.g. http://localhost:8080")
+    # One value per --pairs (comma-separated, repeatable): nargs="+" would take the URL too.
     parser.add_argument(
-        "--pairs", nargs="+", metavar="PAIR", help="pairs to show (default: all the feed serves)"
+        "--pairs",
+        action="extend",
+        type=_pair_list,
+        metavar="PAIR[,PAIR]",
+        help="pairs to show, e.g. BTC-USD,ETH-USD (default: all the feed serves)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object per tick")
     parser.add_argument(
@@ -250,10 +302,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="bearer token (default: $BITTRADE_FEED_TOKEN)",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    args = parser.parse_args(argv)
-    if args.pairs:
-        args.pairs = [p.strip().upper() for arg in args.pairs for p in arg.split(",") if p.strip()]
-    return args
+    return parser.parse_args(argv)
+
+
+def _pair_list(text: str) -> list[str]:
+    return [p.strip().upper() for p in text.split(",") if p.strip()]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

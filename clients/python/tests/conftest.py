@@ -16,6 +16,7 @@ from bittrade_feed.server.app import create_app
 from bittrade_feed.server.state import FETCHER, HUB
 from bittrade_feed.sources import SOURCES
 from tests.daemon import PAIR, daemon_config, fx  # noqa: F401 (fixtures, used by name)
+from tests.fakeclock import FakeClock
 from tests.fakeexchange import FakeExchanges
 
 USABLE_SOURCES = tuple(s for s in ("kraken", "bitfinex") if s in SOURCES)
@@ -125,6 +126,17 @@ async def daemon(daemon_factory: Callable[..., Awaitable[Daemon]]) -> Daemon:
     """One running daemon with one price already stored."""
     running = await daemon_factory()
     await running.tick("73380.5")
+    return running
+
+
+@pytest.fixture
+async def stale_daemon(daemon_factory: Callable[..., Awaitable[Daemon]]) -> Daemon:
+    """A daemon whose one pair has a price but went stale (no quorum past stale_after)."""
+    clock = FakeClock()
+    running = await daemon_factory(clock=clock, feed={"stale_after": 1.0})
+    await running.tick()
+    clock.set_time(clock.time() + 2)
+    await running.fail()
     return running
 
 

@@ -187,6 +187,20 @@ async def test_5xx_is_retried_honouring_retry_after(scripted) -> None:
     assert loop.time() - started < 1
 
 
+async def test_retry_in_the_first_event_block_is_both_a_tick_and_a_reconnect_delay(
+    scripted,
+) -> None:
+    """``retry:`` sharing the block of the first price: the tick arrives, the delay is kept."""
+    first = b"retry: 50\n" + scripted.price(7)
+    script = await scripted.start(
+        scripted.stream(first), scripted.stream(scripted.price(8), hold=1)
+    )
+    async with FeedClient(script.url, reconnect_delay=5) as feed:
+        ticks = await take(feed, 2)
+    assert [t.id for t in ticks] == [7, 8]
+    assert len(script.requests) == 2, "reconnected after 50 ms, not the 5 s default"
+
+
 async def test_gives_up_after_max_attempts(unused_tcp_port: int) -> None:
     """max_attempts failed connections in a row end the subscription with GaveUp."""
     url = f"http://127.0.0.1:{unused_tcp_port}"

@@ -135,6 +135,13 @@ CASES = {
         "1842",
         3000,
     ),
+    # Issue 11: the daemon may send retry: in the same block as the first event.
+    "retry in the first event's block": Case(
+        b"retry: 3000\nid: 1842\nevent: price\ndata: " + DAEMON_PRICE + b"\n\n",
+        [("price", DAEMON_PRICE.decode(), "1842")],
+        "1842",
+        3000,
+    ),
 }
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from bittrade_feed_client import FeedClient, State, StateChange
+from bittrade_feed_client import SIMULATED_REASON, FeedClient, State, StateChange
 
+from tests.daemon import PAIR
 from tests.fakeclock import FakeClock
 
 WAIT = 5.0
@@ -39,15 +40,10 @@ async def test_stale_when_the_daemon_says_so_and_live_when_it_recovers(daemon_fa
     assert daemon.pair in changes[1].reason
 
 
-async def test_connecting_to_a_stale_feed_never_shows_live(daemon_factory) -> None:
+async def test_connecting_to_a_stale_feed_never_shows_live(stale_daemon) -> None:
     """The opening snapshot and its stale status arrive together: no false LIVE."""
-    clock = FakeClock()
-    daemon = await daemon_factory(clock=clock, feed={"stale_after": 1.0})
-    await daemon.tick()
-    clock.set_time(clock.time() + 2)
-    await daemon.fail()
     changes: list[StateChange] = []
-    async with FeedClient(daemon.url, on_state=changes.append) as feed:
+    async with FeedClient(stale_daemon.url, on_state=changes.append) as feed:
         await wait_for(feed, State.STALE)
     assert [c.state for c in changes] == [State.STALE, State.CLOSED]
 
@@ -103,3 +99,34 @@ async def test_reconnecting_while_the_daemon_is_gone_and_live_when_back(daemon, 
         await eventually(lambda: feed.latest(daemon.pair).id == new_id)
     assert (await anext(states)).state is State.CLOSED
     assert await anext(states, None) is None
+
+
+async def test_simulated_prices_are_live_but_never_tradeable(daemon_factory) -> None:
+    """On the simulated source: ticks say simulated, the feed is LIVE, can_trade is False."""
+    sim = {"sources": {PAIR: ["simulated"]}}
+    daemon = await daemon_factory(feed=sim, aggregation={"quorum": 1})
+    await daemon.tick()
+    changes: list[StateChange] = []
+    async with FeedClient(daemon.url, on_state=changes.append) as feed:
+        async with asyncio.timeout(WAIT):
+            tick = await anext(aiter(feed))
+        await wait_for(feed, State.LIVE)
+        assert tick.simulated is True
+        assert feed.status(PAIR).simulated is True
+        assert (feed.state, feed.can_trade, feed.reason) == (State.LIVE, False, SIMULATED_REASON)
+        await daemon.tick()
+        async with asyncio.timeout(WAIT):
+            assert (await anext(aiter(feed))).simulated is True
+        assert feed.can_trade is False
+    assert changes[0] == StateChange(State.LIVE, "Simulated prices: not for trading")
+
+
+async def test_real_prices_are_tradeable_while_live(daemon) -> None:
+    """Real exchanges: not simulated, and can_trade follows LIVE."""
+    async with FeedClient(daemon.url) as feed:
+        assert feed.can_trade is False, "not before the feed is live"
+        async with asyncio.timeout(WAIT):
+            tick = await anext(aiter(feed))
+        await wait_for(feed, State.LIVE)
+        assert tick.simulated is False
+        assert (feed.can_trade, feed.reason) == (True, "")

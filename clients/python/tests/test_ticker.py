@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import json
 import os
 import pty
+import re
 import signal
+import struct
+import subprocess
 import sys
+import termios
 
+import pytest
 from bittrade_feed_client import ticker
 
 WAIT = 5.0
@@ -18,12 +24,13 @@ TICKER = (sys.executable, "-X", "dev", "-m", "bittrade_feed_client.ticker")
 
 async def test_json_prints_one_object_per_tick_and_ctrl_c_exits_0(daemon) -> None:
     """--json: the wire form of each tick, one per line, prices as strings; SIGINT -> 0."""
+    # The options before the URL, as people type it: --pairs must not swallow the URL.
     proc = await asyncio.create_subprocess_exec(
         *TICKER,
-        daemon.url,
         "--json",
         "--pairs",
         daemon.pair,
+        daemon.url,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -41,6 +48,7 @@ async def test_json_prints_one_object_per_tick_and_ctrl_c_exits_0(daemon) -> Non
         "price": "73401.75",
         "ts": second["ts"],
         "sources": second["sources"],
+        "simulated": False,
     }
     assert second["ts"].endswith("Z")
     assert (proc.returncode, rest) == (0, b"")
@@ -110,3 +118,67 @@ def test_bad_url_exits_2(capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("bittrade-ticker: 'ftp://feed.example/' is not an http")
     assert err.count("\n") == 1
+
+
+def test_pairs_takes_one_value_and_leaves_the_url() -> None:
+    """``--pairs ETH-USD URL``: the URL stays the URL; commas and repeats add pairs."""
+    args = ticker.parse_args(["--pairs", "ETH-USD", "http://localhost:8080"])
+    assert (args.url, args.pairs) == ("http://localhost:8080", ["ETH-USD"])
+    args = ticker.parse_args(["--pairs", "eth-usd, btc-usd", "--pairs", "LTC-EUR", "http://h"])
+    assert (args.url, args.pairs) == ("http://h", ["ETH-USD", "BTC-USD", "LTC-EUR"])
+    assert ticker.parse_args(["http://h"]).pairs is None
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        (*TICKER, "--help"),
+        (sys.executable, "-m", "bittrade_feed.cli", "--help"),
+        (sys.executable, "-m", "bittrade_feed.cli", "serve", "--help"),
+        (sys.executable, "-m", "bittrade_feed.cli", "check-config", "--help"),
+    ],
+)
+def test_help_is_plain_text(command: tuple[str, ...]) -> None:
+    """``--help`` of both CLIs shows no reStructuredText markup."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True)  # noqa: S603
+    assert done.stdout.startswith("usage: ")
+    assert "``" not in done.stdout
+    assert not re.search(r":(?:class|func|meth|mod):`", done.stdout)
+
+
+def test_fit_cuts_after_a_whole_word_and_keeps_colours() -> None:
+    """Lines longer than the terminal end in an ellipsis after a whole word."""
+    text = "stale (BTC-USD: quorum not met: 0 of 7 sources answered, 2 needed)"
+    assert ticker.fit(text, 80) == text
+    assert ticker.fit(text, 30) == "stale (BTC-USD: quorum not…"
+    assert ticker.fit("abcdefghij", 5) == "abcd…", "one overlong word is cut hard"
+    coloured = "\x1b[33mstale\x1b[0m\x1b[2m (BTC-USD: quorum not met)\x1b[0m"
+    assert ticker.fit(coloured, 20) == "\x1b[33mstale\x1b[0m\x1b[2m (BTC-USD:…\x1b[0m"
+
+
+async def test_terminal_line_is_cut_at_a_word_to_the_terminal_width(stale_daemon) -> None:
+    """A stale reason longer than a 100-column terminal ends in an ellipsis after a word."""
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = await asyncio.create_subprocess_exec(
+        *TICKER, stale_daemon.url, stdin=terminal, stdout=terminal, stderr=terminal
+    )
+    os.close(terminal)
+    screen = b""
+    try:
+        async with asyncio.timeout(WAIT):
+            while not re.search("stale.*…".encode(), screen):
+                screen += await asyncio.to_thread(os.read, controller, 4096)
+            proc.send_signal(signal.SIGINT)
+            assert await proc.wait() == 0
+    finally:
+        os.close(controller)
+    drawn = [text for text in screen.decode().split("\x1b[2K") if "…" in text][-1]
+    last = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", drawn.split("…")[0] + "…")
+    reason = "stale (BTC-USDT: quorum not met: 0 of 2 sources answered, 2 needed)"
+    assert len(last) <= 100
+    assert last.endswith("…")
+    shown = last.removesuffix("…")
+    cut = shown[shown.index("stale") :]  # the line is about 60 columns up to the state
+    assert reason.startswith(cut), last
+    assert reason[len(cut)] == " ", f"cut mid-word: {last!r}"

@@ -1,6 +1,6 @@
 // Compiled (not run) by test/package.test.js: the declarations accept real usage and
 // reject misuse (each @ts-expect-error must be an error).
-import { CONNECTING_SNAPSHOT, createPriceFeed } from 'bittrade-feed-client'
+import { CONNECTING_SNAPSHOT, SIMULATED_REASON, createPriceFeed } from 'bittrade-feed-client'
 import type { PriceFeed, PriceSnapshot, Tick } from 'bittrade-feed-client'
 import { EventSource as NodeEventSource } from 'eventsource'
 
@@ -10,9 +10,12 @@ const unsubscribe: () => void = feed.subscribe(() => {
   const tick = snap.pairs['BTC-USD']
   const price: string | null = tick?.price ?? null
   const ok: boolean = snap.canTrade && snap.state === 'live'
-  void price, ok
+  const fake: boolean = snap.simulated || (tick?.simulated ?? false) || snap.reason === SIMULATED_REASON
+  void price, ok, fake
 })
 feed.on('price', (tick: Tick) => tick.price.toUpperCase())
+feed.on('price', (tick: Tick) => tick.simulated === true)
+feed.on('status', (event) => event.simulated === false)
 feed.on('resync', (event) => event.ticks.map((t) => t.value.toFixed(2)))
 feed.on('status', (event) => event.state === 'stale')
 unsubscribe()

@@ -26,6 +26,7 @@ from bittrade_feed.errors import StoreError
 from bittrade_feed.feed.fetcher import Fetcher
 from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts, parse_ts
 from bittrade_feed.ops.metrics import Metrics, new_registry
+from bittrade_feed.ops.supervise import Supervisor
 from bittrade_feed.server.dashboard import add_dashboard_routes
 from bittrade_feed.server.problems import Problem, problem_middleware
 from bittrade_feed.server.state import (
@@ -37,6 +38,7 @@ from bittrade_feed.server.state import (
     METRICS,
     SESSION,
     STORE,
+    SUPERVISOR,
     current_config,
 )
 from bittrade_feed.server.streams import price_stream, requested_pairs, ws_stream
@@ -62,9 +64,11 @@ def create_app(
     """Build the daemon's application; ``fetch=False`` leaves the fetch loop stopped."""
     app = web.Application(middlewares=[problem_middleware])
     app[CONFIG] = config
-    app[CLOCK] = clock or SystemClock()
+    app[CLOCK] = clock = clock or SystemClock()
     app[METRICS] = Metrics(registry if registry is not None else new_registry())
     app[FETCH_ENABLED] = fetch
+    # Every background task starts through it; the CLI sets its on_fatal to exit 1.
+    app[SUPERVISOR] = Supervisor(app[METRICS].task_crashes, clock.sleep, clock.monotonic)
 
     app.cleanup_ctx.extend([_session_ctx, _store_ctx, _hub_ctx, _fetcher_ctx, _retention_ctx])
     app.on_shutdown.append(_on_shutdown)
@@ -108,8 +112,12 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     latest = await store.latest(config.fetch.pairs)
     hub.load(await store.recent(config.stream.replay_limit), latest, await store.max_id())
     app[HUB] = hub
-    hub.start()
+    supervisor = app[SUPERVISOR]
+    hub.run_callback = supervisor.call
+    # Heartbeats carry no data: a crashed timer is safe to restart.
+    timer = supervisor.spawn("hub-heartbeat", hub.run_timer, restart=True)
     yield
+    await supervisor.cancel(timer)
     await hub.stop()
 
 
@@ -138,22 +146,25 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
         metrics.last_tick.labels(pair).set(tick.ts_ms / 1000)
         metrics.last_price.labels(pair).set(float(tick.price))
     app[FETCHER] = fetcher
-    task = asyncio.create_task(fetcher.run(), name="fetch-loop") if app[FETCH_ENABLED] else None
-    if task is not None:
+    task = None
+    if app[FETCH_ENABLED]:
+        # Fatal when it crashes: a daemon serving ever older prices must not look alive.
+        task = app[SUPERVISOR].spawn("fetch-loop", fetcher.run, restart=False)
         app[FETCH_TASK] = task
     yield
     if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await app[SUPERVISOR].cancel(task)
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     days = app[CONFIG].database.retention_days
-    task = asyncio.create_task(_retention_loop(app, days), name="retention") if days else None
+    supervisor = app[SUPERVISOR]
+    task = None
+    if days:
+        task = supervisor.spawn("retention", lambda: _retention_loop(app, days), restart=True)
     yield
     if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await supervisor.cancel(task)
 
 
 async def _retention_loop(app: web.Application, days: float) -> None:
@@ -185,6 +196,11 @@ def _status(request: web.Request, pair: str) -> FeedStatus:
     return request.app[FETCHER].pairs[pair].status
 
 
+def _age(app: web.Application, pair: str) -> float | None:
+    """Seconds since the pair's latest price was accepted, on the monotonic clock."""
+    return app[FETCHER].age(pair)
+
+
 def _config(request: web.Request) -> Config:
     return current_config(request.app)
 
@@ -201,7 +217,7 @@ async def get_price(request: web.Request) -> web.Response:
             headers={"Retry-After": str(int(_config(request).fetch.interval))},
             pair=pair,
         )
-    age = request.app[CLOCK].time() - tick.ts_ms / 1000
+    age = _age(request.app, pair) or 0.0
     return web.json_response(
         {**tick.to_json(), "stale": status.state == "stale", "age_seconds": round(age, 3)}
     )
@@ -248,18 +264,19 @@ async def get_sources(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """The process and its event loop answer."""
+    """The process and its event loop answer, and no essential background task died."""
+    failed = request.app[SUPERVISOR].failed
+    if failed is not None:
+        return web.json_response({"status": "failed", "detail": failed}, status=503)
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when every pair has a fresh price and the database takes writes."""
-    config, clock = _config(request), request.app[CLOCK]
+    config = _config(request)
     checks: dict[str, dict[str, Any]] = {}
-    now = clock.time()
     for pair in config.fetch.pairs:
-        tick = request.app[HUB].latest.get(pair)
-        age = None if tick is None else now - tick.ts_ms / 1000
+        age = _age(request.app, pair)
         ok = age is not None and age < config.fetch.stale_after
         checks[f"price:{pair}"] = {
             "ok": ok,
@@ -272,6 +289,9 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = {"ok": True, "detail": "writable"}
     except StoreError as exc:
         checks["database"] = {"ok": False, "detail": str(exc)}
+    failed = request.app[SUPERVISOR].failed
+    if failed is not None:
+        checks["tasks"] = {"ok": False, "detail": failed}
     ready = all(c["ok"] for c in checks.values())
     return web.json_response(
         {"status": "ready" if ready else "not ready", "checks": checks},

@@ -339,7 +339,8 @@ class Hub:
 
     def _snapshot(self, pairs: tuple[str, ...]) -> list[Frames]:
         # A price put in ``latest`` from outside (a pair added on reload) has no frames yet.
-        return [self._latest_frames.get(t.pair) or _price_frames(t) for t in self._latest_ticks(pairs)]
+        ticks = self._latest_ticks(pairs)
+        return [self._latest_frames.get(t.pair) or _price_frames(t) for t in ticks]
 
     def _statuses(self, pairs: tuple[str, ...]) -> list[Frames]:
         return [self._status_frames[p] for p in pairs if p in self._status_frames]

@@ -2,11 +2,13 @@
 
 One loop per daemon, on the clock: interval k starts at ``start + k * interval`` (no
 drift), a cycle never overlaps the next (a late one is followed at once; slots missed by a
-whole interval are skipped), and every request has a timeout, so a cycle always ends. A
-reload wakes the sleeping loop, which re-plans its next slot on the new interval.
-Staleness is measured on the monotonic clock, so stepping the wall clock changes nothing. Retryable errors are retried with
+whole interval are skipped), and every
+request has a timeout, so a cycle always ends. Retryable errors are retried with
 tenacity while the interval's budget allows. Each source has a circuit breaker shared
 by all pairs, because exchanges rate-limit per client, not per pair.
+
+A reload wakes the sleeping loop, which re-plans its next slot on the new interval.
+Ages are measured on the monotonic clock, so a stepped wall clock changes nothing.
 """
 
 from __future__ import annotations

@@ -97,9 +97,7 @@ class Supervisor:
 
     def _crashed(self, name: str, exc: BaseException) -> None:
         self.crashes.labels(name).inc()
-        log.error(
-            "task crashed", task=name, reason=f"{type(exc).__name__}: {exc}", exc_info=exc
-        )
+        log.error("task crashed", task=name, reason=f"{type(exc).__name__}: {exc}", exc_info=exc)
 
     def _fail(self, name: str, exc: BaseException) -> None:
         if self.failed is None:

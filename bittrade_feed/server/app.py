@@ -8,7 +8,6 @@ fetch loop stops before the database closes and no accepted price is lost.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +27,7 @@ from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts, parse_t
 from bittrade_feed.ops.metrics import Metrics, new_registry
 from bittrade_feed.ops.supervise import Supervisor
 from bittrade_feed.server.dashboard import add_dashboard_routes
+from bittrade_feed.server.pairs import apply_pair_changes
 from bittrade_feed.server.problems import Problem, problem_middleware
 from bittrade_feed.server.state import (
     CLOCK,
@@ -139,13 +139,9 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
     fetcher = Fetcher(
         app[CONFIG], app[SESSION], app[CLOCK], metrics, sink, hub.publish_status, hub.latest
     )
-    for state in fetcher.pairs.values():
-        hub.publish_status(state.status)
-    for pair, tick in hub.latest.items():
-        # Gauges start at the stored price, not at 0, after a restart.
-        metrics.last_tick.labels(pair).set(tick.ts_ms / 1000)
-        metrics.last_price.labels(pair).set(float(tick.price))
     app[FETCHER] = fetcher
+    # Start-up is the reload from no pairs: every pair's stored price and first status.
+    apply_pair_changes(app, (), dict(hub.latest))
     task = None
     if app[FETCH_ENABLED]:
         # Fatal when it crashes: a daemon serving ever older prices must not look alive.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import json
 import signal
 import time
@@ -50,6 +52,22 @@ async def reload(daemon: Daemon, notify: NotifySocket) -> str:
     reloading = await notify.expect("RELOADING=1", after=start)
     ready = await notify.expect("READY=1", after=reloading + 1)
     return notify.notes[ready].fields["STATUS"]
+
+
+@contextlib.asynccontextmanager
+async def ready_daemon(
+    tmp_path: Path, raw: dict[str, Any], port: int, **env: str
+) -> AsyncIterator[tuple[Daemon, NotifySocket, aiohttp.ClientSession, Path]]:
+    """A child daemon on ``raw`` (written to a file), after its READY=1; and a session."""
+    config = write_config(tmp_path / "c.toml", raw)
+    notify = NotifySocket()
+    async with (
+        notify,
+        run_daemon(config, tmp_path, port=port, env={"NOTIFY_SOCKET": notify.address, **env}) as d,
+        aiohttp.ClientSession() as session,
+    ):
+        await notify.expect("READY=1", timeout=START_TIMEOUT)
+        yield d, notify, session, config
 
 
 async def test_subscribers_keep_streaming_across_a_reload(
@@ -155,30 +173,29 @@ async def test_shorter_interval_applies_at_once_and_the_watchdog_keeps_pinging(
     port = unused_port()
     raw = config_dict(tmp_path, fx, port, sources=("kraken",))
     raw["feed"]["interval"] = 120.0
-    config = write_config(tmp_path / "c.toml", raw)
-    notify = NotifySocket()
-    env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "400000"}
     async with (
-        notify,
-        run_daemon(config, tmp_path, port=port, env=env) as daemon,
-        aiohttp.ClientSession() as session,
+        ready_daemon(tmp_path, raw, port, WATCHDOG_USEC="400000") as (
+            daemon,
+            notify,
+            session,
+            config,
+        ),
+        session.get(daemon.url + "/api/price-stream") as resp,
     ):
-        await notify.expect("READY=1", timeout=START_TIMEOUT)
-        async with session.get(daemon.url + "/api/price-stream") as resp:
-            stream = prices(resp)
-            first = await next_price(stream)
-            raw["feed"]["interval"] = 0.5
-            write_config(config, raw)
-            status = await reload(daemon, notify)
-            assert not status.startswith("reload failed"), status
-            reloaded = len(notify.notes)
-            # Three new prices within 3 s: the 120 s sleep was cut short.
-            later = [await next_price(stream, timeout=3.0) for _ in range(3)]
-            await asyncio.sleep(1.0)  # the old code had stopped pinging well before this
-            pings = [n.at for n in notify.notes[reloaded:] if n.has("WATCHDOG=1")]
+        stream = prices(resp)
+        first = await next_price(stream)
+        raw["feed"]["interval"] = 0.5
+        write_config(config, raw)
+        status = await reload(daemon, notify)
+        assert not status.startswith("reload failed"), status
+        reloaded = len(notify.notes)
+        # Three new prices within 3 s: the 120 s sleep was cut short.
+        later = [await next_price(stream, timeout=3.0) for _ in range(3)]
+        await asyncio.sleep(1.0)  # the old code had stopped pinging well before this
+        pings = [n.at for n in notify.notes[reloaded:] if n.has("WATCHDOG=1")]
     assert [p["id"] for p in later] == [first["id"] + 1, first["id"] + 2, first["id"] + 3]
     assert len(pings) >= 8
-    assert max(b - a for a, b in zip(pings, pings[1:], strict=False)) < 0.4
+    assert max(b - a for a, b in itertools.pairwise(pings)) < 0.4
     assert not any(e["event"].startswith("fetch loop stalled") for e in daemon.events())
 
 
@@ -188,33 +205,27 @@ async def test_removed_pair_tells_its_streams_and_closes_those_left_with_none(
     """A stream of only the removed pair gets a last status and ends; one with more goes on."""
     port = unused_port()
     raw = _two_pairs(config_dict(tmp_path, fx, port, sources=("kraken",)), [PAIR, OTHER])
-    config = write_config(tmp_path / "c.toml", raw)
-    notify = NotifySocket()
     async with (
-        notify,
-        run_daemon(config, tmp_path, port=port, env={"NOTIFY_SOCKET": notify.address}) as daemon,
-        aiohttp.ClientSession() as session,
+        ready_daemon(tmp_path, raw, port) as (daemon, notify, session, config),
+        session.get(daemon.url + f"/api/price-stream?pairs={OTHER}") as only,
+        session.get(daemon.url + f"/api/price-stream?pairs={PAIR},{OTHER}") as both,
     ):
-        await notify.expect("READY=1", timeout=START_TIMEOUT)
-        async with (
-            session.get(daemon.url + f"/api/price-stream?pairs={OTHER}") as only,
-            session.get(daemon.url + f"/api/price-stream?pairs={PAIR},{OTHER}") as both,
-        ):
-            await only.content.readuntil(b"\n\n")  # retry:
-            assert (await daemon.get(f"/api/price?pair={OTHER}"))[0] == 503  # no price yet
-            write_config(config, _two_pairs(raw, [PAIR]))
-            status = await reload(daemon, notify)
-            assert not status.startswith("reload failed"), status
-            async with asyncio.timeout(5):
-                rest = (await only.content.read()).decode()  # to the end: it was closed
-            last_only = _statuses(rest)[-1]
+        await only.content.readuntil(b"\n\n")  # retry:
+        assert (await daemon.get(f"/api/price?pair={OTHER}"))[0] == 503  # no price yet
+        write_config(config, _two_pairs(raw, [PAIR]))
+        status = await reload(daemon, notify)
+        assert not status.startswith("reload failed"), status
+        async with asyncio.timeout(5):
+            rest = (await only.content.read()).decode()  # to the end: it was closed
+        last_only = _statuses(rest)[-1]
+        async with asyncio.timeout(5):
             while True:
                 frame = (await both.content.readuntil(b"\n\n")).decode()
                 if f'"pair":"{OTHER}"' in frame and "removed" in frame:
                     break
-            still = await next_price(prices(both))
-            code, body = await daemon.get(f"/api/price?pair={OTHER}")
-            _, metrics = await daemon.get("/metrics")
+        still = await next_price(prices(both))
+        code, body = await daemon.get(f"/api/price?pair={OTHER}")
+        _, metrics = await daemon.get("/metrics")
     reason = f"pair {OTHER} removed from the configuration"
     assert (last_only["pair"], last_only["state"], last_only["reason"]) == (OTHER, "stale", reason)
     assert still["pair"] == PAIR
@@ -246,14 +257,7 @@ async def test_added_pair_starts_from_its_stored_price_and_status(
         )
     port = unused_port()
     raw = config_dict(tmp_path, fx, port, sources=("kraken",))
-    config = write_config(tmp_path / "c.toml", raw)
-    notify = NotifySocket()
-    async with (
-        notify,
-        run_daemon(config, tmp_path, port=port, env={"NOTIFY_SOCKET": notify.address}) as daemon,
-        aiohttp.ClientSession() as session,
-    ):
-        await notify.expect("READY=1", timeout=START_TIMEOUT)
+    async with ready_daemon(tmp_path, raw, port) as (daemon, notify, session, config):
         assert (await daemon.get(f"/api/price?pair={OTHER}"))[0] == 400
         write_config(config, _two_pairs(raw, [PAIR, OTHER]))
         status = await reload(daemon, notify)

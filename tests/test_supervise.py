@@ -7,6 +7,7 @@ code expects, under the real hub and app; time is the fake clock, so backoffs ar
 from __future__ import annotations
 
 import asyncio
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -135,7 +136,7 @@ async def test_restarts_back_off_and_reset_after_a_healthy_run(clock: FakeClock)
         healthy_run[0] = True
         await clock.advance(200.0)
         await supervisor.cancel(task)
-    gaps = [round(b - a, 3) for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [round(b - a, 3) for a, b in itertools.pairwise(starts)]
     # Crashes at once: waits of 1, 2, 4, 8 s; then a 120 s run and a wait of 1 s (reset,
     # not 16 s), then doubling again.
     assert gaps == [1.0, 2.0, 4.0, 8.0, 120.0 + 1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
@@ -166,7 +167,7 @@ async def test_fatal_task_ends_the_daemon_with_exit_1(
             await daemon.stopping.wait()
     assert daemon.exit_code == 1
     (line,) = _crash_lines(logs, "fetch-loop")
-    expected = "Boom: fetch loop exploded" if ending == "raises" else "RuntimeError: ended on its own"
-    assert line["reason"] == expected
+    ended = "RuntimeError: ended on its own"
+    assert line["reason"] == ("Boom: fetch loop exploded" if ending == "raises" else ended)
     assert _crashes(client.app, "fetch-loop") == 1
     assert (await client.get("/healthz")).status == 503

@@ -14,9 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp.pytest_plugin import AiohttpClient
 from aiohttp.test_utils import unused_port
 
+from bittrade_feed.broadcast.hub import SSE_RAW
+from bittrade_feed.cli import _Daemon
+from bittrade_feed.config import load_config
 from bittrade_feed.models import TickDraft
+from bittrade_feed.server.app import create_app
+from bittrade_feed.server.state import HUB
 from bittrade_feed.store.sqlite import Store
 from tests.childdaemon import (
     START_TIMEOUT,
@@ -28,6 +34,7 @@ from tests.childdaemon import (
 )
 from tests.daemon import PAIR
 from tests.fakeexchange import FakeExchanges, with_price
+from tests.streamutil import RecordingTransport
 
 
 async def prices(resp: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
@@ -275,3 +282,30 @@ async def test_added_pair_starts_from_its_stored_price_and_status(
         "live",
         "latest price from the database",
     )
+
+
+async def test_overlapping_reloads_apply_a_pair_change_once(
+    tmp_path: Path, fx: FakeExchanges, aiohttp_client: AiohttpClient
+) -> None:
+    """Two SIGHUPs in a row while the first awaits the store: the second sees its result.
+
+    Each reload reads the stored prices of the pairs it adds before changing anything; run
+    at once without serialising, both would add the pair and announce it twice.
+    """
+    raw = config_dict(tmp_path, fx, unused_port(), sources=("kraken",))
+    path = write_config(tmp_path / "c.toml", raw)
+    config = load_config(path)
+    client = await aiohttp_client(create_app(config, fetch=False))
+    daemon = _Daemon(client.app, config, path)
+    listener = RecordingTransport()
+    await client.app[HUB].subscribe(listener, SSE_RAW, (OTHER,), None)
+    write_config(path, _two_pairs(raw, [PAIR, OTHER]))
+    daemon.reload()
+    daemon.reload()
+    async with asyncio.timeout(5):
+        while daemon._reloads:
+            await asyncio.sleep(0.01)
+    assert daemon.config.fetch.pairs == (PAIR, OTHER)
+    data = b"".join(listener.written)
+    assert data.count(b"event: status\n") == 1
+    assert b'"reason":"no price yet"' in data

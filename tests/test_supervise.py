@@ -1,7 +1,7 @@
 """Background tasks crash loudly: logged once, counted, then restarted or fatal.
 
 The crashes are real: a subscriber transport whose ``write`` raises an exception type no
-code expects, under the real hub and app; time is the fake clock, so backoffs are exact.
+code expects (``Boom``), under the real hub and app; time is the fake clock, so backoffs are exact.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from bittrade_feed.ops.supervise import Supervisor
 from bittrade_feed.server.app import create_app
 from bittrade_feed.server.state import FETCHER, HUB, METRICS, SUPERVISOR
 from tests.fakeclock import FakeClock, settle
+from tests.streamutil import RecordingTransport
 
 PAIR = "BTC-USDT"
 CRASHES = "bittrade_feed_task_crashes_total"
@@ -30,28 +31,6 @@ CRASHES = "bittrade_feed_task_crashes_total"
 
 class Boom(LookupError):
     """An exception type nothing in the daemon catches on purpose."""
-
-
-class BrokenTransport:
-    """A subscriber's socket whose ``write`` raises once armed."""
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.written: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if self.armed:
-            raise Boom("transport exploded")
-        self.written.append(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def abort(self) -> None:
-        pass
 
 
 def _crashes(app: Any, task: str) -> float | None:
@@ -69,17 +48,17 @@ async def test_crashed_heartbeat_timer_is_logged_counted_and_restarted(
     config = daemon_config(stream={"heartbeat": 3.0})
     client = await aiohttp_client(create_app(config, clock=clock, fetch=False))
     app = client.app
-    transport = BrokenTransport()
+    transport = RecordingTransport()
     await app[HUB].subscribe(transport, SSE_RAW, (PAIR,), None)
     assert _crashes(app, "hub-heartbeat") == 0
     with capture_logs() as logs:
-        transport.armed = True
+        transport.fail = Boom("transport exploded")
         await clock.advance(3.0)  # idle for a heartbeat period: the timer writes, and dies
         assert _crashes(app, "hub-heartbeat") == 1
         (line,) = _crash_lines(logs, "hub-heartbeat")
         assert line["log_level"] == "error"
         assert line["reason"] == "Boom: transport exploded"
-        transport.armed = False
+        transport.fail = None
         await clock.advance(1.0 + 1.0)  # the first backoff, then one timer period
         await settle()
     assert transport.written[-1] == b": keep-alive\n\n", "the restarted timer sends heartbeats"
@@ -96,9 +75,9 @@ async def test_crashed_coalescing_flush_is_fatal_and_healthz_says_so(
     config = daemon_config(stream={"coalesce_ms": 5})
     client = await aiohttp_client(create_app(config, fetch=False))
     app = client.app
-    transport = BrokenTransport()
+    transport = RecordingTransport()
     await app[HUB].subscribe(transport, SSE_RAW, (PAIR,), None)
-    transport.armed = True
+    transport.fail = Boom("transport exploded")
     with capture_logs() as logs:
         await app[FETCHER].run_cycle()  # the price waits in the window, then the flush runs
         async with asyncio.timeout(5):

@@ -1,7 +1,7 @@
 """Background tasks crash loudly: logged once, counted, then restarted or fatal.
 
 The crashes are real: a subscriber transport whose ``write`` raises an exception type no
-code expects (``Boom``), under the real hub and app; time is the fake clock, so backoffs are exact.
+code expects (``Boom``), under the real hub and app; the fake clock makes backoffs exact.
 """
 
 from __future__ import annotations

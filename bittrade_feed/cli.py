@@ -18,7 +18,6 @@ import contextlib
 import gc
 import signal
 import sys
-import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from bittrade_feed.ops import logs, systemd
 from bittrade_feed.ops.watchdog import Watchdog
 from bittrade_feed.server.app import create_app, metrics_handler
 from bittrade_feed.server.reload import reload_config
-from bittrade_feed.server.state import FETCHER, HUB, METRICS, STORE, SUPERVISOR
+from bittrade_feed.server.state import CLOCK, FETCHER, HUB, METRICS, STORE, SUPERVISOR
 
 EX_CONFIG = 78
 FIRST_CYCLE_MAX_WAIT = 60.0
@@ -201,7 +200,8 @@ class _Daemon:
         self.config_path = config_path
         self.stopping = asyncio.Event()
         self.exit_code = 0
-        self.watchdog = Watchdog(lambda: self.fetcher, time.monotonic, self.status_line)
+        # The fetch loop's progress deadline is on the app's clock: judge it on the same one.
+        self.watchdog = Watchdog(lambda: self.fetcher, app[CLOCK].monotonic, self.status_line)
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
         app[SUPERVISOR].on_fatal = self.fatal

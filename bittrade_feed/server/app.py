@@ -114,6 +114,7 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     app[HUB] = hub
     supervisor = app[SUPERVISOR]
     hub.run_callback = supervisor.call
+    app[METRICS].task_crashes.labels("hub-flush")  # at 0 before any crash, for alerts
     # Heartbeats carry no data: a crashed timer is safe to restart.
     timer = supervisor.spawn("hub-heartbeat", hub.run_timer, restart=True)
     yield

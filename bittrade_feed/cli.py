@@ -201,7 +201,9 @@ class _Daemon:
         self.stopping = asyncio.Event()
         self.exit_code = 0
         # The fetch loop's progress deadline is on the app's clock: judge it on the same one.
-        self.watchdog = Watchdog(lambda: self.fetcher, app[CLOCK].monotonic, self.status_line)
+        self.watchdog = Watchdog(
+            lambda: self.fetcher.schedule, app[CLOCK].monotonic, self.status_line
+        )
         self._reload_lock = asyncio.Lock()
         self._reloads: set[asyncio.Task[None]] = set()
         app[SUPERVISOR].on_fatal = self.fatal

@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from bittrade_feed.config import Config
 from bittrade_feed.feed.fetcher import Fetcher
@@ -311,13 +312,15 @@ async def test_reload_wakes_the_sleeping_loop_onto_the_new_interval(
         await _until(lambda: h.fetcher.cycles == 1 and clock.sleepers == 1)
         assert _next_wake(clock) == start + 120
         await clock.advance(10)
-        h.fetcher.reconfigure(_with_interval(h.fetcher.config, 0.5))
         # Slots start + 0.5 ... start + 10 have passed: the next cycle runs at once,
-        # without an "overran" warning, then the loop keeps the new phase.
-        await _until(lambda: h.fetcher.cycles == 2 and clock.sleepers == 1)
+        # without an "overran" warning (nothing overran), then keeps the new phase.
+        with capture_logs() as logs:
+            h.fetcher.reconfigure(_with_interval(h.fetcher.config, 0.5))
+            await _until(lambda: h.fetcher.cycles == 2 and clock.sleepers == 1)
+        assert not [e for e in logs if e["event"] == "fetch cycle overran"]
         assert _next_wake(clock) == start + 10.5
         timeout = h.fetcher.config.fetch.request_timeout
-        assert h.fetcher.progress_deadline == clock.monotonic() + 2 * 0.5 + timeout
+        assert h.fetcher.schedule.progress_deadline == clock.monotonic() + 2 * 0.5 + timeout
         for k in range(3, 6):
             await clock.advance(0.5)
             await _until(lambda k=k: h.fetcher.cycles == k and clock.sleepers == 1)
@@ -338,8 +341,8 @@ async def test_reload_that_lengthens_the_interval_replans_the_sleep(
         await _until(lambda: h.fetcher.cycles == 1 and clock.sleepers == 1)
         h.fetcher.reconfigure(_with_interval(h.fetcher.config, 60.0))
         await _until(lambda: _next_wake(clock) == start + 60)
-        assert h.fetcher.progress_deadline is not None
-        assert h.fetcher.progress_deadline > start + 60
+        assert h.fetcher.schedule.progress_deadline is not None
+        assert h.fetcher.schedule.progress_deadline > start + 60
         await clock.advance(59)
         assert h.fetcher.cycles == 1
         await clock.advance(1)

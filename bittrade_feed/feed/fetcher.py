@@ -7,14 +7,13 @@ request has a timeout, so a cycle always ends. Retryable errors are retried with
 tenacity while the interval's budget allows. Each source has a circuit breaker shared
 by all pairs, because exchanges rate-limit per client, not per pair.
 
-A reload wakes the sleeping loop, which re-plans its next slot on the new interval.
+The slots and the wake-up on reload live in ``feed.schedule``.
 Ages are measured on the monotonic clock, so a stepped wall clock changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from bittrade_feed.errors import (
     StoreError,
 )
 from bittrade_feed.feed import aggregate
+from bittrade_feed.feed.schedule import Schedule
 from bittrade_feed.models import FeedStatus, Quote, Tick, TickDraft
 from bittrade_feed.ops.metrics import Metrics
 from bittrade_feed.sources import SOURCES, Source
@@ -156,13 +156,9 @@ class Fetcher:
         self.pairs: dict[str, PairState] = {}
         self.cycles = 0
         self.last_cycle_mono: float | None = None
-        self.progress_since: float | None = None
-        """When (monotonic) the loop last made progress: a cycle ended or it re-planned."""
-        self.progress_deadline: float | None = None
-        """By when (monotonic) the next cycle must end if the loop is healthy."""
+        self.schedule = Schedule(clock, lambda: self.config.fetch)
         self._stored = dict(last_ticks or {})
         """Prices from the database that pairs new to the config start from."""
-        self._changed = asyncio.Event()
         self.reconfigure(config)
 
     def reconfigure(self, config: Config, stored: dict[str, Tick] | None = None) -> None:
@@ -191,7 +187,7 @@ class Fetcher:
             self.metrics.set_circuit(name, self.health[name].state)
         self.metrics.declare(config.fetch.pairs, self.sources)
         # Wake a sleeping loop: it must not sleep out an interval that no longer applies.
-        self._changed.set()
+        self.schedule.changed()
 
     def _initial_state(self, pair: str) -> PairState:
         tick = self._stored.pop(pair, None)
@@ -212,50 +208,11 @@ class Fetcher:
         return max(0.0, self.clock.monotonic() - state.last_tick_mono)
 
     async def run(self) -> None:
-        """Fetch every interval until cancelled."""
-        slot = self.clock.monotonic()
-        self._promise(slot, 2 * self.config.fetch.interval)
+        """Fetch every interval until cancelled (``Schedule`` says when)."""
+        slot = self.schedule.start()
         while True:
             await self.run_cycle()
-            slot = await self._wait_for_next_slot(slot)
-
-    async def _wait_for_next_slot(self, slot: float) -> float:
-        """Sleep until the slot after ``slot``; a reload re-plans it on the new interval."""
-        replanned = False
-        while True:
-            self._changed.clear()
-            interval = self.config.fetch.interval
-            next_at = slot + interval
-            now = self.clock.monotonic()
-            # A late cycle is followed at once by the next (never overlapping it); only
-            # slots missed by a whole interval or more are skipped, keeping the phase.
-            missed = math.floor((now - next_at) / interval) if now > next_at else 0
-            if missed and not replanned:
-                log.warning("fetch cycle overran", missed_intervals=missed)
-            next_at += missed * interval
-            # The next cycle starts within an interval and takes at most another one.
-            self._promise(now, 2 * interval)
-            if not await self._sleep_unless_changed(next_at - now):
-                return next_at
-            replanned = True
-
-    async def _sleep_unless_changed(self, seconds: float) -> bool:
-        """Sleep ``seconds``; ``True`` if a reconfigure cut the sleep short."""
-        if seconds <= 0:
-            return False
-        sleep = asyncio.ensure_future(self.clock.sleep(seconds))
-        changed = asyncio.ensure_future(self._changed.wait())
-        try:
-            await asyncio.wait((sleep, changed), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleep.cancel()
-            changed.cancel()
-        return changed.done() and not changed.cancelled()
-
-    def _promise(self, now: float, within: float) -> None:
-        """Record progress at ``now`` and when the next cycle should have ended."""
-        self.progress_since = now
-        self.progress_deadline = now + within + self.config.fetch.request_timeout
+            slot = await self.schedule.next_slot(slot)
 
     async def run_cycle(self) -> None:
         """Fetch, aggregate and publish every pair once."""

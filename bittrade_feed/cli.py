@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import dataclasses
 import gc
 import signal
 import socket
@@ -32,16 +31,14 @@ from bittrade_feed.config import Config, load_config
 from bittrade_feed.errors import ConfigError, FeedError
 from bittrade_feed.feed.fetcher import Fetcher
 from bittrade_feed.ops import logs, systemd
+from bittrade_feed.ops.watchdog import Watchdog
 from bittrade_feed.server.app import create_app, metrics_handler
-from bittrade_feed.server.state import FETCH_TASK, FETCHER, HUB, METRICS, STORE
+from bittrade_feed.server.reload import reload_config
+from bittrade_feed.server.state import CLOCK, FETCHER, HUB, METRICS, STORE, SUPERVISOR
 
 EX_CONFIG = 78
-STATUS_PERIOD = 5.0
-"""Seconds between ``STATUS=`` updates (and the stall check) when no watchdog is asked for."""
 FIRST_CYCLE_MAX_WAIT = 60.0
 """``READY=1`` waits at most this long for the first fetch cycle (``TimeoutStartSec=`` is 90 s)."""
-RESTART_SECTIONS = ("server", "database", "stream")
-"""Config sections a reload cannot apply: the listeners, the open database, the hub."""
 
 log = structlog.get_logger("bittrade_feed")
 
@@ -143,12 +140,10 @@ async def serve(config: Config, config_path: Path | None) -> int:
         stack.push_async_callback(runner.cleanup)
         await runner.setup()
         await _listen(stack, app, runner, config)
-        supervisor = asyncio.create_task(daemon.supervise(), name="sd-notify")
-        supervisor.add_done_callback(daemon.task_done)
-        if FETCH_TASK in app:
-            # A fetch loop that dies must stop the daemon, not leave it serving old prices.
-            app[FETCH_TASK].add_done_callback(daemon.task_done)
-        stack.push_async_callback(_cancel, supervisor)
+        # A fetch loop that dies ends the daemon through the supervisor's on_fatal.
+        supervisor = app[SUPERVISOR]
+        notifier = supervisor.spawn("sd-notify", daemon.watchdog.run, restart=True)
+        stack.push_async_callback(supervisor.cancel, notifier)
         await daemon.wait_first_cycle()
         # Everything built so far lives as long as the process: keep the collector from
         # rescanning it (tens of thousands of objects) in every full collection.
@@ -214,22 +209,22 @@ def _metrics_app(main_app: web.Application) -> web.Application:
     return app
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)  # a failure was logged when it ended
-
-
 class _Daemon:
-    """What ``serve`` tells systemd, and the signal handlers that change it."""
+    """The process's lifecycle: signals, readiness, reloads and a fatal task ending it."""
 
     def __init__(self, app: web.Application, config: Config, config_path: Path | None) -> None:
         self.app = app
         self.config = config
         self.config_path = config_path
         self.stopping = asyncio.Event()
-        self.is_ready = False
         self.exit_code = 0
-        self.started = asyncio.get_running_loop().time()
+        # The fetch loop's progress deadline is on the app's clock: judge it on the same one.
+        self.watchdog = Watchdog(
+            lambda: self.fetcher.schedule, app[CLOCK].monotonic, self.status_line
+        )
+        self._reload_lock = asyncio.Lock()
+        self._reloads: set[asyncio.Task[None]] = set()
+        app[SUPERVISOR].on_fatal = self.fatal
 
     @property
     def fetcher(self) -> Fetcher:
@@ -241,13 +236,12 @@ class _Daemon:
             systemd.notify("STOPPING=1", "STATUS=stopping")
             self.stopping.set()
 
-    def task_done(self, task: asyncio.Task[None]) -> None:
-        """A background task must not end on its own: log why, and stop with exit 1."""
-        if task.cancelled() or self.stopping.is_set():
+    def fatal(self, reason: str) -> None:
+        """An essential task died (the supervisor logged it): stop with exit 1."""
+        if self.stopping.is_set():
             return
-        exc = task.exception()
-        log.error("fatal", reason=f"task {task.get_name()} ended: {exc!r}", exc_info=exc)
         self.exit_code = 1
+        systemd.notify(f"STATUS=fatal: {_one_line(reason)}")
         self.request_stop()
 
     async def wait_first_cycle(self) -> None:
@@ -266,107 +260,51 @@ class _Daemon:
 
     def ready(self) -> None:
         """The listeners answer and the first fetch has been attempted."""
-        self.is_ready = True
+        self.watchdog.is_ready = True
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
 
     def reload(self) -> None:
-        """SIGHUP: validate and apply the config file; keep the old one on any fault."""
+        """SIGHUP: RELOADING=1 at once, then validate and apply the file in a task."""
         if self.stopping.is_set():
             return
         if FETCHER not in self.app:
             log.warning("SIGHUP ignored: still starting, the config is being read already")
             return
-        if self.is_ready:
+        if self.watchdog.is_ready:
             systemd.notify_reloading("STATUS=reloading")
-        self.config, error = reload_config(self.config, self.config_path, self.fetcher)
-        status = f"reload failed: {_one_line(error)}" if error else self.status_line()
-        if self.is_ready:
-            systemd.notify("READY=1", f"STATUS={status}")
+        task = asyncio.create_task(self._reload(), name="reload")
+        self._reloads.add(task)  # a reference, so the task is not collected half-way
+        task.add_done_callback(self._reloads.discard)
 
-    def stalled_for(self) -> float | None:
-        """Seconds since the fetch loop last finished a cycle, if longer than it ever should be."""
-        fetcher = self.fetcher
-        fetch = fetcher.config.fetch
-        window = 2 * fetch.interval + fetch.request_timeout
-        last = fetcher.last_cycle_mono
-        now = fetcher.clock.monotonic()
-        if last is None:
-            last, now = self.started, asyncio.get_running_loop().time()
-        since = now - last
-        return since if since > window else None
+    async def _reload(self) -> None:
+        async with self._reload_lock:  # a second SIGHUP waits for the first to finish
+            try:
+                self.config, error = await reload_config(self.app, self.config_path)
+            except Exception as exc:  # a bug: the running config stays, the daemon serves on
+                log.exception("reload failed, keeping the running config", reason=str(exc))
+                error = f"{type(exc).__name__}: {exc}"
+            status = f"reload failed: {_one_line(error)}" if error else self.status_line()
+            if self.watchdog.is_ready and not self.stopping.is_set():
+                systemd.notify("READY=1", f"STATUS={status}")
 
     def status_line(self) -> str:
         """One line for ``systemctl status``: each pair's price and age, and subscribers."""
         hub, fetcher = self.app[HUB], self.fetcher
-        now = fetcher.clock.time()
         parts: list[str] = []
         for pair in fetcher.config.fetch.pairs:
             tick = hub.latest.get(pair)
-            if tick is None:
+            age = fetcher.age(pair)
+            if tick is None or age is None:
                 parts.append(f"{pair} no price yet")
                 continue
-            state = fetcher.pairs[pair].status.state if pair in fetcher.pairs else "live"
-            stale = ", stale" if state == "stale" else ""
-            parts.append(f"{pair} {tick.price} ({now - tick.ts_ms / 1000:.0f} s old{stale})")
+            stale = ", stale" if fetcher.pairs[pair].status.state == "stale" else ""
+            parts.append(f"{pair} {tick.price} ({age:.0f} s old{stale})")
         n = hub.count
         parts.append(f"{n} subscriber{'' if n == 1 else 's'}")
-        stalled = self.stalled_for()
+        stalled = self.watchdog.stalled_for()
         if stalled is not None:
             parts.insert(0, f"fetch loop stalled for {stalled:.0f} s")
         return "; ".join(parts)
-
-    async def supervise(self) -> None:
-        """Send STATUS periodically, and WATCHDOG=1 at half ``WatchdogSec`` while fetching."""
-        watchdog = systemd.watchdog_interval()
-        period = min(STATUS_PERIOD, watchdog / 2) if watchdog else STATUS_PERIOD
-        was_stalled = False
-        self.started = asyncio.get_running_loop().time()
-        while True:
-            stalled = self.stalled_for()
-            if (stalled is not None) != was_stalled:
-                was_stalled = stalled is not None
-                if was_stalled:
-                    log.error(
-                        "fetch loop stalled: no cycle finished in time"
-                        + (", withholding the watchdog ping" if watchdog else ""),
-                        stalled_s=round(stalled or 0.0, 1),
-                    )
-                else:
-                    log.info("fetch loop progressing again")
-            message = [f"STATUS={self.status_line()}"] if self.is_ready else []
-            if watchdog and not was_stalled:
-                message.append("WATCHDOG=1")
-            if message:
-                systemd.notify(*message)
-            await asyncio.sleep(period)
-
-
-def reload_config(old: Config, path: Path | None, fetcher: Fetcher) -> tuple[Config, str | None]:
-    """Validate and apply a new config; on any fault keep the old one and say why."""
-    try:
-        new = load_config(path)
-    except ConfigError as exc:
-        log.error("reload refused, keeping the running config", reason=str(exc))
-        return old, str(exc)
-    needs_restart = [
-        f"{section}.{f.name}"
-        for section in RESTART_SECTIONS
-        for f in dataclasses.fields(getattr(old, section))
-        if getattr(getattr(old, section), f.name) != getattr(getattr(new, section), f.name)
-    ]
-    if needs_restart:
-        log.warning("changed settings need a restart; the running values stay", keys=needs_restart)
-    # The config in force: the new reloadable parts, the running restart-only sections.
-    new = dataclasses.replace(new, **{s: getattr(old, s) for s in RESTART_SECTIONS})
-    try:
-        fetcher.reconfigure(new)
-    except Exception as exc:  # a bug: keep serving on the old config rather than die
-        log.exception("reload failed, keeping the running config", reason=str(exc))
-        fetcher.reconfigure(old)
-        return old, f"{type(exc).__name__}: {exc}"
-    logs.configure(new.log.level, new.log.format)
-    log.info("config reloaded", pairs=list(new.fetch.pairs))
-    return new, None
 
 
 def _one_line(text: str) -> str:

@@ -38,3 +38,25 @@ def parse(frame: bytes) -> tuple[str | None, str | None, Any]:
 async def events(resp: ClientResponse, n: int, timeout: float = 5.0) -> list[tuple[Any, ...]]:
     """The next ``n`` frames, parsed."""
     return [parse(f) for f in await frames(resp, n, timeout)]
+
+
+class RecordingTransport:
+    """A subscriber's socket for hub-level tests: keeps what is written, or raises ``fail``."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.fail: Exception | None = None
+
+    def write(self, data: bytes) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def abort(self) -> None:
+        pass

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from bittrade_feed.config import Config
 from bittrade_feed.feed.fetcher import Fetcher
@@ -284,3 +286,153 @@ async def _until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         assert loop.time() < deadline, "condition not reached"
         await asyncio.sleep(0.005)
     await settle()
+
+
+def _next_wake(clock: FakeClock) -> float:
+    """When the earliest task still sleeping on the fake clock wakes."""
+    return min(when for when, _, fut in clock._sleepers if not fut.done())
+
+
+def _with_interval(config: Config, interval: float) -> Config:
+    return dataclasses.replace(config, fetch=dataclasses.replace(config.fetch, interval=interval))
+
+
+async def test_reload_wakes_the_sleeping_loop_onto_the_new_interval(
+    harness, fx: FakeExchanges, clock: FakeClock
+) -> None:
+    """Shortening the interval from 120 s to 0.5 s takes effect at once, not 120 s later.
+
+    The loop's promise (the progress deadline the watchdog checks) is re-made on the new
+    interval too, so the watchdog never judges a 120 s sleep by a 0.5 s window.
+    """
+    h = await harness(feed={"interval": 120.0})
+    start = clock.monotonic()
+    task = asyncio.create_task(h.fetcher.run())
+    try:
+        await _until(lambda: h.fetcher.cycles == 1 and clock.sleepers == 1)
+        assert _next_wake(clock) == start + 120
+        await clock.advance(10)
+        # Slots start + 0.5 ... start + 10 have passed: the next cycle runs at once,
+        # without an "overran" warning (nothing overran), then keeps the new phase.
+        with capture_logs() as logs:
+            h.fetcher.reconfigure(_with_interval(h.fetcher.config, 0.5))
+            await _until(lambda: h.fetcher.cycles == 2 and clock.sleepers == 1)
+        assert not [e for e in logs if e["event"] == "fetch cycle overran"]
+        assert _next_wake(clock) == start + 10.5
+        timeout = h.fetcher.config.fetch.request_timeout
+        assert h.fetcher.schedule.progress_deadline == clock.monotonic() + 2 * 0.5 + timeout
+        for k in range(3, 6):
+            await clock.advance(0.5)
+            await _until(lambda k=k: h.fetcher.cycles == k and clock.sleepers == 1)
+        assert _next_wake(clock) == start + 12.0
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_reload_that_lengthens_the_interval_replans_the_sleep(
+    harness, fx: FakeExchanges, clock: FakeClock
+) -> None:
+    """From 1 s to 60 s: the loop sleeps to the new slot and promises progress by then."""
+    h = await harness()
+    start = clock.monotonic()
+    task = asyncio.create_task(h.fetcher.run())
+    try:
+        await _until(lambda: h.fetcher.cycles == 1 and clock.sleepers == 1)
+        h.fetcher.reconfigure(_with_interval(h.fetcher.config, 60.0))
+        await _until(lambda: _next_wake(clock) == start + 60)
+        assert h.fetcher.schedule.progress_deadline is not None
+        assert h.fetcher.schedule.progress_deadline > start + 60
+        await clock.advance(59)
+        assert h.fetcher.cycles == 1
+        await clock.advance(1)
+        await _until(lambda: h.fetcher.cycles == 2)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.parametrize("step", [-3600.0, 3600.0])
+async def test_a_stepped_wall_clock_does_not_change_staleness(
+    harness, fx: FakeExchanges, clock: FakeClock, step: float
+) -> None:
+    """Wall clock stepped back or forward an hour: ages stay true and stale comes on time."""
+    # Intervals of 10 s against stale_after 30 s: the fake time a cycle() spends waiting
+    # on loopback requests (0.25 s steps) cannot move a transition to another interval.
+    h = await harness(feed={"stale_after": 30.0}, aggregation={"quorum": 2})
+    await h.cycle()
+    stamped = h.ticks[-1].ts_ms
+    clock.set_time(clock.time() + step)  # NTP steps the wall clock; monotonic is untouched
+    fx.answer("kraken", status=500, raw=b"down")
+    states = []
+    for _ in range(4):
+        await clock.advance(10.0)
+        await h.cycle()
+        states.append(h.fetcher.pairs[PAIR].status.state)
+    assert states == ["live", "live", "stale", "stale"]
+    age = h.fetcher.age(PAIR)
+    assert age is not None and 40.0 <= age < 50.0
+    # "since" is for people: the wall-clock stamp of the last price, as it was stamped.
+    assert h.fetcher.pairs[PAIR].status.since_ms == stamped
+
+
+async def test_stored_price_age_comes_from_its_wall_age_once_and_is_never_negative(
+    daemon_config: Callable[..., Config], clock: FakeClock
+) -> None:
+    """A stored price 10 s old is 10 s old; one stamped ahead of our clock is 0 s old."""
+    eth = {"pairs": [PAIR, "ETH-USDT"], "sources": {PAIR: ["kraken"], "ETH-USDT": ["kraken"]}}
+    config = daemon_config(("kraken",), feed=eth)
+    now_ms = round(clock.time() * 1000)
+    stored = {
+        PAIR: Tick(7, PAIR, Decimal("73000"), now_ms - 10_000, ("kraken",)),
+        "ETH-USDT": Tick(8, "ETH-USDT", Decimal("2500"), now_ms + 3_600_000, ("kraken",)),
+    }
+    async with aiohttp.ClientSession() as session:
+        fetcher = Fetcher(
+            config, session, clock, Metrics(new_registry()), _no_sink, _ignore, stored
+        )
+        assert fetcher.age(PAIR) == 10.0
+        assert fetcher.age("ETH-USDT") == 0.0
+        clock.set_time(clock.time() - 7200)
+        await clock.advance(5)
+        assert (fetcher.age(PAIR), fetcher.age("ETH-USDT")) == (15.0, 5.0)
+
+
+async def _no_sink(draft: TickDraft) -> Tick:
+    raise AssertionError("no cycle runs in this test")
+
+
+def _ignore(status: FeedStatus) -> None:
+    pass
+
+
+async def test_pair_removed_while_its_cycle_awaits_the_store(
+    harness, fx: FakeExchanges, clock: FakeClock
+) -> None:
+    """A reload that drops a pair while its price is being stored: the cycle ends cleanly.
+
+    The price was accepted before the reload, so it is still stored and handed on; the pair's
+    state is gone, so nothing recreates it and no status is published for it.
+    """
+    both = {"pairs": [PAIR, "ETH-USD"], "sources": {PAIR: ["kraken"], "ETH-USD": ["kraken"]}}
+    h = await harness(("kraken",), feed=both)
+    inner, storing, release = h.fetcher.sink, asyncio.Event(), asyncio.Event()
+
+    async def gated(draft: TickDraft) -> Tick:
+        storing.set()
+        await release.wait()
+        tick: Tick = await inner(draft)
+        return tick
+
+    h.fetcher.sink = gated
+    cycle = asyncio.create_task(h.fetcher.run_cycle())
+    await asyncio.wait_for(storing.wait(), 5)
+    config = h.fetcher.config
+    h.fetcher.reconfigure(
+        dataclasses.replace(config, fetch=dataclasses.replace(config.fetch, pairs=("ETH-USD",)))
+    )
+    release.set()
+    await asyncio.wait_for(cycle, 5)
+    assert [t.pair for t in h.ticks] == [PAIR]
+    assert list(h.fetcher.pairs) == ["ETH-USD"]
+    assert all(s.pair != PAIR for s in h.statuses)

@@ -13,11 +13,13 @@ import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 from aiohttp.test_utils import unused_port
 
+from bittrade_feed.ops.watchdog import Watchdog
 from tests.childdaemon import (
     START_TIMEOUT,
     NotifySocket,
@@ -214,3 +216,28 @@ async def test_bad_config_exits_78_and_tells_systemd(tmp_path: Path, fx: FakeExc
     )
     assert "stream.heartbeat: must be a number, not a string" in d.log()
     assert not any(n.has("READY") for n in notify.notes)
+
+
+@dataclass
+class _Progress:
+    """What the fetch loop reports about its progress (monotonic seconds)."""
+
+    progress_since: float | None = None
+    progress_deadline: float | None = None
+
+
+def test_stall_policy_judges_the_loop_by_the_deadline_it_set() -> None:
+    """Stalled only past the loop's own deadline; reported as the time since its progress."""
+    progress = _Progress()
+    now = [100.0]
+    watchdog = Watchdog(lambda: progress, lambda: now[0], lambda: "status")
+    assert watchdog.stalled_for() is None, "not started: start-up has its own bound"
+    progress.progress_since, progress.progress_deadline = 100.0, 100.0 + 2 * 120 + 0.25
+    now[0] = 300.0  # 200 s into a 120 s interval's window: asleep, not stalled
+    assert watchdog.stalled_for() is None
+    # A reload to 0.5 s re-plans: a new promise, made now, on the new interval.
+    progress.progress_since, progress.progress_deadline = 300.0, 300.0 + 2 * 0.5 + 0.25
+    now[0] = 301.0
+    assert watchdog.stalled_for() is None
+    now[0] = 301.5
+    assert watchdog.stalled_for() == 1.5

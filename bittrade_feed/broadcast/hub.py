@@ -24,7 +24,7 @@ import random
 import socket
 import struct
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import structlog
@@ -148,6 +148,8 @@ class Hub:
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._pending: dict[str, list[Frames]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
+        self.run_callback: Callable[[str, Callable[[], None]], None] = _call_now
+        """Runs the timer callbacks the hub schedules; the app's supervisor reports a raise."""
         # Labelled children looked up once: .labels() costs microseconds per call.
         self._m_events = [metrics.events_sent.labels(t) for t in TRANSPORT_OF]
         self._m_bytes = [metrics.bytes_sent.labels(t) for t in TRANSPORT_OF]
@@ -174,7 +176,7 @@ class Hub:
 
     def start(self) -> None:
         """Start the shared heartbeat timer."""
-        self._heartbeat_task = asyncio.create_task(self._heartbeat_loop(), name="hub-heartbeat")
+        self._heartbeat_task = asyncio.create_task(self.run_timer(), name="hub-heartbeat")
 
     async def stop(self) -> None:
         """Stop the timer and close every stream (reason ``shutdown``)."""
@@ -216,7 +218,9 @@ class Hub:
         self._pending.setdefault(pair, []).append(frames)
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
-            self._flush_handle = loop.call_later(self.config.coalesce_ms / 1000, self.flush)
+            self._flush_handle = loop.call_later(
+                self.config.coalesce_ms / 1000, self.run_callback, "hub-flush", self.flush
+            )
 
     def flush(self) -> None:
         """Send what the coalescing window has collected (a no-op when nothing waits)."""
@@ -334,7 +338,9 @@ class Hub:
         return sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
 
     def _snapshot(self, pairs: tuple[str, ...]) -> list[Frames]:
-        return [self._latest_frames[t.pair] for t in self._latest_ticks(pairs)]
+        # A price put in ``latest`` from outside (a pair added on reload) has no frames yet.
+        ticks = self._latest_ticks(pairs)
+        return [self._latest_frames.get(t.pair) or _price_frames(t) for t in ticks]
 
     def _statuses(self, pairs: tuple[str, ...]) -> list[Frames]:
         return [self._status_frames[p] for p in pairs if p in self._status_frames]
@@ -388,7 +394,8 @@ class Hub:
         # Jitter spreads the reconnects of clients that all connected at once.
         return now + lifetime * random.uniform(0.85, 1.15)
 
-    async def _heartbeat_loop(self) -> None:
+    async def run_timer(self) -> None:
+        """The shared timer: ``tick_timer`` every third of the heartbeat period, for ever."""
         period = self.config.heartbeat / 3
         while True:
             await self.clock.sleep(period)
@@ -417,6 +424,10 @@ class Hub:
 
 
 _HEARTBEATS = (chunk(SSE_HEARTBEAT), SSE_HEARTBEAT, WS_PING)
+
+
+def _call_now(name: str, callback: Callable[[], None]) -> None:
+    callback()
 
 
 def _join(items: list[Frames]) -> Frames:

@@ -6,12 +6,14 @@ whole interval are skipped), and every
 request has a timeout, so a cycle always ends. Retryable errors are retried with
 tenacity while the interval's budget allows. Each source has a circuit breaker shared
 by all pairs, because exchanges rate-limit per client, not per pair.
+
+The slots and the wake-up on reload live in ``feed.schedule``.
+Ages are measured on the monotonic clock, so a stepped wall clock changes nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,6 +39,7 @@ from bittrade_feed.errors import (
     StoreError,
 )
 from bittrade_feed.feed import aggregate
+from bittrade_feed.feed.schedule import Schedule
 from bittrade_feed.models import FeedStatus, Quote, Tick, TickDraft
 from bittrade_feed.ops.metrics import Metrics
 from bittrade_feed.sources import SOURCES, Source
@@ -119,8 +122,16 @@ class _Plan:
 class PairState:
     """What the loop remembers about one pair between intervals."""
 
-    last_tick_wall: float
+    last_tick_mono: float | None
+    """When (monotonic) its latest price was accepted here (``None``: no price yet)."""
     status: FeedStatus
+    last_ts_ms: int = 0
+    """The wall-clock stamp of that price, shown to people as the stale status's ``since``."""
+
+
+def accepted_at(tick: Tick, clock: Clock) -> float:
+    """The monotonic time a stored tick was accepted, from its wall-clock age (never ahead)."""
+    return clock.monotonic() - max(0.0, clock.time() - tick.ts_ms / 1000)
 
 
 class Fetcher:
@@ -145,28 +156,28 @@ class Fetcher:
         self.pairs: dict[str, PairState] = {}
         self.cycles = 0
         self.last_cycle_mono: float | None = None
-        self._last_ticks = last_ticks or {}
+        self.schedule = Schedule(clock, lambda: self.config.fetch)
+        self._stored = dict(last_ticks or {})
+        """Prices from the database that pairs new to the config start from."""
         self.reconfigure(config)
 
-    def reconfigure(self, config: Config) -> None:
-        """Take a new config; it applies from the next cycle. Breaker state is kept."""
+    def reconfigure(self, config: Config, stored: dict[str, Tick] | None = None) -> None:
+        """Take a new config; it applies from the next cycle. Breaker state is kept.
+
+        A pair new to the config starts from its stored price (``stored``, or the
+        ``last_ticks`` given at start-up); a pair no longer in it is forgotten.
+        """
+        self._stored.update(stored or {})
         self.config = config
         self.sources: dict[str, Source] = {}
         for pair in config.fetch.pairs:
             for name in config.sources_for(pair):
                 self.sources[name] = build_source(name, config)
-        now = self.clock.time()
+        for pair in [p for p in self.pairs if p not in config.fetch.pairs]:
+            del self.pairs[pair]
         for pair in config.fetch.pairs:
             if pair not in self.pairs:
-                tick = self._last_ticks.get(pair)
-                if tick is None:
-                    # Nothing to trade on yet: say so, and "live" arrives with the first price.
-                    status = FeedStatus(pair, "stale", round(now * 1000), "no price yet")
-                    self.pairs[pair] = PairState(now, status)
-                    self.metrics.stale.labels(pair).set(1)
-                else:
-                    status = FeedStatus(pair, "live", tick.ts_ms, "latest price from the database")
-                    self.pairs[pair] = PairState(tick.ts_ms / 1000, status)
+                self.pairs[pair] = self._initial_state(pair)
         for name in self.sources:
             if name not in self.health:
                 self.health[name] = SourceHealth(name)
@@ -175,22 +186,33 @@ class Fetcher:
                 self.health[name] = SourceHealth(name)
             self.metrics.set_circuit(name, self.health[name].state)
         self.metrics.declare(config.fetch.pairs, self.sources)
+        # Wake a sleeping loop: it must not sleep out an interval that no longer applies.
+        self.schedule.changed()
+
+    def _initial_state(self, pair: str) -> PairState:
+        tick = self._stored.pop(pair, None)
+        if tick is None:
+            # Nothing to trade on yet: say so, and "live" arrives with the first price.
+            now_ms = round(self.clock.time() * 1000)
+            self.metrics.stale.labels(pair).set(1)
+            status = FeedStatus(pair, "stale", now_ms, "no price yet")
+            return PairState(None, status)
+        status = FeedStatus(pair, "live", tick.ts_ms, "latest price from the database")
+        return PairState(accepted_at(tick, self.clock), status, tick.ts_ms)
+
+    def age(self, pair: str) -> float | None:
+        """Seconds since the pair's latest price was accepted (monotonic), ``None`` if none."""
+        state = self.pairs.get(pair)
+        if state is None or state.last_tick_mono is None:
+            return None
+        return max(0.0, self.clock.monotonic() - state.last_tick_mono)
 
     async def run(self) -> None:
-        """Fetch every interval until cancelled."""
-        next_at = self.clock.monotonic()
+        """Fetch every interval until cancelled (``Schedule`` says when)."""
+        slot = self.schedule.start()
         while True:
             await self.run_cycle()
-            interval = self.config.fetch.interval
-            next_at += interval
-            now = self.clock.monotonic()
-            # A late cycle is followed at once by the next (never overlapping it); only
-            # slots missed by a whole interval or more are skipped, keeping the phase.
-            missed = math.floor((now - next_at) / interval) if now > next_at else 0
-            if missed:
-                log.warning("fetch cycle overran", missed_intervals=missed)
-                next_at += missed * interval
-            await self.clock.sleep(next_at - now)
+            slot = await self.schedule.next_slot(slot)
 
     async def run_cycle(self) -> None:
         """Fetch, aggregate and publish every pair once."""
@@ -244,7 +266,6 @@ class Fetcher:
         self, plan: _Plan, pair: str, outcome: aggregate.Outcome
     ) -> tuple[Tick | None, str]:
         """Store and hand on the price, or track staleness; returns (tick, why none)."""
-        state = self.pairs[pair]
         tick: Tick | None = None
         reason = outcome.reason
         if outcome.draft is not None:
@@ -256,17 +277,21 @@ class Fetcher:
                 log.error("store failed", pair=pair, reason=str(exc))
         else:
             self.metrics.ticks_skipped.labels(pair, "no_quorum").inc()
+        state = self.pairs.get(pair)
+        if state is None:  # removed by a reload while this cycle ran
+            return tick, reason
         if tick is not None:
-            state.last_tick_wall = tick.ts_ms / 1000
+            state.last_tick_mono, state.last_ts_ms = self.clock.monotonic(), tick.ts_ms
             self.metrics.ticks.labels(pair).inc()
-            self.metrics.last_tick.labels(pair).set(state.last_tick_wall)
+            self.metrics.last_tick.labels(pair).set(tick.ts_ms / 1000)
             self.metrics.last_price.labels(pair).set(float(tick.price))
             if state.status.state == "stale":
                 self._set_status(pair, "live", tick.ts_ms, "price updated")
         elif state.status.state == "live":
-            age = self.clock.time() - state.last_tick_wall
+            age = self.age(pair) or 0.0
             if age >= plan.config.fetch.stale_after:
-                self._set_status(pair, "stale", round(state.last_tick_wall * 1000), reason)
+                # "since" is shown to people: the wall time the last price was stamped with.
+                self._set_status(pair, "stale", state.last_ts_ms, reason)
         return tick, reason
 
     def _set_status(self, pair: str, state: str, since_ms: int, reason: str) -> None:

@@ -28,7 +28,16 @@ from bittrade_feed.errors import SOURCE_ERROR_REASONS
 UPSTREAM_OUTCOMES = ("ok", *SOURCE_ERROR_REASONS)
 CIRCUIT_STATES = ("closed", "open", "half_open", "disabled")
 TRANSPORTS = ("sse", "ws")
-CLOSE_REASONS = ("client", "slow", "shutdown", "limit", "lifetime", "resubscribe", "abuse")
+CLOSE_REASONS = (
+    "client",
+    "slow",
+    "shutdown",
+    "limit",
+    "lifetime",
+    "resubscribe",
+    "abuse",
+    "removed",
+)
 SKIP_REASONS = ("no_quorum", "store_error")
 
 
@@ -158,6 +167,12 @@ class Metrics:
         )
         self.store_write_errors = Counter(
             "bittrade_feed_store_write_errors", "Failed price commits.", registry=r
+        )
+        self.task_crashes = Counter(
+            "bittrade_feed_task_crashes",
+            "Background tasks that crashed (then restarted, or ended the daemon).",
+            ["task"],
+            registry=r,
         )
         self.store_rows = Gauge(
             "bittrade_feed_store_rows", "Prices kept in the database.", registry=r

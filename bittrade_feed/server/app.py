@@ -8,7 +8,6 @@ fetch loop stops before the database closes and no accepted price is lost.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -27,8 +26,10 @@ from bittrade_feed.errors import StoreError
 from bittrade_feed.feed.fetcher import Fetcher
 from bittrade_feed.models import SIMULATED_SOURCE, FeedStatus, Tick, TickDraft, format_ts
 from bittrade_feed.ops.metrics import Metrics, new_registry
+from bittrade_feed.ops.supervise import Supervisor
 from bittrade_feed.server.badinput import install as install_bad_input_log
 from bittrade_feed.server.dashboard import add_dashboard_routes
+from bittrade_feed.server.pairs import apply_pair_changes
 from bittrade_feed.server.params import int_param, requested_pairs, time_param
 from bittrade_feed.server.problems import Problem, problem_middleware
 from bittrade_feed.server.state import (
@@ -40,6 +41,7 @@ from bittrade_feed.server.state import (
     METRICS,
     SESSION,
     STORE,
+    SUPERVISOR,
     current_config,
 )
 from bittrade_feed.server.streams import price_stream, ws_stream
@@ -65,9 +67,11 @@ def create_app(
     """Build the daemon's application; ``fetch=False`` leaves the fetch loop stopped."""
     app = web.Application(middlewares=[problem_middleware])
     app[CONFIG] = config
-    app[CLOCK] = clock or SystemClock()
+    app[CLOCK] = clock = clock or SystemClock()
     app[METRICS] = Metrics(registry if registry is not None else new_registry())
     app[FETCH_ENABLED] = fetch
+    # Every background task starts through it; the CLI sets its on_fatal to exit 1.
+    app[SUPERVISOR] = Supervisor(app[METRICS].task_crashes, clock.sleep, clock.monotonic)
 
     install_bad_input_log(app)
     app.cleanup_ctx.extend([_session_ctx, _store_ctx, _hub_ctx, _fetcher_ctx, _retention_ctx])
@@ -112,8 +116,13 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     latest = await store.latest(config.fetch.pairs)
     hub.load(await store.recent(config.stream.replay_limit), latest, await store.max_id())
     app[HUB] = hub
-    hub.start()
+    supervisor = app[SUPERVISOR]
+    hub.run_callback = supervisor.call
+    app[METRICS].task_crashes.labels("hub-flush")  # at 0 before any crash, for alerts
+    # Heartbeats carry no data: a crashed timer is safe to restart.
+    timer = supervisor.spawn("hub-heartbeat", hub.run_timer, restart=True)
     yield
+    await supervisor.cancel(timer)
     await hub.stop()
 
 
@@ -140,29 +149,28 @@ async def _fetcher_ctx(app: web.Application) -> AsyncIterator[None]:
         hub.publish_status(replace(status, simulated=fake))
 
     fetcher = Fetcher(app[CONFIG], app[SESSION], app[CLOCK], metrics, sink, on_status, hub.latest)
-    for state in fetcher.pairs.values():
-        on_status(state.status)
-    for pair, tick in hub.latest.items():
-        # Gauges start at the stored price, not at 0, after a restart.
-        metrics.last_tick.labels(pair).set(tick.ts_ms / 1000)
-        metrics.last_price.labels(pair).set(float(tick.price))
     app[FETCHER] = fetcher
-    task = asyncio.create_task(fetcher.run(), name="fetch-loop") if app[FETCH_ENABLED] else None
-    if task is not None:
+    # Start-up is the reload from no pairs: every pair's stored price and first status.
+    apply_pair_changes(app, (), dict(hub.latest))
+    task = None
+    if app[FETCH_ENABLED]:
+        # Fatal when it crashes: a daemon serving ever older prices must not look alive.
+        task = app[SUPERVISOR].spawn("fetch-loop", fetcher.run, restart=False)
         app[FETCH_TASK] = task
     yield
     if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await app[SUPERVISOR].cancel(task)
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     days = app[CONFIG].database.retention_days
-    task = asyncio.create_task(_retention_loop(app, days), name="retention") if days else None
+    supervisor = app[SUPERVISOR]
+    task = None
+    if days:
+        task = supervisor.spawn("retention", lambda: _retention_loop(app, days), restart=True)
     yield
     if task is not None:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await supervisor.cancel(task)
 
 
 async def _retention_loop(app: web.Application, days: float) -> None:
@@ -194,6 +202,11 @@ def _status(request: web.Request, pair: str) -> FeedStatus:
     return request.app[FETCHER].pairs[pair].status
 
 
+def _age(app: web.Application, pair: str) -> float | None:
+    """Seconds since the pair's latest price was accepted, on the monotonic clock."""
+    return app[FETCHER].age(pair)
+
+
 def _config(request: web.Request) -> Config:
     return current_config(request.app)
 
@@ -213,7 +226,7 @@ async def get_price(request: web.Request) -> web.Response:
             headers={"Retry-After": str(int(_config(request).fetch.interval))},
             pair=pair,
         )
-    age = request.app[CLOCK].time() - tick.ts_ms / 1000
+    age = _age(request.app, pair) or 0.0
     return web.json_response(
         {**tick.to_json(), "stale": status.state == "stale", "age_seconds": round(age, 3)}
     )
@@ -260,18 +273,19 @@ async def get_sources(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """The process and its event loop answer."""
+    """The process and its event loop answer, and no essential background task died."""
+    failed = request.app[SUPERVISOR].failed
+    if failed is not None:
+        return web.json_response({"status": "failed", "detail": failed}, status=503)
     return web.json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     """Ready when every pair has a fresh price and the database takes writes."""
-    config, clock = _config(request), request.app[CLOCK]
+    config = _config(request)
     checks: dict[str, dict[str, Any]] = {}
-    now = clock.time()
     for pair in config.fetch.pairs:
-        tick = request.app[HUB].latest.get(pair)
-        age = None if tick is None else now - tick.ts_ms / 1000
+        age = _age(request.app, pair)
         ok = age is not None and age < config.fetch.stale_after
         checks[f"price:{pair}"] = {
             "ok": ok,
@@ -284,6 +298,9 @@ async def readyz(request: web.Request) -> web.Response:
         checks["database"] = {"ok": True, "detail": "writable"}
     except StoreError as exc:
         checks["database"] = {"ok": False, "detail": str(exc)}
+    failed = request.app[SUPERVISOR].failed
+    if failed is not None:
+        checks["tasks"] = {"ok": False, "detail": failed}
     ready = all(c["ok"] for c in checks.values())
     return web.json_response(
         {"status": "ready" if ready else "not ready", "checks": checks},

@@ -12,6 +12,7 @@ from bittrade_feed.clock import Clock
 from bittrade_feed.config import Config
 from bittrade_feed.feed.fetcher import Fetcher
 from bittrade_feed.ops.metrics import Metrics
+from bittrade_feed.ops.supervise import Supervisor
 from bittrade_feed.store.sqlite import Store
 
 CONFIG = web.AppKey("config", Config)
@@ -22,6 +23,8 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", Hub)
 FETCHER = web.AppKey("fetcher", Fetcher)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+"""Runs every background task; ``failed`` says why the daemon cannot go on."""
 FETCH_TASK = web.AppKey("fetch_task", asyncio.Task[None])
 """The running fetch loop (absent when the app was built with ``fetch=False``)."""
 

@@ -135,7 +135,7 @@ async def stale_daemon(daemon_factory: Callable[..., Awaitable[Daemon]]) -> Daem
     clock = FakeClock()
     running = await daemon_factory(clock=clock, feed={"stale_after": 1.0})
     await running.tick()
-    clock.set_time(clock.time() + 2)
+    clock.jump(2)  # two seconds pass (both clocks): the price is now older than stale_after
     await running.fail()
     return running
 

@@ -29,7 +29,7 @@ async def test_stale_when_the_daemon_says_so_and_live_when_it_recovers(daemon_fa
     changes: list[StateChange] = []
     async with FeedClient(daemon.url, on_state=changes.append) as feed:
         await wait_for(feed, State.LIVE)
-        clock.set_time(clock.time() + 2)
+        clock.jump(2)  # two seconds pass (both clocks): the price is now older than stale_after
         await daemon.fail()
         await wait_for(feed, State.STALE)
         assert feed.status(daemon.pair).state == "stale"

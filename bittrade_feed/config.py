@@ -64,6 +64,8 @@ class DatabaseConfig:
     path: Path = field(default_factory=lambda: default_db_path())  # noqa: PLW0108 - defined below
     retention_days: float = 0.0
     """Delete prices older than this many days (0: keep every price)."""
+    timeout: float = 5.0
+    """Seconds any one database read or write may take before it fails."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +220,7 @@ def _build(r: Reader) -> Config:
     database = DatabaseConfig(
         path=r.get("database.path", default_db_path(), _db_path),
         retention_days=r.get("database.retention_days", 0.0, number(0)),
+        timeout=r.get("database.timeout", 5.0, number(0.05, 300)),
     )
     aggregation = AggregationConfig(
         strategy=r.get("aggregation.strategy", "median", choice(STRATEGIES)),

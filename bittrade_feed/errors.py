@@ -5,6 +5,8 @@
     FeedError
     ├── ConfigError            bad config file; lists every bad key (exit 78)
     ├── StoreError             the database refused a read or a write
+    │   ├── StoreTimeout           no answer within database.timeout (outcome unknown)
+    │   └── StoreConflict          a tick id already stored with another payload
     └── SourceError            one exchange did not give us a usable quote
         ├── SourceTimeout          no answer within the request timeout    (retryable)
         ├── SourceUnavailable      connection failed, or HTTP 5xx          (retryable)
@@ -37,6 +39,20 @@ class ConfigError(FeedError):
 
 class StoreError(FeedError):
     """The price database failed a read or a write."""
+
+
+class StoreTimeout(StoreError):
+    """The database did not answer within ``database.timeout``; a write may still land."""
+
+
+class StoreConflict(StoreError):
+    """A tick arrived under an id the database already holds with a different payload."""
+
+    def __init__(self, tick_id: int, stored: str, offered: str) -> None:
+        self.tick_id = tick_id
+        self.stored = stored
+        self.offered = offered
+        super().__init__(f"tick id {tick_id} is stored as {stored} but arrived as {offered}")
 
 
 class SourceError(FeedError):

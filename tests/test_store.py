@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from bittrade_feed.errors import StoreError
-from bittrade_feed.models import TickDraft
-from bittrade_feed.store.sqlite import MIGRATIONS, Store
+from bittrade_feed.errors import StoreConflict, StoreError, StoreTimeout
+from bittrade_feed.models import Tick, TickDraft
+from bittrade_feed.store.sqlite import MIGRATIONS, Store, WriteStatus
+from bittrade_feed.store.worker import Worker
 
 
 def draft(pair: str = "BTC-USD", price: str = "100.5", ts_ms: int = 1000) -> TickDraft:
@@ -122,18 +125,137 @@ async def test_unopenable_path_is_store_error(tmp_path: Path) -> None:
         await Store.open(blocker / "feed.sqlite3")
 
 
-async def test_check_writable_reports_locked_database(tmp_path: Path) -> None:
-    """check_writable() fails while another connection holds the write lock."""
+async def test_locked_database_fails_writes_within_timeout_and_recovers(tmp_path: Path) -> None:
+    """A write lock held elsewhere past the timeout fails the write, not the reads; then it heals."""
     path = tmp_path / "f.db"
-    async with await Store.open(path) as store:
-        other = sqlite3.connect(path, timeout=0)
+    async with await Store.open(path, timeout=0.3) as store:
+        await store.insert(draft(ts_ms=1))
+        other = sqlite3.connect(path, timeout=0, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
-        await store._db.execute("PRAGMA busy_timeout=0")
-        with pytest.raises(StoreError, match="not writable"):
-            await store.check_writable()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(StoreError, match="cannot store BTC-USD"):
+            await store.append(draft(ts_ms=2), after=1)
+        assert loop.time() - started < 2.0
+        status = store.write_status()
+        assert not status.ok
+        assert "not writable" in status.detail
+        # Readers never queue behind the writer.
+        assert [t.id for t in await store.since_id(0, ["BTC-USD"], 10)] == [1]
+        assert await store.max_id() == 1
         other.rollback()
         other.close()
-        await store.check_writable()
+        assert [t.id for t in await store.append(draft(ts_ms=3), after=1)] == [2]
+        assert store.write_status().ok
+
+
+def refuse_writes(path: Path, message: str = "disk is full") -> Callable[[], None]:
+    """Make every insert into ``path`` fail inside SQLite (root ignores a read-only mode)."""
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute(
+        f"CREATE TRIGGER refuse BEFORE INSERT ON ticks BEGIN SELECT RAISE(ABORT, '{message}'); END"
+    )
+
+    def heal() -> None:
+        con.execute("DROP TRIGGER refuse")
+        con.close()
+
+    return heal
+
+
+async def test_failing_writes_are_errors_and_status_says_why(tmp_path: Path) -> None:
+    """While every write fails, each is a StoreError and write_status names the reason."""
+    path = tmp_path / "f.db"
+    async with await Store.open(path) as store:
+        await store.insert(draft(ts_ms=1))
+        heal = refuse_writes(path)
+        for ts in (2, 3):
+            with pytest.raises(StoreError, match="disk is full"):
+                await store.append(draft(ts_ms=ts), after=1)
+        assert store.write_status() == WriteStatus(
+            False, "database is not writable: cannot store BTC-USD price: disk is full"
+        )
+        assert await store.max_id() == 1
+        heal()
+        assert [t.id for t in await store.append(draft(ts_ms=4), after=1)] == [2]
+        assert store.write_status() == WriteStatus(True, "writable")
+
+
+async def test_interrupt_ends_a_runaway_call_and_the_worker_goes_on(tmp_path: Path) -> None:
+    """A call past its deadline gets StoreTimeout at once, is interrupted, and the next one runs."""
+    worker = Worker(lambda: sqlite3.connect(tmp_path / "w.db", check_same_thread=False), "t")
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT MAX(x) FROM c"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(StoreTimeout, match="within 0.2 s"):
+        await worker.call(lambda conn, _: conn.execute(endless).fetchone(), 0.2, "runaway")
+    assert loop.time() - started < 1.0
+    assert await worker.call(lambda conn, _: conn.execute("SELECT 7").fetchone(), 5, "x") == (7,)
+    await worker.close(5)
+
+
+async def test_retention_raises_history_floor_persistently(tmp_path: Path) -> None:
+    """Retention records the highest id it deleted; it survives a restart."""
+    path = tmp_path / "f.db"
+    async with await Store.open(path) as store:
+        assert store.history_floor == 0
+        await store.insert(draft("ETH-USD", ts_ms=1))
+        for ts in (2, 3, 4):
+            await store.insert(draft("BTC-USD", ts_ms=ts))
+        assert await store.delete_older_than(1_000) == 2
+        # Ids 2 and 3 are gone; ETH's id 1 is kept as that pair's latest.
+        assert store.history_floor == 3
+        assert store.rows == 2
+        await store.record_hole(5, 9)
+        assert store.history_floor == 9
+        await store.record_hole(2, 4)
+        assert store.history_floor == 9
+    async with await Store.open(path) as store:
+        assert store.history_floor == 9
+        assert store.rows == 2
+
+
+async def test_migration_finds_holes_retention_left_before_it(tmp_path: Path) -> None:
+    """A version-1 database already thinned by retention gets the highest missing id as floor."""
+    path = tmp_path / "f.db"
+    con = sqlite3.connect(path, isolation_level=None)
+    con.executescript(f"BEGIN; {MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
+    for ident in (1, 2, 3, 4, 5, 6, 7):
+        con.execute(
+            "INSERT INTO ticks VALUES (?, 'BTC-USD', '1', ?, 'kraken')", (ident, ident)
+        )
+    con.execute("DELETE FROM ticks WHERE id IN (2, 4, 5)")
+    con.close()
+    async with await Store.open(path) as store:
+        assert store.history_floor == 5
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute("DELETE FROM ticks WHERE id = 7")  # the newest id gone too
+    con.execute("UPDATE meta SET value = 0")
+    con.execute("PRAGMA user_version = 1")
+    con.execute("DROP TABLE meta")
+    con.close()
+    async with await Store.open(path) as store:
+        assert store.history_floor == 7
+
+
+async def test_apply_is_idempotent_and_names_a_conflict(tmp_path: Path) -> None:
+    """apply(): a new id is stored, the same payload again is a no-op, another one is refused."""
+    async with await Store.open(tmp_path / "f.db") as store:
+        tick = Tick(5, "BTC-USD", Decimal("1.50"), 10, ("kraken",))
+        assert await store.apply(tick, after=0) == (True, [tick])
+        assert await store.apply(tick, after=5) == (False, [])
+        other = Tick(5, "BTC-USD", Decimal("1.5"), 10, ("kraken",))
+        with pytest.raises(StoreConflict) as info:
+            await store.apply(other, after=5)
+        assert str(info.value) == (
+            "tick id 5 is stored as BTC-USD 1.50 at ts_ms=10 from kraken "
+            "but arrived as BTC-USD 1.5 at ts_ms=10 from kraken"
+        )
+        with pytest.raises(StoreError, match="increasing order"):
+            await store.apply(Tick(3, "BTC-USD", Decimal(1), 1, ("kraken",)), after=5)
+        # Local ids continue above an applied one.
+        (nxt,) = await store.append(draft(), after=5)
+        assert nxt.id == 6
 
 
 KILLER = """

@@ -273,8 +273,8 @@ class Fetcher:
                 tick = await self.sink(outcome.draft)
             except StoreError as exc:
                 self.metrics.ticks_skipped.labels(pair, "store_error").inc()
+                # Not logged here: the tick log reports a failing store once, then summaries.
                 reason = f"could not store the price: {exc}"
-                log.error("store failed", pair=pair, reason=str(exc))
         else:
             self.metrics.ticks_skipped.labels(pair, "no_quorum").inc()
         state = self.pairs.get(pair)

@@ -174,6 +174,17 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.store_writable = Gauge(
+            "bittrade_feed_store_writable",
+            "1 while the database takes writes (judged from the latest commit), else 0.",
+            registry=r,
+        )
+        self.tick_listener_errors = Counter(
+            "bittrade_feed_tick_listener_errors",
+            "Committed ticks a listener (hub, cluster link, alerts) raised on, by listener.",
+            ["listener"],
+            registry=r,
+        )
         self.store_rows = Gauge(
             "bittrade_feed_store_rows", "Prices kept in the database.", registry=r
         )

@@ -11,6 +11,7 @@ from bittrade_feed.broadcast.hub import Hub
 from bittrade_feed.clock import Clock
 from bittrade_feed.config import Config
 from bittrade_feed.feed.fetcher import Fetcher
+from bittrade_feed.feed.ticklog import TickLog
 from bittrade_feed.ops.metrics import Metrics
 from bittrade_feed.ops.supervise import Supervisor
 from bittrade_feed.store.sqlite import Store
@@ -22,6 +23,8 @@ METRICS = web.AppKey("metrics", Metrics)
 SESSION = web.AppKey("session", aiohttp.ClientSession)
 STORE = web.AppKey("store", Store)
 HUB = web.AppKey("hub", Hub)
+TICKLOG = web.AppKey("ticklog", TickLog)
+"""The one writer of prices: the fetcher's sink; the hub listens to it."""
 FETCHER = web.AppKey("fetcher", Fetcher)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 """Runs every background task; ``failed`` says why the daemon cannot go on."""

@@ -1,86 +1,116 @@
 """Every accepted price, in SQLite: durable before anyone is told about it.
 
 WAL with ``synchronous=FULL``: a committed tick survives kill -9 and power loss, and
-readers never block the single writer. Ids come from ``AUTOINCREMENT`` so they never go
-back, even after retention deletes rows. Prices are stored as decimal text.
+readers never block the writer. Ids come from ``AUTOINCREMENT`` so they never go back,
+even after retention deletes rows. Prices are stored as decimal text.
+
+Two connections, each on its own thread (``store.worker``): the writer does nothing but
+``BEGIN IMMEDIATE ... COMMIT`` transactions, one per call; every query runs on the
+reader. Every call has a deadline (``database.timeout``). Nothing outside a write call
+can open, share or hold the writer's transaction, so a probe can never roll back a tick.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
-from decimal import Decimal
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
-import aiosqlite
-
-from bittrade_feed.errors import StoreError
+from bittrade_feed.errors import StoreConflict, StoreError, StoreTimeout
 from bittrade_feed.models import Tick, TickDraft
-
-# One entry per schema version; PRAGMA user_version says how many have been applied.
-MIGRATIONS: tuple[str, ...] = (
-    """
-    CREATE TABLE ticks (
-        id      INTEGER PRIMARY KEY AUTOINCREMENT,
-        pair    TEXT    NOT NULL,
-        price   TEXT    NOT NULL,
-        ts_ms   INTEGER NOT NULL,
-        sources TEXT    NOT NULL
-    );
-    CREATE INDEX ticks_pair_id ON ticks (pair, id);
-    CREATE INDEX ticks_pair_ts ON ticks (pair, ts_ms);
-    """,
+from bittrade_feed.store.schema import (
+    COLUMNS,
+    MIGRATIONS,
+    describe,
+    is_busy,
+    ticks_above,
+    to_row,
+    to_tick,
 )
+from bittrade_feed.store.worker import Call, Worker
 
-_COLUMNS = "id, pair, price, ts_ms, sources"
+__all__ = ["MIGRATIONS", "Store", "WriteStatus"]
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 5.0
+BUSY_SLICE_MS = 50
+"""The writer waits for another process's lock in slices this long, so it can give up."""
+STUCK_GRACE = 0.5
+"""A write still running this long past its timeout is stuck below SQLite (a frozen disk):
+lock waits give up by themselves at the deadline."""
+RETENTION_BATCH = 5000
+"""Rows deleted per retention transaction: each one stays well inside the timeout."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteStatus:
+    """Whether the writer's latest attempt committed, and why not if it did not."""
+
+    ok: bool
+    detail: str
+
+
+def _connect(path: Path, *, readonly: bool, busy_ms: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+    if readonly:
+        conn.execute("PRAGMA query_only=1")
+    return conn
 
 
 class Store:
-    """An open price database. Use ``async with Store.open(path) as store``."""
+    """An open price database. Use ``async with await Store.open(path) as store``."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self._db = db
+    def __init__(self, path: Path, writer: Worker, reader: Worker, timeout: float) -> None:
         self.path = path
+        self.timeout = timeout
+        self._writer = writer
+        self._reader = reader
+        self.history_floor = 0
+        """The highest id deleted or recorded missing (0: history is complete).
+
+        A resume point ``last_id < history_floor`` cannot be replayed completely."""
+        self.rows = 0
+        """Rows in the ticks table, kept current by every write (for /metrics)."""
+        self._size = 0
+        self._status = WriteStatus(True, "writable")
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Store:
         """Open (creating if needed) and migrate the database at ``path``."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(path, isolation_level=None)
+            writer = Worker(partial(_connect, path, readonly=False, busy_ms=BUSY_SLICE_MS), "db-w")
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
-        store = cls(db, path)
         try:
-            await store._prepare()
-        except sqlite3.Error as exc:
-            await db.close()
-            raise StoreError(f"cannot prepare database {path}: {exc}") from exc
+            await writer.call(partial(_prepare, path), timeout, f"cannot prepare database {path}")
+            busy_ms = round(timeout * 1000)
+            reader = Worker(partial(_connect, path, readonly=True, busy_ms=busy_ms), "db-r")
+        except (sqlite3.Error, StoreError) as exc:
+            await writer.close(timeout)
+            raise StoreError(str(exc)) from exc
+        store = cls(path, writer, reader, timeout)
+        try:
+            store.history_floor = await store._read(_floor, "cannot read history floor")
+            store.rows = await store.count()
+            store._size = await store._read(_size, "cannot read database size")
         except BaseException:
-            await db.close()
+            await store.close()
             raise
         return store
 
-    async def _prepare(self) -> None:
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=FULL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
-        (version,) = await self._one("PRAGMA user_version")
-        if version > len(MIGRATIONS):
-            raise StoreError(
-                f"{self.path} has schema version {version}, newer than this release "
-                f"understands ({len(MIGRATIONS)}); upgrade bittrade-feed"
-            )
-        for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            # executescript commits first; the version bump lands in the same transaction.
-            await self._db.executescript(
-                f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
-            )
-
     async def close(self) -> None:
-        """Close the connection (pending writes are already committed)."""
-        await self._db.close()
+        """Close both connections once their queued calls are done (or timed out)."""
+        await self._writer.close(self.timeout)
+        await self._reader.close(self.timeout)
 
     async def __aenter__(self) -> Store:
         return self
@@ -90,106 +120,263 @@ class Store:
     ) -> None:
         await self.close()
 
-    async def insert(self, draft: TickDraft) -> Tick:
-        """Commit one price and return it with its id."""
+    # -- writes: only on the writer, one transaction per call --------------------------
+
+    def write_status(self) -> WriteStatus:
+        """The writer's health: its latest outcome, or a write stuck past the timeout."""
+        running = self._writer.running_since
+        if running is not None:
+            waited = time.monotonic() - running
+            if waited > self.timeout:
+                return WriteStatus(
+                    False,
+                    f"database is not writable: a write has waited {waited:.1f} s "
+                    f"(limit {self.timeout:g} s)",
+                )
+        return self._status
+
+    async def _write(
+        self, body: Callable[[sqlite3.Connection], T], what: str, rows: Callable[[T], int]
+    ) -> T:
+        running = self._writer.running_since
+        if running is not None and time.monotonic() - running > self.timeout + STUCK_GRACE:
+            # Queueing behind a stuck call would only pile up work that lands much later.
+            raise StoreTimeout(f"{what}: {self.write_status().detail}")
         try:
-            cursor = await self._db.execute(
-                "INSERT INTO ticks (pair, price, ts_ms, sources) VALUES (?, ?, ?, ?)",
-                (draft.pair, str(draft.price), draft.ts_ms, ",".join(draft.sources)),
+            return await self._writer.call(
+                partial(self._transaction, body, rows), self.timeout, what
             )
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot store {draft.pair} price: {exc}") from exc
-        assert cursor.lastrowid is not None
-        return Tick(cursor.lastrowid, draft.pair, draft.price, draft.ts_ms, draft.sources)
+        except StoreConflict:
+            raise
+        except StoreError as exc:
+            self._status = WriteStatus(False, f"database is not writable: {exc}")
+            raise
+
+    def _transaction(
+        self,
+        body: Callable[[sqlite3.Connection], T],
+        rows: Callable[[T], int],
+        conn: sqlite3.Connection,
+        call: Call[T],
+    ) -> T:
+        # On the writer thread. A transaction left open can only be one that never
+        # committed (an interrupted ROLLBACK): drop it before starting.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        _begin(conn, call)
+        try:
+            if call.given_up():
+                # The lock came free after the caller stopped waiting: do not write
+                # behind its back (the outcome stays known).
+                raise StoreTimeout("the caller gave up before the write began")
+            result = body(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                self._status = WriteStatus(False, f"database is not writable: {exc}")
+            elif isinstance(exc, StoreError) and not isinstance(exc, StoreTimeout):
+                self._status = WriteStatus(True, "writable")
+            raise
+        self.rows += rows(result)
+        self._size = _size(conn)
+        self._status = WriteStatus(True, "writable")
+        return result
+
+    async def append(self, draft: TickDraft, after: int) -> list[Tick]:
+        """Commit ``draft``; return every tick above ``after`` in id order (the new one last)."""
+
+        def body(conn: sqlite3.Connection) -> list[Tick]:
+            _insert(conn, draft)
+            # Read back inside the transaction: these rows are exactly what COMMIT makes
+            # durable, including any a timed-out call committed earlier.
+            return ticks_above(conn, after)
+
+        return await self._write(body, f"cannot store {draft.pair} price", _one)
+
+    async def apply(self, tick: Tick, after: int) -> tuple[bool, list[Tick]]:
+        """Store ``tick`` under its own id unless already there; ``StoreConflict`` if it differs.
+
+        Returns whether this call stored it, and every tick above ``after`` in id order.
+        """
+
+        def body(conn: sqlite3.Connection) -> tuple[bool, list[Tick]]:
+            row = conn.execute(f"SELECT {COLUMNS} FROM ticks WHERE id = ?", (tick.id,)).fetchone()
+            if row is not None:
+                stored = to_tick(row)
+                if to_row(stored) != to_row(tick):
+                    raise StoreConflict(tick.id, describe(stored), describe(tick))
+                return False, ticks_above(conn, after)
+            if tick.id <= after:
+                raise StoreError(
+                    f"tick id {tick.id} arrived after id {after} was handed on; "
+                    "ids must arrive in increasing order"
+                )
+            conn.execute(f"INSERT INTO ticks ({COLUMNS}) VALUES (?, ?, ?, ?, ?)", to_row(tick))
+            return True, ticks_above(conn, after)
+
+        return await self._write(body, f"cannot apply tick {tick.id}", lambda r: int(r[0]))
+
+    async def insert(self, draft: TickDraft) -> Tick:
+        """Commit one price and return it with its id (the tick log uses ``append``)."""
+        return await self._write(partial(_insert, draft=draft), f"cannot store {draft.pair}", _one)
+
+    async def delete_older_than(self, cutoff_ms: int) -> int:
+        """Delete ticks older than ``cutoff_ms``, always keeping each pair's latest."""
+        total = 0
+        while True:
+            deleted = await self._write(
+                partial(self._delete_batch, cutoff_ms), "retention delete failed", lambda n: -n
+            )
+            total += deleted
+            if deleted < RETENTION_BATCH:
+                return total
+
+    def _delete_batch(self, cutoff_ms: int, conn: sqlite3.Connection) -> int:
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM ticks WHERE ts_ms < ? AND id NOT IN "
+                "(SELECT MAX(id) FROM ticks GROUP BY pair) ORDER BY id LIMIT ?",
+                (cutoff_ms, RETENTION_BATCH),
+            )
+        ]
+        if ids:
+            self._raise_floor(conn, max(ids))
+            conn.executemany("DELETE FROM ticks WHERE id = ?", [(i,) for i in ids])
+        return len(ids)
+
+    async def record_hole(self, lo: int, hi: int) -> None:
+        """Record that ids ``lo`` to ``hi`` are missing for good (resumes below ``hi`` resync)."""
+        if not 0 < lo <= hi:
+            raise ValueError(f"not a range of ids: {lo} to {hi}")
+        await self._write(partial(self._raise_floor, hi=hi), "cannot record hole", lambda _: 0)
+
+    def _raise_floor(self, conn: sqlite3.Connection, hi: int) -> None:
+        # Raised in memory before the commit: a floor too high only costs a resync,
+        # one too low would let a resume skip deleted ids silently.
+        self.history_floor = max(self.history_floor, hi)
+        conn.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'history_floor'", (hi,))
+
+    # -- reads: only on the reader ------------------------------------------------------
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T], what: str) -> T:
+        return await self._reader.call(lambda conn, _: fn(conn), self.timeout, what)
 
     async def latest(self, pairs: Iterable[str]) -> dict[str, Tick]:
         """The newest tick of each pair that has one."""
-        found: dict[str, Tick] = {}
-        for pair in pairs:
-            rows = await self._all(
-                f"SELECT {_COLUMNS} FROM ticks WHERE pair = ? ORDER BY id DESC LIMIT 1", (pair,)
-            )
-            if rows:
-                found[pair] = rows[0]
-        return found
+        wanted = tuple(pairs)
+
+        def query(conn: sqlite3.Connection) -> dict[str, Tick]:
+            found: dict[str, Tick] = {}
+            for pair in wanted:
+                row = conn.execute(
+                    f"SELECT {COLUMNS} FROM ticks WHERE pair = ? ORDER BY id DESC LIMIT 1",
+                    (pair,),
+                ).fetchone()
+                if row is not None:
+                    found[pair] = to_tick(row)
+            return found
+
+        return await self._read(query, "database read failed")
 
     async def since_id(self, after: int, pairs: Sequence[str], limit: int) -> list[Tick]:
         """Ticks with id greater than ``after`` for ``pairs``, oldest first, at most ``limit``."""
         marks = ",".join("?" * len(pairs))
-        return await self._all(
-            f"SELECT {_COLUMNS} FROM ticks WHERE id > ? AND pair IN ({marks}) ORDER BY id LIMIT ?",
+        return await self._ticks(
+            f"SELECT {COLUMNS} FROM ticks WHERE id > ? AND pair IN ({marks}) ORDER BY id LIMIT ?",
             (after, *pairs, limit),
         )
 
     async def between(self, pair: str, since_ms: int, until_ms: int, limit: int) -> list[Tick]:
         """Ticks of ``pair`` with since <= ts < until, oldest first, at most ``limit``."""
-        return await self._all(
-            f"SELECT {_COLUMNS} FROM ticks WHERE pair = ? AND ts_ms >= ? AND ts_ms < ? "
+        return await self._ticks(
+            f"SELECT {COLUMNS} FROM ticks WHERE pair = ? AND ts_ms >= ? AND ts_ms < ? "
             "ORDER BY ts_ms, id LIMIT ?",
             (pair, since_ms, until_ms, limit),
         )
 
     async def recent(self, limit: int) -> list[Tick]:
         """The newest ``limit`` ticks of all pairs, oldest first (to seed the replay ring)."""
-        rows = await self._all(f"SELECT {_COLUMNS} FROM ticks ORDER BY id DESC LIMIT ?", (limit,))
+        rows = await self._ticks(f"SELECT {COLUMNS} FROM ticks ORDER BY id DESC LIMIT ?", (limit,))
         return rows[::-1]
 
     async def min_id(self) -> int:
         """The lowest id still kept (0 for an empty database)."""
-        (n,) = await self._one("SELECT COALESCE(MIN(id), 0) FROM ticks")
-        return int(n)
+        return await self._number("SELECT COALESCE(MIN(id), 0) FROM ticks")
 
     async def max_id(self) -> int:
         """The highest id ever assigned (0 for an empty database)."""
-        row = await self._one("SELECT seq FROM sqlite_sequence WHERE name = 'ticks'")
-        return int(row[0]) if row else 0
-
-    async def delete_older_than(self, cutoff_ms: int) -> int:
-        """Delete ticks older than ``cutoff_ms``, always keeping each pair's latest."""
-        try:
-            cursor = await self._db.execute(
-                "DELETE FROM ticks WHERE ts_ms < ? AND id NOT IN "
-                "(SELECT MAX(id) FROM ticks GROUP BY pair)",
-                (cutoff_ms,),
-            )
-        except sqlite3.Error as exc:
-            raise StoreError(f"retention delete failed: {exc}") from exc
-        return cursor.rowcount
-
-    async def check_writable(self) -> None:
-        """Take and release the write lock; ``StoreError`` if the database refuses."""
-        try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            await self._db.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            raise StoreError(f"database is not writable: {exc}") from exc
-
-    async def size_bytes(self) -> int:
-        """Bytes used by the database file (page count times page size)."""
-        (pages,) = await self._one("PRAGMA page_count")
-        (size,) = await self._one("PRAGMA page_size")
-        return int(pages) * int(size)
+        return await self._number(
+            "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'ticks'), 0)"
+        )
 
     async def count(self) -> int:
-        """Rows in the ticks table."""
-        (n,) = await self._one("SELECT COUNT(*) FROM ticks")
-        return int(n)
+        """Rows in the ticks table (a full count; /metrics uses ``rows``)."""
+        return await self._number("SELECT COUNT(*) FROM ticks")
 
-    async def _one(self, sql: str) -> sqlite3.Row | tuple[int, ...]:
-        try:
-            async with self._db.execute(sql) as cursor:
-                row = await cursor.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"database read failed: {exc}") from exc
-        return row if row is not None else ()
+    def size_bytes(self) -> int:
+        """Bytes used by the database (page count times page size), as of the last write."""
+        return self._size
 
-    async def _all(self, sql: str, params: Sequence[object]) -> list[Tick]:
+    async def _number(self, sql: str) -> int:
+        return await self._read(
+            lambda conn: int(conn.execute(sql).fetchone()[0]), "database read failed"
+        )
+
+    async def _ticks(self, sql: str, params: Sequence[object]) -> list[Tick]:
+        return await self._read(
+            lambda conn: [to_tick(r) for r in conn.execute(sql, params)], "database read failed"
+        )
+
+
+def _prepare(path: Path, conn: sqlite3.Connection, call: Call[None]) -> None:
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this release understands "
+            f"({len(MIGRATIONS)}); upgrade bittrade-feed"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript commits first; the version bump lands in the same transaction.
+        conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+
+
+def _size(conn: sqlite3.Connection) -> int:
+    sql = "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+    return int(conn.execute(sql).fetchone()[0])
+
+
+def _floor(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT value FROM meta WHERE key = 'history_floor'").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _begin(conn: sqlite3.Connection, call: Call[T]) -> None:
+    # SQLite's own busy wait cannot be interrupted, so wait in short slices and stop
+    # as soon as the caller has given up.
+    while True:
         try:
-            async with self._db.execute(sql, params) as cursor:
-                rows = await cursor.fetchall()
-        except sqlite3.Error as exc:
-            raise StoreError(f"database read failed: {exc}") from exc
-        return [
-            Tick(int(r[0]), str(r[1]), Decimal(r[2]), int(r[3]), tuple(str(r[4]).split(",")))
-            for r in rows
-        ]
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if not is_busy(exc) or call.given_up():
+                raise
+        else:
+            return
+
+
+def _insert(conn: sqlite3.Connection, draft: TickDraft) -> Tick:
+    cursor = conn.execute(
+        "INSERT INTO ticks (pair, price, ts_ms, sources) VALUES (?, ?, ?, ?)",
+        (draft.pair, str(draft.price), draft.ts_ms, ",".join(draft.sources)),
+    )
+    assert cursor.lastrowid is not None
+    return Tick(cursor.lastrowid, draft.pair, draft.price, draft.ts_ms, draft.sources)
+
+
+def _one(_: object) -> int:
+    return 1

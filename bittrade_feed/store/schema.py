@@ -1,0 +1,69 @@
+"""The database schema, its migrations, and the row <-> ``Tick`` mapping."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from decimal import Decimal
+
+from bittrade_feed.models import Tick
+
+# One entry per schema version; PRAGMA user_version says how many have been applied.
+# Never edit a released entry: append a new one.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE ticks (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        pair    TEXT    NOT NULL,
+        price   TEXT    NOT NULL,
+        ts_ms   INTEGER NOT NULL,
+        sources TEXT    NOT NULL
+    );
+    CREATE INDEX ticks_pair_id ON ticks (pair, id);
+    CREATE INDEX ticks_pair_ts ON ticks (pair, ts_ms);
+    """,
+    # history_floor: the highest id deleted or known missing. A database that retention
+    # has already thinned gets the highest id missing below (or above) a kept row.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta (key, value) SELECT 'history_floor', MAX(
+        COALESCE((SELECT MAX(t.id - 1) FROM ticks t WHERE t.id > 1
+                  AND NOT EXISTS (SELECT 1 FROM ticks u WHERE u.id = t.id - 1)), 0),
+        COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'ticks'
+                  AND seq NOT IN (SELECT id FROM ticks)), 0)
+    );
+    """,
+)
+
+COLUMNS = "id, pair, price, ts_ms, sources"
+
+
+def to_row(tick: Tick) -> tuple[int, str, str, int, str]:
+    """The stored form of a tick (price as its exact decimal text)."""
+    return (tick.id, tick.pair, str(tick.price), tick.ts_ms, ",".join(tick.sources))
+
+
+def to_tick(row: Sequence[object]) -> Tick:
+    """A ``Tick`` from a row selected with ``COLUMNS``."""
+    ident, pair, price, ts_ms, sources = row
+    assert isinstance(ident, int)
+    assert isinstance(ts_ms, int)
+    return Tick(ident, str(pair), Decimal(str(price)), ts_ms, tuple(str(sources).split(",")))
+
+
+def describe(tick: Tick) -> str:
+    """A tick's payload in words, for error messages."""
+    return f"{tick.pair} {tick.price} at ts_ms={tick.ts_ms} from {','.join(tick.sources)}"
+
+
+def ticks_above(conn: sqlite3.Connection, after: int) -> list[Tick]:
+    """Every stored tick with id greater than ``after``, in id order."""
+    sql = f"SELECT {COLUMNS} FROM ticks WHERE id > ? ORDER BY id"  # noqa: S608 - fixed text
+    rows = conn.execute(sql, (after,))
+    return [to_tick(r) for r in rows]
+
+
+def is_busy(exc: sqlite3.Error) -> bool:
+    """Whether SQLite said another connection holds the lock (worth waiting for)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)

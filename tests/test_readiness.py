@@ -22,6 +22,7 @@ from bittrade_feed.server.state import FETCHER, HUB
 from tests.daemon import PAIR
 from tests.fakeclock import FakeClock
 from tests.streamutil import parse
+from tests.test_store import refuse_writes
 
 
 def stored(path: Path) -> dict[int, tuple[str, str]]:
@@ -88,20 +89,6 @@ async def test_probes_never_share_or_hold_the_writers_transaction(
     assert (await client.get("/readyz")).status == 200
 
 
-def refuse_writes(path: Path) -> Callable[[], None]:
-    """Make every insert fail inside SQLite (as a full disk does); returns the cure."""
-    con = sqlite3.connect(path, isolation_level=None)
-    con.execute(
-        "CREATE TRIGGER refuse BEFORE INSERT ON ticks BEGIN SELECT RAISE(ABORT, 'full'); END"
-    )
-
-    def heal() -> None:
-        con.execute("DROP TRIGGER refuse")
-        con.close()
-
-    return heal
-
-
 def metric(client: TestClient[Any, Any], name: str) -> float | None:
     """The current value of an unlabelled series (after a scrape has refreshed the gauges)."""
     return client.app[FETCHER].metrics.registry.get_sample_value(name)
@@ -119,7 +106,7 @@ async def test_failing_writer_is_stale_503_counted_and_logged_once(
     async with client.get("/api/price-stream") as resp:
         reader = asyncio.create_task(read_prices(resp, seen))
         await fetcher.run_cycle()
-        heal = refuse_writes(config.database.path)
+        heal = refuse_writes(config.database.path, "full")
         with capture_logs() as logs:
             for _ in range(70):
                 await clock.advance(1)

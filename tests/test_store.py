@@ -126,7 +126,7 @@ async def test_unopenable_path_is_store_error(tmp_path: Path) -> None:
 
 
 async def test_locked_database_fails_writes_within_timeout_and_recovers(tmp_path: Path) -> None:
-    """A write lock held elsewhere past the timeout fails the write, not the reads; then it heals."""
+    """A write lock held elsewhere past the timeout fails the write, not reads; then it heals."""
     path = tmp_path / "f.db"
     async with await Store.open(path, timeout=0.3) as store:
         await store.insert(draft(ts_ms=1))
@@ -187,7 +187,7 @@ async def test_interrupt_ends_a_runaway_call_and_the_worker_goes_on(tmp_path: Pa
     endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT MAX(x) FROM c"
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(StoreTimeout, match="within 0.2 s"):
+    with pytest.raises(StoreTimeout, match=r"within 0\.2 s"):
         await worker.call(lambda conn, _: conn.execute(endless).fetchone(), 0.2, "runaway")
     assert loop.time() - started < 1.0
     assert await worker.call(lambda conn, _: conn.execute("SELECT 7").fetchone(), 5, "x") == (7,)
@@ -221,9 +221,7 @@ async def test_migration_finds_holes_retention_left_before_it(tmp_path: Path) ->
     con = sqlite3.connect(path, isolation_level=None)
     con.executescript(f"BEGIN; {MIGRATIONS[0]}; PRAGMA user_version = 1; COMMIT;")
     for ident in (1, 2, 3, 4, 5, 6, 7):
-        con.execute(
-            "INSERT INTO ticks VALUES (?, 'BTC-USD', '1', ?, 'kraken')", (ident, ident)
-        )
+        con.execute("INSERT INTO ticks VALUES (?, 'BTC-USD', '1', ?, 'kraken')", (ident, ident))
     con.execute("DELETE FROM ticks WHERE id IN (2, 4, 5)")
     con.close()
     async with await Store.open(path) as store:

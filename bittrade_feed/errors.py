@@ -6,7 +6,9 @@
     ├── ConfigError            bad config file; lists every bad key (exit 78)
     ├── StoreError             the database refused a read or a write
     │   ├── StoreTimeout           no answer within database.timeout (outcome unknown)
-    │   └── StoreConflict          a tick id already stored with another payload
+    │   └── StoreRejected          the database works, but this tick cannot go in
+    │       ├── StoreConflict          its id is already stored with another payload
+    │       └── StoreOutOfOrder        its id is at or below one already handed on
     └── SourceError            one exchange did not give us a usable quote
         ├── SourceTimeout          no answer within the request timeout    (retryable)
         ├── SourceUnavailable      connection failed, or HTTP 5xx          (retryable)
@@ -45,7 +47,11 @@ class StoreTimeout(StoreError):
     """The database did not answer within ``database.timeout``; a write may still land."""
 
 
-class StoreConflict(StoreError):
+class StoreRejected(StoreError):
+    """The database works, but refuses this one tick (not a sign of a failing store)."""
+
+
+class StoreConflict(StoreRejected):
     """A tick arrived under an id the database already holds with a different payload."""
 
     def __init__(self, tick_id: int, stored: str, offered: str) -> None:
@@ -53,6 +59,18 @@ class StoreConflict(StoreError):
         self.stored = stored
         self.offered = offered
         super().__init__(f"tick id {tick_id} is stored as {stored} but arrived as {offered}")
+
+
+class StoreOutOfOrder(StoreRejected):
+    """A tick arrived under an id at or below the last one handed on, and is not stored."""
+
+    def __init__(self, tick_id: int, last_id: int) -> None:
+        self.tick_id = tick_id
+        self.last_id = last_id
+        super().__init__(
+            f"tick id {tick_id} arrived after id {last_id} was handed on; "
+            "ids must arrive in increasing order"
+        )
 
 
 class SourceError(FeedError):

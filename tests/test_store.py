@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bittrade_feed.errors import StoreConflict, StoreError, StoreTimeout
+from bittrade_feed.errors import StoreConflict, StoreError, StoreOutOfOrder, StoreTimeout
 from bittrade_feed.models import Tick, TickDraft
 from bittrade_feed.store.sqlite import MIGRATIONS, Store, WriteStatus
 from bittrade_feed.store.worker import Worker
@@ -249,8 +249,9 @@ async def test_apply_is_idempotent_and_names_a_conflict(tmp_path: Path) -> None:
             "tick id 5 is stored as BTC-USD 1.50 at ts_ms=10 from kraken "
             "but arrived as BTC-USD 1.5 at ts_ms=10 from kraken"
         )
-        with pytest.raises(StoreError, match="increasing order"):
+        with pytest.raises(StoreOutOfOrder, match="increasing order"):
             await store.apply(Tick(3, "BTC-USD", Decimal(1), 1, ("kraken",)), after=5)
+        assert store.write_status().ok
         # Local ids continue above an applied one.
         (nxt,) = await store.append(draft(), after=5)
         assert nxt.id == 6

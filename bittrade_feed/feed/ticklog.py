@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import structlog
 
 from bittrade_feed.clock import Clock
-from bittrade_feed.errors import StoreConflict, StoreError, StoreTimeout
+from bittrade_feed.errors import StoreError, StoreRejected, StoreTimeout
 from bittrade_feed.models import Tick, TickDraft
 from bittrade_feed.ops.metrics import Metrics
 from bittrade_feed.store.sqlite import Store
@@ -101,7 +101,8 @@ class TickLog:
     async def apply(self, tick: Tick) -> bool:
         """Commit a tick whose id was assigned elsewhere; ``False`` if it was already stored.
 
-        ``StoreConflict`` if the id is stored with another payload.
+        ``StoreConflict`` if the id is stored with another payload, ``StoreOutOfOrder`` if it
+        is new but not above ``last_id``.
         """
         stored = False
 
@@ -128,8 +129,8 @@ class TickLog:
                 self._hand_on(ticks)
             finally:
                 self._lock.release()
-        except StoreConflict:
-            raise
+        except StoreRejected:
+            raise  # the database works; this tick was refused (conflict, out of order)
         except StoreError as exc:
             self._metrics.store_write_errors.inc()
             self._store_incident.failed(self._clock.monotonic(), reason=str(exc))

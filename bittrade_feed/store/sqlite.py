@@ -22,7 +22,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
 
-from bittrade_feed.errors import StoreConflict, StoreError, StoreTimeout
+from bittrade_feed.errors import (
+    StoreConflict,
+    StoreError,
+    StoreOutOfOrder,
+    StoreRejected,
+    StoreTimeout,
+)
 from bittrade_feed.models import Tick, TickDraft
 from bittrade_feed.store.schema import (
     COLUMNS,
@@ -146,7 +152,7 @@ class Store:
             return await self._writer.call(
                 partial(self._transaction, body, rows), self.timeout, what
             )
-        except StoreConflict:
+        except StoreRejected:
             raise
         except StoreError as exc:
             self._status = WriteStatus(False, f"database is not writable: {exc}")
@@ -177,7 +183,7 @@ class Store:
                     conn.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
                 self._status = WriteStatus(False, f"database is not writable: {exc}")
-            elif isinstance(exc, StoreError) and not isinstance(exc, StoreTimeout):
+            elif isinstance(exc, StoreRejected):
                 self._status = WriteStatus(True, "writable")
             raise
         self.rows += rows(result)
@@ -200,6 +206,8 @@ class Store:
         """Store ``tick`` under its own id unless already there; ``StoreConflict`` if it differs.
 
         Returns whether this call stored it, and every tick above ``after`` in id order.
+        ``StoreOutOfOrder`` if the id is new but not above ``after`` (it could not be handed
+        on in order).
         """
 
         def body(conn: sqlite3.Connection) -> tuple[bool, list[Tick]]:
@@ -210,10 +218,7 @@ class Store:
                     raise StoreConflict(tick.id, describe(stored), describe(tick))
                 return False, ticks_above(conn, after)
             if tick.id <= after:
-                raise StoreError(
-                    f"tick id {tick.id} arrived after id {after} was handed on; "
-                    "ids must arrive in increasing order"
-                )
+                raise StoreOutOfOrder(tick.id, after)
             conn.execute(f"INSERT INTO ticks ({COLUMNS}) VALUES (?, ?, ?, ?, ?)", to_row(tick))
             return True, ticks_above(conn, after)
 

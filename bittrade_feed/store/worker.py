@@ -99,6 +99,8 @@ class Worker:
             done, _ = await asyncio.wait({future}, timeout=timeout)
         except BaseException:
             self._abandon(call, interrupt=False)
+            if future.done() and not future.cancelled():
+                future.exception()  # settled just before the cancel: nobody will read it
             raise
         if not done:
             self._abandon(call, interrupt=True)

@@ -187,7 +187,8 @@ class Store:
                 self._status = WriteStatus(True, "writable")
             raise
         self.rows += rows(result)
-        self._size = _size(conn)
+        with suppress(sqlite3.Error):  # only a gauge: never fail a committed write for it
+            self._size = _size(conn)
         self._status = WriteStatus(True, "writable")
         return result
 

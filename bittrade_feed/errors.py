@@ -11,13 +11,22 @@
     │       └── StoreOutOfOrder        its id is at or below one already handed on
     └── SourceError            one exchange did not give us a usable quote
         ├── SourceTimeout          no answer within the request timeout    (retryable)
-        ├── SourceUnavailable      connection failed, or HTTP 5xx          (retryable)
+        ├── SourceUnavailable      connection failed, HTTP 5xx, or the request failed
+        │                          in a way nobody foresaw                 (retryable)
         ├── SourceHTTPError        any other non-200 status
         ├── SourceRateLimited      HTTP 429 / exchange "rate limit"; rests the source
+        │                          (Retry-After honoured up to an hour)
         ├── SourceGeoBlocked       HTTP 451; disables the source until restart/reload
-        ├── SourceBadBody          HTML page, not JSON, missing field, error inside a 200
+        ├── SourceBadBody          HTML page, not JSON, nested too deeply, a number out
+        │                          of range, missing field, error inside a 200, or any
+        │                          other unforeseen failure reading the answer
         ├── SourceWrongPair        the exchange echoed back another instrument
-        └── SourceRejectedPrice    price not positive/finite, quote too old or in the future
+        └── SourceRejectedPrice    price not positive/finite, out of bounds (>= 1e15,
+                                   over 18 significant digits or decimal places),
+                                   quote too old or in the future
+
+Every exception a source's fetch-and-parse raises is one of these: ``Source.fetch``
+maps anything else at one boundary, so an odd answer costs that source one cycle.
 
 ``SourceError.reason`` is a short fixed word, safe as a Prometheus label value.
 """
@@ -73,6 +82,10 @@ class StoreOutOfOrder(StoreRejected):
         )
 
 
+MAX_MESSAGE = 300
+"""Characters a source error's message keeps: it is one log line and one /api/sources field."""
+
+
 class SourceError(FeedError):
     """One exchange request produced no usable quote."""
 
@@ -81,6 +94,9 @@ class SourceError(FeedError):
 
     def __init__(self, source: str, message: str) -> None:
         self.source = source
+        # The message may quote the exchange's answer; a hostile one must not bloat the log.
+        if len(message) > MAX_MESSAGE:
+            message = message[: MAX_MESSAGE - 3] + "..."
         self.message = message
         super().__init__(f"{source}: {message}")
 

@@ -21,6 +21,15 @@ def split_pair(pair: str) -> tuple[str, str]:
     return match.group(1), match.group(2)
 
 
+def plain(value: Decimal) -> str:
+    """A decimal as the wire writes it: positional, never ``6.5E-7``, no trailing zeros."""
+    # format "f" is positional at every exponent and needs no context, so it cannot raise.
+    text = format(value, "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
 def format_ts(ms: int) -> str:
     """RFC 3339 UTC with milliseconds, as on the wire: ``2026-11-23T20:31:00.123Z``."""
     dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
@@ -78,7 +87,7 @@ class Tick:
         return {
             "id": self.id,
             "pair": self.pair,
-            "price": str(self.price),
+            "price": plain(self.price),
             "ts": format_ts(self.ts_ms),
             "sources": list(self.sources),
             "simulated": self.simulated,

@@ -6,15 +6,17 @@
 through when there are few sources (bisq-pricenode#29). With an even count the median
 is the mean of the two middle quotes, computed exactly in ``Decimal``.
 
+Nothing here can raise on an accepted quote (``sources.base.price_problem`` bounds them):
+the mean runs in a context wide enough to be exact, and ``canonical`` needs no context.
+
 ``failover``: the first valid quote in priority order wins.
 """
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 from bittrade_feed.models import Quote, TickDraft
 
@@ -31,11 +33,31 @@ class Outcome:
     """Why there is no price (empty when there is one)."""
 
 
+_EXACT_DIGITS = 80
+"""Enough precision for the exact mean of two accepted prices (18 digits, 1e-18..1e15)."""
+
+
 def canonical(price: Decimal) -> Decimal:
-    """Drop trailing zeros without ever switching to exponent notation."""
-    normal = price.normalize()
-    exponent = normal.as_tuple().exponent
-    return normal.quantize(Decimal(1)) if isinstance(exponent, int) and exponent > 0 else normal
+    """The same value without trailing decimal zeros and with an exponent of at most 0."""
+    sign, digits, exponent = price.as_tuple()
+    if not isinstance(exponent, int):
+        return price  # NaN or infinity: refused before aggregation, passed through here
+    if exponent > 0:
+        # 6E+4 -> 60000: built from the digit tuple, so no context can round or overflow.
+        return Decimal((sign, digits + (0,) * exponent, 0))
+    while exponent < 0 and len(digits) > 1 and digits[-1] == 0:
+        digits, exponent = digits[:-1], exponent + 1
+    return Decimal((sign, digits, exponent))
+
+
+def middle(prices: Iterable[Decimal]) -> Decimal:
+    """The median; with an even count the exact mean of the two middle values."""
+    ordered = sorted(prices)
+    half = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[half]
+    with localcontext(prec=_EXACT_DIGITS):
+        return (ordered[half - 1] + ordered[half]) / 2
 
 
 def median(
@@ -52,11 +74,12 @@ def median(
         return Outcome(
             None, reason=f"quorum not met: {len(quotes)} of {of} sources answered, {quorum} needed"
         )
-    centre = statistics.median(q.price for q in quotes)
+    centre = middle(q.price for q in quotes)
     kept: list[Quote] = []
     outliers: list[Quote] = []
-    for q in quotes:
-        (kept if abs(q.price - centre) / centre <= max_deviation else outliers).append(q)
+    with localcontext(prec=_EXACT_DIGITS):
+        for q in quotes:
+            (kept if abs(q.price - centre) <= max_deviation * centre else outliers).append(q)
     if len(kept) < quorum:
         return Outcome(
             None,
@@ -64,7 +87,7 @@ def median(
             f"quorum not met: {len(kept)} of {quorum} sources agree within "
             f"{float(max_deviation) * 100:g}% of the median",
         )
-    price = canonical(statistics.median(q.price for q in kept))
+    price = canonical(middle(q.price for q in kept))
     return Outcome(TickDraft(pair, price, ts_ms, _names(kept)), tuple(outliers))
 
 

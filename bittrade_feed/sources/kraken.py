@@ -32,6 +32,8 @@ class Kraken(Source):
     def parse(self, pair: str, body: Any, received_at: float) -> Quote:
         """Read ``c[0]`` of the single result; ``error`` entries are refused by kind."""
         errors = self.field(body, "error")
+        if not isinstance(errors, list):
+            raise SourceBadBody(self.name, f"error is {type(errors).__name__}, not a list")
         if errors:
             text = "; ".join(str(e) for e in errors)
             if any(str(e).startswith(_RATE_LIMIT) for e in errors):

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bittrade_feed.feed.aggregate import canonical, failover, median
-from bittrade_feed.models import Quote
+from bittrade_feed.models import Quote, Tick, plain
+from bittrade_feed.sources.base import price_problem
 
 PAIR = "BTC-USD"
 ONE_PCT = Decimal("0.01")
@@ -84,12 +85,36 @@ def test_failover_with_nothing() -> None:
     assert "no source" in out.reason
 
 
-def test_canonical_never_uses_exponents() -> None:
-    """Trailing zeros go, but 60000 stays 60000 rather than 6E+4."""
+def test_canonical_drops_trailing_zeros_only() -> None:
+    """Trailing zeros go, but 60000 stays 60000 rather than 6E+4; huge values do not raise."""
     assert str(canonical(Decimal("73380.60000"))) == "73380.6"
     assert str(canonical(Decimal("60000"))) == "60000"
     assert str(canonical(Decimal("60000.000"))) == "60000"
-    assert str(canonical(Decimal("0.00012300"))) == "0.000123"
+    assert str(canonical(Decimal("6E+4"))) == "60000"
+    assert canonical(Decimal("1E+28")) == Decimal("1E+28")  # quantize raised here before
+
+
+# Any accepted price, as digits and an exponent: 1 to 18 digits, 1e-18 up to 1e15.
+accepted = st.builds(
+    lambda digits, exp: Decimal(f"{digits}E{exp}"),
+    st.integers(1, 10**18 - 1),
+    st.integers(-36, -3),
+).filter(lambda d: price_problem(d) == "")
+magnitudes = st.builds(
+    lambda digits, exp: Decimal(f"{digits}E{exp}"),
+    st.integers(1, 10**18 - 1),
+    st.integers(-30, 12),
+).filter(lambda d: Decimal("1e-12") <= d <= Decimal("1e12"))
+
+
+@settings(max_examples=300)
+@given(st.one_of(magnitudes, accepted))
+def test_canonical_never_uses_exponents(value: Decimal) -> None:
+    """From 1e-12 to 1e12 (and every accepted price) the wire string is plain and exact."""
+    text = plain(canonical(value))
+    assert "E" not in text and "e" not in text
+    assert Decimal(text) == value
+    assert Tick(1, PAIR, canonical(value), 0, ("s0",)).to_json()["price"] == text
 
 
 prices = st.decimals(min_value=Decimal("0.01"), max_value=Decimal("1000000"), places=2)
@@ -119,3 +144,15 @@ def test_single_wild_quote_never_moves_price_far(values: list[Decimal]) -> None:
     out = median(PAIR, qs, 2, ONE_PCT, 0)
     assert out.draft is not None
     assert min(honest) <= out.draft.price <= max(honest)
+
+
+@given(st.lists(accepted, min_size=1, max_size=9), st.integers(1, 9), st.sampled_from(["0.01", "1"]))
+def test_any_accepted_quotes_aggregate_without_raising(
+    values: list[Decimal], quorum: int, band: str
+) -> None:
+    """Median (any quorum, even 1) and failover never raise on accepted prices, and stay in range."""
+    qs = [Quote(f"s{i}", PAIR, v, 0.0) for i, v in enumerate(values)]
+    for out in (median(PAIR, qs, quorum, Decimal(band), 0), failover(PAIR, qs, 0)):
+        if out.draft is not None:
+            assert min(values) <= out.draft.price <= max(values)
+            assert "E" not in plain(out.draft.price)

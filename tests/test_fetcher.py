@@ -436,3 +436,44 @@ async def test_pair_removed_while_its_cycle_awaits_the_store(
     assert [t.pair for t in h.ticks] == [PAIR]
     assert list(h.fetcher.pairs) == ["ETH-USD"]
     assert all(s.pair != PAIR for s in h.statuses)
+
+
+HOSTILE_KRAKEN: dict[str, dict[str, Any]] = {
+    "nested": {"raw": b"[" * 50_000, "headers": {"Content-Type": "application/json"}},
+    "error-int": {"body": {"error": 1}},
+    "price-1e28": {"body": with_price("kraken", "1E+28")},
+    "price-1e1000000": {"body": with_price("kraken", "1E+1000000")},
+}
+
+
+@pytest.mark.parametrize("answer", list(HOSTILE_KRAKEN))
+@pytest.mark.parametrize("strategy", ["median", "failover"])
+async def test_hostile_answer_costs_one_source_one_cycle(
+    harness, fx: FakeExchanges, clock: FakeClock, answer: str, strategy: str
+) -> None:
+    """An answer that used to escape as a foreign exception is named; the others publish."""
+    h = await harness(aggregation={"quorum": 1, "strategy": strategy})
+    fx.answer("kraken", **HOSTILE_KRAKEN[answer])
+    for _ in range(2):
+        await h.cycle()
+        await clock.advance(h.fetcher.config.fetch.interval)
+    assert [t.sources for t in h.ticks] == [("bitfinex",), ("bitfinex",)]
+    reason = h.fetcher.health["kraken"].last_error_reason
+    assert reason in ("bad_body", "rejected_price")
+    assert h.sample("bittrade_feed_upstream_requests_total", source="kraken", outcome=reason) == 2
+
+
+@pytest.mark.parametrize("strategy", ["median", "failover"])
+async def test_huge_accepted_price_never_raises_in_aggregation(
+    harness, fx: FakeExchanges, strategy: str
+) -> None:
+    """The largest and finest accepted prices aggregate and publish in plain notation."""
+    h = await harness(aggregation={"quorum": 1, "strategy": strategy})
+    fx.price("kraken", "999999999999999.999")
+    fx.price("bitfinex", "999999999999999.998")
+    await h.cycle()
+    assert h.ticks[-1].to_json()["price"].startswith("999999999999999.99")
+    fx.price("kraken", "0.00000065")
+    fx.price("bitfinex", "0.00000065")
+    await h.cycle()
+    assert [t.to_json()["price"] for t in h.ticks][-1] == "0.00000065"

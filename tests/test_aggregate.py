@@ -146,11 +146,13 @@ def test_single_wild_quote_never_moves_price_far(values: list[Decimal]) -> None:
     assert min(honest) <= out.draft.price <= max(honest)
 
 
-@given(st.lists(accepted, min_size=1, max_size=9), st.integers(1, 9), st.sampled_from(["0.01", "1"]))
+@given(
+    st.lists(accepted, min_size=1, max_size=9), st.integers(1, 9), st.sampled_from(["0.01", "1"])
+)
 def test_any_accepted_quotes_aggregate_without_raising(
     values: list[Decimal], quorum: int, band: str
 ) -> None:
-    """Median (any quorum, even 1) and failover never raise on accepted prices, and stay in range."""
+    """Median (any quorum, even 1) and failover never raise on accepted prices; in range."""
     qs = [Quote(f"s{i}", PAIR, v, 0.0) for i, v in enumerate(values)]
     for out in (median(PAIR, qs, quorum, Decimal(band), 0), failover(PAIR, qs, 0)):
         if out.draft is not None:

@@ -477,3 +477,93 @@ async def test_huge_accepted_price_never_raises_in_aggregation(
     fx.price("bitfinex", "0.00000065")
     await h.cycle()
     assert [t.to_json()["price"] for t in h.ticks][-1] == "0.00000065"
+
+
+THREE_PAIRS = ["BTC-USDT", "ETH-USDT", "SOL-USDT"]
+
+
+async def test_breaker_counts_failed_intervals_not_pair_requests(
+    harness, fx: FakeExchanges, clock: FakeClock
+) -> None:
+    """Three pairs on one source: one bad interval is one failure; half-open sends one probe."""
+    h = await harness(
+        ("bitfinex",),
+        aggregation={"quorum": 1},
+        feed={"pairs": THREE_PAIRS, "sources": {p: ["bitfinex"] for p in THREE_PAIRS}},
+    )
+    interval = h.fetcher.config.fetch.interval
+    health = h.fetcher.health["bitfinex"]
+    fx.answer("bitfinex", status=500, raw=b"down")
+    await h.cycle()
+    assert (health.state, health.failures, fx.requests["bitfinex"]) == ("closed", 1, 3)
+    for _ in range(2):
+        await clock.advance(interval)
+        await h.cycle()
+    assert (health.state, health.failures, health.rests) == ("open", 3, 1)
+    assert fx.requests["bitfinex"] == 9
+    await clock.advance(2 * interval)
+    await h.cycle()
+    assert fx.requests["bitfinex"] == 10, "the half-open state lets exactly one probe through"
+    assert (health.state, health.rests) == ("open", 2)
+    fx.price("bitfinex", "73350")
+    await clock.advance(4 * interval)
+    await h.cycle()
+    assert fx.requests["bitfinex"] == 11, "one probe again; the other pairs skip this cycle"
+    assert health.state == "closed"
+    assert len(h.ticks) == 1
+    await clock.advance(interval)
+    await h.cycle()
+    assert fx.requests["bitfinex"] == 14
+    assert sorted(t.pair for t in h.ticks[1:]) == sorted(THREE_PAIRS)
+
+
+async def test_rate_limit_on_every_pair_rests_once(
+    harness, fx: FakeExchanges, clock: FakeClock
+) -> None:
+    """Three 429s in one interval are one rest, not three doublings of the backoff."""
+    h = await harness(
+        ("bitfinex",),
+        aggregation={"quorum": 1},
+        feed={"pairs": THREE_PAIRS, "sources": {p: ["bitfinex"] for p in THREE_PAIRS}},
+    )
+    fx.answer("bitfinex", status=429, body={"error": "ERR_RATE_LIMIT"})
+    await h.cycle()
+    health = h.fetcher.health["bitfinex"]
+    assert (health.state, health.rests, health.failures) == ("open", 1, 1)
+    assert health.open_until == pytest.approx(clock.monotonic() + h.fetcher.config.fetch.interval)
+
+
+@pytest.mark.parametrize(
+    "retry_after", ["99999999999999999999", "9" * 5000, "Fri, 31 Dec 9999 23:59:59 GMT"]
+)
+async def test_huge_retry_after_is_capped_at_an_hour(
+    harness, fx: FakeExchanges, clock: FakeClock, retry_after: str
+) -> None:
+    """A Retry-After of centuries rests the source for the 1 h cap, then it is probed again."""
+    h = await harness(aggregation={"quorum": 1})
+    fx.answer("kraken", status=429, body={"error": []}, headers={"Retry-After": retry_after})
+    await h.cycle()
+    health = h.fetcher.health["kraken"]
+    assert health.state == "open"
+    assert health.open_until <= clock.monotonic() + 3600
+    assert "rest 3600 s" in (health.last_error_message or "")
+    fx.price("kraken", "73380.6")
+    await clock.advance(3601)
+    await h.cycle()
+    assert (fx.requests["kraken"], health.state) == (2, "closed")
+
+
+async def test_reload_resets_rests(harness, fx: FakeExchanges, clock: FakeClock) -> None:
+    """SIGHUP (reconfigure) ends a rest at once, as it ends a geo-block."""
+    h = await harness(aggregation={"quorum": 1})
+    fx.answer("kraken", status=429, body={"error": []}, headers={"Retry-After": "3600"})
+    await h.cycle()
+    assert h.fetcher.health["kraken"].state == "open"
+    h.fetcher.reconfigure(h.fetcher.config)
+    assert h.fetcher.health["kraken"].state == "closed"
+    assert h.sample("bittrade_feed_source_circuit_state", source="kraken", state="closed") == 1
+    fx.price("kraken", "73380.6")
+    await clock.advance(h.fetcher.config.fetch.interval)
+    await h.cycle()
+    assert fx.requests["kraken"] == 2
+    assert h.ticks[-1].sources == ("bitfinex", "kraken")

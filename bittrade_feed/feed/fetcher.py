@@ -5,7 +5,8 @@ drift), a cycle never overlaps the next (a late one is followed at once; slots m
 whole interval are skipped), and every
 request has a timeout, so a cycle always ends. Retryable errors are retried with
 tenacity while the interval's budget allows. Each source has a circuit breaker shared
-by all pairs, because exchanges rate-limit per client, not per pair.
+by all pairs, because exchanges rate-limit per client, not per pair: it counts failed
+intervals, not failed requests, and a half-open source gets one probe request per cycle.
 
 The slots and the wake-up on reload live in ``feed.schedule``.
 Ages are measured on the monotonic clock, so a stepped wall clock changes nothing.
@@ -47,7 +48,7 @@ from bittrade_feed.sources import SOURCES, Source
 log = structlog.get_logger("bittrade_feed.feed.fetcher")
 
 FAILURES_TO_OPEN = 3
-"""Consecutive failed requests before a source is rested."""
+"""Consecutive failed intervals before a source is rested (however many pairs it serves)."""
 MAX_REST_INTERVALS = 32
 """The longest rest, in intervals; rests start at two intervals and double up to this."""
 
@@ -68,29 +69,57 @@ class SourceHealth:
     last_error: float | None = None
     last_error_reason: str | None = None
     last_error_message: str | None = None
+    failed_cycle: int | None = None
+    """The cycle whose failure was last counted: one bad interval is one failure."""
+    probe_cycle: int | None = None
+    """The cycle a half-open probe went out in; the source's other pairs skip that cycle."""
 
-    def allow(self, now: float) -> bool:
-        """Whether to ask this source now; an elapsed rest turns into one probe."""
+    def allow(self, now: float, cycle: int) -> bool:
+        """Whether to ask this source now; an elapsed rest lets one probe per cycle through."""
         if self.state == "open" and now >= self.open_until:
             self.state = "half_open"
+        if self.state == "half_open":
+            if self.probe_cycle == cycle:
+                return False
+            # Keyed by cycle, not a flag: a probe cancelled mid-flight cannot block the next.
+            self.probe_cycle = cycle
         return self.state in ("closed", "half_open")
+
+    def probing(self, cycle: int) -> bool:
+        """Whether this cycle's probe has gone out already."""
+        return self.state == "half_open" and self.probe_cycle == cycle
 
     def succeeded(self, wall: float) -> None:
         """A valid quote closes the breaker and resets the backoff."""
         self.state, self.failures, self.rests = "closed", 0, 0
         self.last_success = wall
 
-    def failed(self, err: SourceError, now: float, wall: float, interval: float) -> None:
-        """Count a failure; rest the source when it keeps failing or asks us to."""
-        self.failures += 1
+    def failed(
+        self, err: SourceError, now: float, wall: float, interval: float, cycle: int
+    ) -> None:
+        """Count a failed interval; rest the source when it keeps failing or asks us to."""
         self.last_error, self.last_error_reason = wall, err.reason
         self.last_error_message = err.message
         if isinstance(err, SourceGeoBlocked):
             self.state = "disabled"
-        elif isinstance(err, SourceRateLimited):
+            return
+        if cycle == self.failed_cycle:
+            # Another pair's request failed in this same interval: already counted (and
+            # already rested, if it came to that); only a longer Retry-After extends it.
+            if self.state == "open" and isinstance(err, SourceRateLimited) and err.retry_after:
+                self.open_until = max(self.open_until, now + err.retry_after)
+            return
+        self.failed_cycle = cycle
+        self.failures += 1
+        if isinstance(err, SourceRateLimited):
             self._rest(now, err.retry_after or interval * 2 ** min(self.rests, 5))
         elif self.state == "half_open" or self.failures >= FAILURES_TO_OPEN:
             self._rest(now, interval * min(2 ** (self.rests + 1), MAX_REST_INTERVALS))
+
+    def reset(self) -> None:
+        """Forget rests, failures and a geo-block (a reload); keep what /api/sources shows."""
+        self.state, self.failures, self.rests, self.open_until = "closed", 0, 0, 0.0
+        self.failed_cycle = self.probe_cycle = None
 
     def _rest(self, now: float, seconds: float) -> None:
         self.state = "open"
@@ -179,11 +208,9 @@ class Fetcher:
             if pair not in self.pairs:
                 self.pairs[pair] = self._initial_state(pair)
         for name in self.sources:
-            if name not in self.health:
-                self.health[name] = SourceHealth(name)
-            elif self.health[name].state == "disabled":
-                # A reload is the operator's way to say "try the geo-blocked one again".
-                self.health[name] = SourceHealth(name)
+            # A reload is the operator's way to say "try the rested and geo-blocked ones
+            # again" (after a Retry-After of an hour, say), so every breaker starts closed.
+            self.health.setdefault(name, SourceHealth(name)).reset()
             self.metrics.set_circuit(name, self.health[name].state)
         self.metrics.declare(config.fetch.pairs, self.sources)
         # Wake a sleeping loop: it must not sleep out an interval that no longer applies.
@@ -307,8 +334,12 @@ class Fetcher:
     ) -> Quote | None:
         """One source, with retries inside the budget; ``None`` if it gave nothing usable."""
         health = self.health[name]
-        if not health.allow(self.clock.monotonic()):
-            report[name] = f"resting ({health.state})"
+        # self.cycles only moves after the whole cycle: it names this interval.
+        cycle = self.cycles
+        if not health.allow(self.clock.monotonic(), cycle):
+            probing = health.probing(cycle)
+            report[name] = "another pair's probe (half_open)" if probing else "resting"
+            report[name] += "" if probing else f" ({health.state})"
             return None
         source = plan.sources[name]
         fetch = plan.config.fetch
@@ -326,7 +357,7 @@ class Fetcher:
                     quote = await self._request(source, pair, timeout)
         except SourceError as err:
             was = health.state
-            health.failed(err, self.clock.monotonic(), self.clock.time(), fetch.interval)
+            health.failed(err, self.clock.monotonic(), self.clock.time(), fetch.interval, cycle)
             report[name] = f"{err.reason}: {err.message}"
             if health.state != was:
                 self.metrics.set_circuit(name, health.state)

@@ -132,7 +132,11 @@ class Source(ABC):
         if status in {429, 418}:
             header = headers.get("Retry-After")
             retry_after = parse_retry_after(header)
-            rest = "" if retry_after is None else f" (Retry-After {_short(header)}: rest {retry_after:g} s)"
+            rest = (
+                ""
+                if retry_after is None
+                else f" (Retry-After {_short(header)}: rest {retry_after:g} s)"
+            )
             raise SourceRateLimited(self.name, f"HTTP {status}: {snippet}{rest}", retry_after)
         if status == 451:
             raise SourceGeoBlocked(self.name, f"HTTP 451 (blocked for this location): {snippet}")
@@ -245,7 +249,9 @@ def price_problem(price: Decimal) -> str:
     zeros = len(digits) - len(bytes(digits).rstrip(b"\0"))
     significant, places = len(digits) - zeros, max(0, -(exponent + zeros))
     if significant > MAX_PRICE_DIGITS:
-        return f"price {_short(price)} has {significant} significant digits (limit {MAX_PRICE_DIGITS})"
+        return (
+            f"price {_short(price)} has {significant} significant digits (limit {MAX_PRICE_DIGITS})"
+        )
     if places > MAX_PRICE_PLACES:
         return f"price {_short(price)} has {places} decimal places (limit {MAX_PRICE_PLACES})"
     return ""

@@ -278,10 +278,19 @@ async def test_connection_refused_is_unavailable(session) -> None:
         ("1.5", None),
         ("\u00b2", None),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),
+        ("3600", 3600.0),
+        ("3601", 3600.0),
+        ("99999999999999999999", 3600.0),
+        ("9" * 5000, 3600.0),
+        ("1e400", None),
+        ("inf", None),
+        ("Fri, 31 Dec 9999 23:59:59 GMT", 3600.0),
+        ("Fri, 31 Dec 99999 23:59:59 GMT", None),
+        ("Mon, 99 Foo 2026 99:99:99 GMT", None),
     ],
 )
 def test_parse_retry_after(header: str | None, expected: float | None) -> None:
-    """Delta-seconds are taken as is; junk and absence are None; a past date is 0."""
+    """Delta-seconds up to the 1 h cap; junk and absence are None; a past date is 0."""
     assert parse_retry_after(header) == expected
 
 

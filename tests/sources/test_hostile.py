@@ -61,9 +61,7 @@ async def test_kraken_error_not_a_list_is_bad_body(fx: FakeExchanges, session) -
         await fetch(fx, session, "kraken")
 
 
-async def test_bitfinex_number_beyond_decimal_range_is_bad_body(
-    fx: FakeExchanges, session
-) -> None:
+async def test_bitfinex_number_beyond_decimal_range_is_bad_body(fx: FakeExchanges, session) -> None:
     """``1e9999999999999999999`` in the array (InvalidOperation while decoding) is a bad body."""
     fx.answer("bitfinex", raw=b"[1,1,1,1,1,1,1e9999999999999999999,1,1,1]", headers=JSON)
     with pytest.raises(SourceBadBody, match="a number out of range"):
@@ -166,14 +164,17 @@ def _read_strict(name: str, raw: bytes) -> Quote:
 
 def _read(name: str, raw: bytes) -> None:
     """Read ``raw`` as the answer of ``name``: a Quote or a SourceError, never else."""
+    outcome: Quote | SourceError
     try:
-        quote = _read_strict(name, raw)
+        outcome = _read_strict(name, raw)
     except SourceError as err:
-        assert err.source == name
-        assert len(err.message) <= MAX_MESSAGE, "the message must stay one short log line"
-        return
-    assert isinstance(quote, Quote)
-    assert price_problem(quote.price) == ""
+        outcome = err
+    if isinstance(outcome, SourceError):
+        assert outcome.source == name
+        assert len(outcome.message) <= MAX_MESSAGE, "the message must stay one short log line"
+    else:
+        assert isinstance(outcome, Quote)
+        assert price_problem(outcome.price) == ""
 
 
 PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -221,4 +222,3 @@ def test_real_answer_with_hostile_price_is_source_error(name: str) -> None:
         raw = json.dumps(_replace(body, path, price)).encode()
         with pytest.raises(SourceRejectedPrice):
             _read_strict(name, raw)
-

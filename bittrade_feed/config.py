@@ -90,6 +90,10 @@ class AggregationConfig:
     strategy: str = "median"
     quorum: int = 2
     max_deviation: Decimal = Decimal("0.01")
+    jump_guard: Decimal = Decimal("0.15")
+    """Hold a price further than this fraction from the last published one (0: off)."""
+    jump_confirmations: int = 2
+    """Further cycles that must agree with a held jump before it is published."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +232,8 @@ def _build(r: Reader) -> Config:
         max_deviation=Decimal(
             str(r.get("aggregation.max_deviation", 0.01, number(0, 1, lo_open=True)))
         ),
+        jump_guard=Decimal(str(r.get("aggregation.jump_guard", 0.15, number(0, 10)))),
+        jump_confirmations=r.get("aggregation.jump_confirmations", 2, integer(1, 100)),
     )
     fetch = _build_fetch(r, aggregation)
     stream = StreamConfig(

@@ -130,6 +130,14 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("aggregation.max_deviation", "1%", "must be a number, not a string"),
     ("aggregation.max_deviation", 0, "must be greater than 0 and at most 1"),
     ("aggregation.max_deviation", 1.5, "must be greater than 0 and at most 1"),
+    ("aggregation.jump_guard", "15%", "must be a number, not a string"),
+    ("aggregation.jump_guard", -0.1, "must be at least 0 and at most 10"),
+    ("aggregation.jump_guard", 11, "must be at least 0 and at most 10"),
+    ("aggregation.jump_guard", float("nan"), "out of range"),
+    ("aggregation.jump_confirmations", 0, "0 is out of range: must be from 1 to 100"),
+    ("aggregation.jump_confirmations", 101, "101 is out of range: must be from 1 to 100"),
+    ("aggregation.jump_confirmations", 2.0, "without a decimal point"),
+    ("aggregation.jump_confirmations", True, "must be an integer, not a boolean"),
     ("stream.heartbeat", "15", "must be a number, not a string"),
     ("stream.heartbeat", 0.5, "0.5 is out of range: must be at least 1 and at most 300"),
     ("stream.retry_ms", 3000.5, "must be an integer, not a number"),
@@ -361,6 +369,8 @@ def test_defaults_without_a_file() -> None:
     assert config.aggregation.strategy == "median"
     assert config.aggregation.quorum == 2
     assert config.aggregation.max_deviation == Decimal("0.01")
+    assert config.aggregation.jump_guard == Decimal("0.15")
+    assert config.aggregation.jump_confirmations == 2
     assert config.log.level == "info"
     assert config == parse_config({})
 
@@ -396,6 +406,14 @@ def test_max_deviation_is_an_exact_decimal() -> None:
     assert parse_config(doc("aggregation.max_deviation", 0.005)).aggregation.max_deviation == (
         Decimal("0.005")
     )
+
+
+def test_jump_guard_is_an_exact_decimal_and_zero_turns_it_off() -> None:
+    """``jump_guard = 0.1`` is Decimal 0.1 exactly; ``0`` is accepted (the guard is off)."""
+    assert parse_config(doc("aggregation.jump_guard", 0.1)).aggregation.jump_guard == (
+        Decimal("0.1")
+    )
+    assert parse_config(doc("aggregation.jump_guard", 0)).aggregation.jump_guard == 0
 
 
 def test_timing_defaults_follow_a_short_or_long_interval() -> None:

@@ -31,6 +31,8 @@ class Outcome:
     """Quotes dropped for straying from the median."""
     reason: str = ""
     """Why there is no price (empty when there is one)."""
+    held: bool = False
+    """The price was held by the jump guard (``feed.guard``), not missing."""
 
 
 _EXACT_DIGITS = 80
@@ -48,6 +50,12 @@ def canonical(price: Decimal) -> Decimal:
     while exponent < 0 and len(digits) > 1 and digits[-1] == 0:
         digits, exponent = digits[:-1], exponent + 1
     return Decimal((sign, digits, exponent))
+
+
+def within(price: Decimal, centre: Decimal, fraction: Decimal) -> bool:
+    """Whether ``price`` is at most ``fraction`` (relative) away from ``centre``, exactly."""
+    with localcontext(prec=_EXACT_DIGITS):
+        return abs(price - centre) <= fraction * centre
 
 
 def middle(prices: Iterable[Decimal]) -> Decimal:
@@ -77,9 +85,8 @@ def median(
     centre = middle(q.price for q in quotes)
     kept: list[Quote] = []
     outliers: list[Quote] = []
-    with localcontext(prec=_EXACT_DIGITS):
-        for q in quotes:
-            (kept if abs(q.price - centre) <= max_deviation * centre else outliers).append(q)
+    for q in quotes:
+        (kept if within(q.price, centre, max_deviation) else outliers).append(q)
     if len(kept) < quorum:
         return Outcome(
             None,

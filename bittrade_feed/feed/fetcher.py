@@ -40,8 +40,9 @@ from bittrade_feed.errors import (
     StoreError,
 )
 from bittrade_feed.feed import aggregate
+from bittrade_feed.feed.guard import JumpGuard
 from bittrade_feed.feed.schedule import Schedule
-from bittrade_feed.models import FeedStatus, Quote, Tick, TickDraft
+from bittrade_feed.models import FeedStatus, Quote, Tick, TickDraft, plain
 from bittrade_feed.ops.metrics import Metrics
 from bittrade_feed.sources import SOURCES, Source
 
@@ -188,6 +189,7 @@ class Fetcher:
         self.schedule = Schedule(clock, lambda: self.config.fetch)
         self._stored = dict(last_ticks or {})
         """Prices from the database that pairs new to the config start from."""
+        self.guards: dict[str, JumpGuard] = {}
         self.reconfigure(config)
 
     def reconfigure(self, config: Config, stored: dict[str, Tick] | None = None) -> None:
@@ -218,6 +220,8 @@ class Fetcher:
 
     def _initial_state(self, pair: str) -> PairState:
         tick = self._stored.pop(pair, None)
+        # The jump guard's reference is the stored price; with none, there is no guard.
+        self.guards[pair] = JumpGuard(tick.price if tick is not None else None)
         if tick is None:
             # Nothing to trade on yet: say so, and "live" arrives with the first price.
             now_ms = round(self.clock.time() * 1000)
@@ -276,18 +280,40 @@ class Fetcher:
             )
         for q in outcome.outliers:
             self.metrics.outliers.labels(q.source).inc()
-            report[q.source] = f"outlier {q.price}"
+            report[q.source] = f"outlier {plain(q.price)}"
+        outcome = self._guard(plan, pair, outcome)
         tick, reason = await self._publish(plan, pair, outcome)
         log.info(
             "fetch",
             pair=pair,
             outcome="published" if tick else "skipped",
-            price=str(tick.price) if tick else None,
+            price=plain(tick.price) if tick else None,
             id=tick.id if tick else None,
             reason=reason or None,
             sources=report,
             duration_s=round(time.perf_counter() - started, 4),
         )
+
+    def _guard(self, plan: _Plan, pair: str, outcome: aggregate.Outcome) -> aggregate.Outcome:
+        """Pass the price on, or hold it as a suspected jump and say so (``feed.guard``)."""
+        guard, state = self.guards.get(pair), self.pairs.get(pair)
+        if outcome.draft is None or guard is None or state is None:
+            return outcome  # no price, or the pair was removed by a reload mid-cycle
+        agg = plan.config.aggregation
+        verdict = guard.check(
+            outcome.draft,
+            len(plan.config.sources_for(pair)),
+            agg.jump_guard,
+            agg.jump_confirmations,
+            agg.max_deviation,
+        )
+        for event in verdict.outcomes:
+            self.metrics.jumps.labels(pair, event).inc()
+        if verdict.publish:
+            return outcome
+        if "held" in verdict.outcomes or state.status.state != "suspect":
+            self._set_status(pair, "suspect", self._now_ms(), verdict.reason)
+        return aggregate.Outcome(None, outcome.outliers, verdict.reason, held=True)
 
     async def _publish(
         self, plan: _Plan, pair: str, outcome: aggregate.Outcome
@@ -303,16 +329,19 @@ class Fetcher:
                 # Not logged here: the tick log reports a failing store once, then summaries.
                 reason = f"could not store the price: {exc}"
         else:
-            self.metrics.ticks_skipped.labels(pair, "no_quorum").inc()
+            self.metrics.ticks_skipped.labels(
+                pair, "jump_held" if outcome.held else "no_quorum"
+            ).inc()
         state = self.pairs.get(pair)
         if state is None:  # removed by a reload while this cycle ran
             return tick, reason
         if tick is not None:
+            self.guards[pair].published(tick.price)
             state.last_tick_mono, state.last_ts_ms = self.clock.monotonic(), tick.ts_ms
             self.metrics.ticks.labels(pair).inc()
             self.metrics.last_tick.labels(pair).set(tick.ts_ms / 1000)
             self.metrics.last_price.labels(pair).set(float(tick.price))
-            if state.status.state == "stale":
+            if state.status.state != "live":  # stale, or suspect (a held jump)
                 self._set_status(pair, "live", tick.ts_ms, "price updated")
         elif state.status.state == "live":
             age = self.age(pair) or 0.0
@@ -325,7 +354,7 @@ class Fetcher:
         status = FeedStatus(pair, state, since_ms, reason)
         self.pairs[pair].status = status
         self.metrics.stale.labels(pair).set(1 if state == "stale" else 0)
-        level = log.warning if state == "stale" else log.info
+        level = log.info if state == "live" else log.warning
         level("feed " + state, pair=pair, reason=reason)
         self.on_status(status)
 
@@ -368,7 +397,7 @@ class Fetcher:
         health.succeeded(self.clock.time())
         self.metrics.set_circuit(name, "closed")
         self.metrics.source_last_success.labels(name).set(health.last_success or 0)
-        report[name] = str(quote.price)
+        report[name] = plain(quote.price)
         return quote
 
     async def _request(self, source: Source, pair: str, timeout: float) -> Quote:

@@ -38,7 +38,8 @@ CLOSE_REASONS = (
     "abuse",
     "removed",
 )
-SKIP_REASONS = ("no_quorum", "store_error")
+SKIP_REASONS = ("no_quorum", "jump_held", "store_error")
+JUMP_OUTCOMES = ("held", "confirmed", "rejected")
 
 
 def new_registry() -> CollectorRegistry:
@@ -98,6 +99,12 @@ class Metrics:
             "bittrade_feed_outliers",
             "Quotes dropped for straying from the median, by source.",
             ["source"],
+            registry=r,
+        )
+        self.jumps = Counter(
+            "bittrade_feed_jumps",
+            "Prices beyond the jump guard, by pair and outcome: held, confirmed, rejected.",
+            ["pair", "outcome"],
             registry=r,
         )
         self.last_tick = Gauge(
@@ -210,6 +217,8 @@ class Metrics:
             self.stale.labels(pair)
             for reason in SKIP_REASONS:
                 self.ticks_skipped.labels(pair, reason)
+            for outcome in JUMP_OUTCOMES:
+                self.jumps.labels(pair, outcome)
         for source in sources:
             self.upstream_duration.labels(source)
             self.outliers.labels(source)

@@ -24,7 +24,7 @@ export interface PairSnapshot {
   /** Local `now()` when the price arrived. */
   readonly receivedAt: number | null
   /** The daemon's verdict for the pair, `unknown` until its first `status` event. */
-  readonly status: 'live' | 'stale' | 'unknown' | (string & {})
+  readonly status: 'live' | 'stale' | 'suspect' | 'unknown' | (string & {})
   readonly statusSince: string | null
   readonly statusReason: string | null
   /** Connected, the daemon says live, and the price is younger than `staleAfterMs`. */
@@ -74,7 +74,7 @@ export interface Tick {
 
 export interface StatusEvent {
   readonly pair: string
-  readonly state: 'live' | 'stale' | (string & {})
+  readonly state: 'live' | 'stale' | 'suspect' | (string & {})
   readonly since: string | null
   readonly reason: string
   /** The pair's configured sources include the simulated one. */

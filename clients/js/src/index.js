@@ -249,10 +249,12 @@ export function createPriceFeed(options = {}) {
     for (const pair of names) {
       const tick = ticks.get(pair) ?? null
       const status = statuses.get(pair) ?? null
-      const serverStale = status?.state === 'stale'
+      // Any state but "live" ("stale", "suspect": a price jump waiting for confirmation,
+      // or one a newer daemon adds) means the daemon does not vouch for the price.
+      const serverStale = status !== null && status.state !== 'live'
       const aged =
         tick !== null && (t - tick.receivedAt >= staleAfterMs || t - tick.tsMs >= staleAfterMs + maxClockSkewMs)
-      if (serverStale) problems.push(`${pair} is stale: ${status.reason || 'no recent price'}`)
+      if (serverStale) problems.push(`${pair} is ${status.state}: ${status.reason || 'no recent price'}`)
       else if (tick === null) problems.push(`no price for ${pair} yet`)
       else if (status === null) problems.push(`waiting for the status of ${pair}`)
       else if (aged) problems.push(`no new ${pair} price for ${Math.round((t - tick.receivedAt) / 1000)} s`)

@@ -51,6 +51,21 @@ test('a stale status from the daemon makes the feed stale and canTrade false, th
   assert.equal(back.pairs['BTC-USD'].price, '64200.1')
 })
 
+test('a suspect status (a held price jump) makes canTrade false with its reason, then live again', async () => {
+  const { kraken, feed } = await setUp({ staleAfter: 60, staleAfterMs: 10_000 })
+  await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade')
+  kraken.setPrice('641234.0')
+  const suspect = await waitFor(feed, (s) => s.pairs['BTC-USD']?.status === 'suspect', 10_000, 'suspect')
+  assert.equal(suspect.canTrade, false)
+  assert.equal(suspect.state, 'stale')
+  assert.match(suspect.reason, /BTC-USD is suspect: price 641234 is \+900% from 64123\.4; waiting for/)
+  assert.equal(suspect.pairs['BTC-USD'].price, '64123.4', 'the held price is never shown')
+
+  kraken.setPrice('64123.9')
+  const back = await waitFor(feed, (s) => s.canTrade, 10_000, 'canTrade again')
+  assert.equal(back.pairs['BTC-USD'].price, '64123.9')
+})
+
 test('the watchdog marks the feed stale when nothing arrives within staleAfterMs, socket still open', async () => {
   // The daemon would wait 60 s to say "stale"; the client's 800 ms window notices first.
   const { kraken, feed } = await setUp({ staleAfter: 60, staleAfterMs: 800 })

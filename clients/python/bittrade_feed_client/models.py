@@ -21,8 +21,9 @@ class State(enum.Enum):
     LIVE = "live"
     """Connected, and the daemon says every subscribed pair is current."""
     STALE = "stale"
-    """The daemon says a pair is not being refreshed, or the connection went silent
-    (then ``RECONNECTING`` follows at once: a silent connection is dropped)."""
+    """The daemon says a pair is not current (``stale``: not refreshed; ``suspect``: a
+    price jump waits for confirmation; any state but ``live``), or the connection went
+    silent (then ``RECONNECTING`` follows at once: a silent connection is dropped)."""
     RECONNECTING = "reconnecting"
     """The connection was lost; waiting to try again, or trying."""
     CLOSED = "closed"

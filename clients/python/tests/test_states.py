@@ -130,3 +130,22 @@ async def test_real_prices_are_tradeable_while_live(daemon) -> None:
         await wait_for(feed, State.LIVE)
         assert tick.simulated is False
         assert (feed.can_trade, feed.reason) == (True, "")
+
+
+async def test_suspect_price_jump_is_not_tradable(daemon_factory) -> None:
+    """A held jump (status ``suspect``) is STALE with the daemon's reason, then LIVE again."""
+    daemon = await daemon_factory()
+    await daemon.tick("73400.2")
+    changes: list[StateChange] = []
+    async with FeedClient(daemon.url, on_state=changes.append) as feed:
+        await wait_for(feed, State.LIVE)
+        await daemon.tick("734002")
+        await wait_for(feed, State.STALE)
+        status = feed.status(daemon.pair)
+        assert status is not None
+        assert status.state == "suspect"
+        assert feed.can_trade is False
+        await daemon.tick("73401")
+        await wait_for(feed, State.LIVE)
+    assert [c.state for c in changes] == [State.LIVE, State.STALE, State.LIVE, State.CLOSED]
+    assert "waiting for 2 more cycles to confirm" in changes[1].reason

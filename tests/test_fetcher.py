@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -18,7 +18,7 @@ from bittrade_feed.models import FeedStatus, Tick, TickDraft, format_ts
 from bittrade_feed.ops.metrics import Metrics, new_registry
 from tests.fakeclock import FakeClock, settle
 from tests.fakeexchange import Answer, FakeExchanges, with_price
-from tests.fetchharness import harness
+from tests.fetchharness import Harness, harness
 
 PAIR = "BTC-USDT"
 __all__ = ["harness"]
@@ -433,15 +433,19 @@ async def test_huge_accepted_price_never_raises_in_aggregation(
 THREE_PAIRS = ["BTC-USDT", "ETH-USDT", "SOL-USDT"]
 
 
+async def three_pairs_on_bitfinex(harness: Callable[..., Awaitable[Harness]]) -> Harness:
+    """A fetcher asking only bitfinex for three pairs, publishing with one quote."""
+    sources = {p: ["bitfinex"] for p in THREE_PAIRS}
+    return await harness(
+        ("bitfinex",), aggregation={"quorum": 1}, feed={"pairs": THREE_PAIRS, "sources": sources}
+    )
+
+
 async def test_breaker_counts_failed_intervals_not_pair_requests(
     harness, fx: FakeExchanges, clock: FakeClock
 ) -> None:
     """Three pairs on one source: one bad interval is one failure; half-open sends one probe."""
-    h = await harness(
-        ("bitfinex",),
-        aggregation={"quorum": 1},
-        feed={"pairs": THREE_PAIRS, "sources": {p: ["bitfinex"] for p in THREE_PAIRS}},
-    )
+    h = await three_pairs_on_bitfinex(harness)
     interval = h.fetcher.config.fetch.interval
     health = h.fetcher.health["bitfinex"]
     fx.answer("bitfinex", status=500, raw=b"down")
@@ -472,11 +476,7 @@ async def test_rate_limit_on_every_pair_rests_once(
     harness, fx: FakeExchanges, clock: FakeClock
 ) -> None:
     """Three 429s in one interval are one rest, not three doublings of the backoff."""
-    h = await harness(
-        ("bitfinex",),
-        aggregation={"quorum": 1},
-        feed={"pairs": THREE_PAIRS, "sources": {p: ["bitfinex"] for p in THREE_PAIRS}},
-    )
+    h = await three_pairs_on_bitfinex(harness)
     fx.answer("bitfinex", status=429, body={"error": "ERR_RATE_LIMIT"})
     await h.cycle()
     health = h.fetcher.health["bitfinex"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +14,7 @@ from bittrade_feed.feed.guard import JumpGuard
 from bittrade_feed.models import Quote, Tick, TickDraft, format_ts
 from tests.fakeclock import FakeClock
 from tests.fakeexchange import FakeExchanges, with_price
-from tests.fetchharness import harness
+from tests.fetchharness import Harness, harness
 
 PAIR = "BTC-USDT"
 GUARD, BAND = Decimal("0.15"), Decimal("0.01")
@@ -99,20 +100,41 @@ def serve(fx: FakeExchanges, clock: FakeClock, name: str, price: str) -> None:
     fx.answer(name, body=body)
 
 
+async def next_cycles(h: Harness, clock: FakeClock, count: int) -> None:
+    """Run ``count`` cycles, one interval apart."""
+    for _ in range(count):
+        await clock.advance(1.0)
+        await h.cycle()
+
+
+async def five_publishing(
+    harness: Callable[..., Awaitable[Harness]], fx: FakeExchanges, clock: FakeClock, price: str
+) -> Harness:
+    """A fetcher on all five sources (quorum 3) that has published ``price`` once."""
+    h = await harness(FIVE, aggregation={"quorum": 3})
+    for name in FIVE:
+        serve(fx, clock, name, price)
+    await h.cycle()
+    return h
+
+
+def assert_seen(h: Harness, prices: list[str], states: list[str], outcome: str) -> None:
+    """The published prices, the status states sent, and one jump counted as ``outcome``."""
+    assert [str(t.price) for t in h.ticks] == prices
+    assert [s.state for s in h.statuses] == states
+    assert h.sample("bittrade_feed_jumps_total", pair=PAIR, outcome=outcome) == 1
+
+
 async def test_three_of_five_wrong_are_suspect_until_confirmed(
     harness, fx: FakeExchanges, clock: FakeClock
 ) -> None:
     """The issue's case: 3 of 5 at x10 are held (status suspect, counted), not published."""
-    h = await harness(FIVE, aggregation={"quorum": 3})
-    for name in FIVE:
-        serve(fx, clock, name, "64123.45")
-    await h.cycle()
+    h = await five_publishing(harness, fx, clock, "64123.45")
     assert [str(t.price) for t in h.ticks] == ["64123.45"]
     for _ in range(2):
         for name in FIVE[:3]:
             serve(fx, clock, name, "641234.5")
-        await clock.advance(1.0)
-        await h.cycle()
+        await next_cycles(h, clock, 1)
     assert len(h.ticks) == 1, "a jump beyond the guard is not published before confirmation"
     assert [s.state for s in h.statuses] == ["live", "suspect"]
     assert h.statuses[-1].reason == (
@@ -124,11 +146,8 @@ async def test_three_of_five_wrong_are_suspect_until_confirmed(
     # The honest sources win again before the jump is confirmed: back to live, rejected.
     for name in FIVE[:3]:
         serve(fx, clock, name, "64130")
-    await clock.advance(1.0)
-    await h.cycle()
-    assert [str(t.price) for t in h.ticks] == ["64123.45", "64130"]
-    assert [s.state for s in h.statuses] == ["live", "suspect", "live"]
-    assert h.sample("bittrade_feed_jumps_total", pair=PAIR, outcome="rejected") == 1
+    await next_cycles(h, clock, 1)
+    assert_seen(h, ["64123.45", "64130"], ["live", "suspect", "live"], "rejected")
 
 
 async def test_failover_jump_is_confirmed_by_the_next_cycles(
@@ -138,28 +157,19 @@ async def test_failover_jump_is_confirmed_by_the_next_cycles(
     h = await harness(aggregation={"strategy": "failover"})
     await h.cycle()
     fx.price("kraken", "733806")
-    for _ in range(3):
-        await clock.advance(1.0)
-        await h.cycle()
-    assert [str(t.price) for t in h.ticks] == ["73380.6", "733806"]
-    assert [s.state for s in h.statuses] == ["live", "suspect", "live"]
-    assert h.sample("bittrade_feed_jumps_total", pair=PAIR, outcome="confirmed") == 1
+    await next_cycles(h, clock, 3)
+    assert_seen(h, ["73380.6", "733806"], ["live", "suspect", "live"], "confirmed")
 
 
 async def test_real_crash_everywhere_is_published_at_once(
     harness, fx: FakeExchanges, clock: FakeClock
 ) -> None:
     """All five sources at -40% in one cycle is a super-majority: no delay, no suspect."""
-    h = await harness(FIVE, aggregation={"quorum": 3})
-    for name in FIVE:
-        serve(fx, clock, name, "64123.45")
-    await h.cycle()
+    h = await five_publishing(harness, fx, clock, "64123.45")
     for name in FIVE:
         serve(fx, clock, name, "38474.07")
-    await clock.advance(1.0)
-    await h.cycle()
-    assert [str(t.price) for t in h.ticks] == ["64123.45", "38474.07"]
-    assert [s.state for s in h.statuses] == ["live"]
+    await next_cycles(h, clock, 1)
+    assert_seen(h, ["64123.45", "38474.07"], ["live"], "confirmed")
 
 
 async def test_guard_reference_after_restart_is_the_stored_price(

@@ -354,14 +354,21 @@ EVERY_SOURCE: dict[str, tuple[str, Any, tuple[str | int, ...]]] = {
 TIMESTAMPED = ["coinbase_exchange", "bitstamp", "gemini", "coingecko", "okx", "binance"]
 
 
-def _with_price(name: str, value: Any) -> Any:
-    _, body, path = EVERY_SOURCE[name]
+def replace_at(body: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """A copy of ``body`` with the node at ``path`` (the root if empty) set to ``value``."""
+    if not path:
+        return value
     body = copy.deepcopy(body)
     node = body
     for step in path[:-1]:
         node = node[step]
     node[path[-1]] = value
     return body
+
+
+def _with_price(name: str, value: Any) -> Any:
+    _, body, path = EVERY_SOURCE[name]
+    return replace_at(body, path, value)
 
 
 def _checked(name: str, body: Any, received_at: float | None = None) -> Quote:

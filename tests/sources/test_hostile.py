@@ -7,7 +7,6 @@ answer, and any byte string, at the parse boundary (``Source.read``).
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import AsyncIterator
 from decimal import Decimal
@@ -24,7 +23,7 @@ from bittrade_feed.sources import SOURCES
 from bittrade_feed.sources.base import MAX_BODY_BYTES, price_problem
 from tests.fakeclock import FakeClock
 from tests.fakeexchange import FakeExchanges
-from tests.sources.test_base import EVERY_SOURCE
+from tests.sources.test_base import EVERY_SOURCE, replace_at
 
 JSON = {"Content-Type": "application/json"}
 NESTED = b"[" * 50_000 + b"]" * 50_000
@@ -143,17 +142,6 @@ def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return found
 
 
-def _replace(body: Any, path: tuple[Any, ...], value: Any) -> Any:
-    if not path:
-        return value
-    body = copy.deepcopy(body)
-    node = body
-    for step in path[:-1]:
-        node = node[step]
-    node[path[-1]] = value
-    return body
-
-
 def _read_strict(name: str, raw: bytes) -> Quote:
     """``raw`` read as the answer of ``name``, received just after its recorded time."""
     source = SOURCES[name]()
@@ -198,7 +186,7 @@ def test_any_mutation_of_a_real_answer_is_quote_or_source_error(
     body = EVERY_SOURCE[name][1]
     body = json.loads(json.dumps(body, default=str))
     path = data.draw(st.sampled_from(_paths(body)))
-    _read(name, json.dumps(_replace(body, path, value)).encode())
+    _read(name, json.dumps(replace_at(body, path, value)).encode())
 
 
 @pytest.mark.parametrize("name", list(EVERY_SOURCE))
@@ -219,6 +207,6 @@ def test_real_answer_with_hostile_price_is_source_error(name: str) -> None:
     body = json.loads(json.dumps(EVERY_SOURCE[name][1], default=str))
     for price in ("1E+28", "1E+1000000"):
         path = EVERY_SOURCE[name][2]
-        raw = json.dumps(_replace(body, path, price)).encode()
+        raw = json.dumps(replace_at(body, path, price)).encode()
         with pytest.raises(SourceRejectedPrice):
             _read_strict(name, raw)

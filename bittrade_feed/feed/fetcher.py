@@ -5,8 +5,7 @@ drift), a cycle never overlaps the next (a late one is followed at once; slots m
 whole interval are skipped), and every
 request has a timeout, so a cycle always ends. Retryable errors are retried with
 tenacity while the interval's budget allows. Each source has a circuit breaker shared
-by all pairs, because exchanges rate-limit per client, not per pair: it counts failed
-intervals, not failed requests, and a half-open source gets one probe request per cycle.
+by all pairs (``feed.breaker``); a price far from the last one waits (``feed.guard``).
 
 The slots and the wake-up on reload live in ``feed.schedule``.
 Ages are measured on the monotonic clock, so a stepped wall clock changes nothing.
@@ -18,7 +17,6 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
 import structlog
@@ -35,11 +33,10 @@ from bittrade_feed.clock import Clock
 from bittrade_feed.config import Config
 from bittrade_feed.errors import (
     SourceError,
-    SourceGeoBlocked,
-    SourceRateLimited,
     StoreError,
 )
 from bittrade_feed.feed import aggregate
+from bittrade_feed.feed.breaker import SourceHealth
 from bittrade_feed.feed.guard import JumpGuard
 from bittrade_feed.feed.schedule import Schedule
 from bittrade_feed.models import FeedStatus, Quote, Tick, TickDraft, plain
@@ -48,96 +45,8 @@ from bittrade_feed.sources import SOURCES, Source
 
 log = structlog.get_logger("bittrade_feed.feed.fetcher")
 
-FAILURES_TO_OPEN = 3
-"""Consecutive failed intervals before a source is rested (however many pairs it serves)."""
-MAX_REST_INTERVALS = 32
-"""The longest rest, in intervals; rests start at two intervals and double up to this."""
-
 Sink = Callable[[TickDraft], Awaitable[Tick]]
 StatusSink = Callable[[FeedStatus], None]
-
-
-@dataclass(slots=True)
-class SourceHealth:
-    """One source's circuit breaker and what /api/sources reports about it."""
-
-    name: str
-    state: str = "closed"
-    failures: int = 0
-    rests: int = 0
-    open_until: float = 0.0
-    last_success: float | None = None
-    last_error: float | None = None
-    last_error_reason: str | None = None
-    last_error_message: str | None = None
-    failed_cycle: int | None = None
-    """The cycle whose failure was last counted: one bad interval is one failure."""
-    probe_cycle: int | None = None
-    """The cycle a half-open probe went out in; the source's other pairs skip that cycle."""
-
-    def allow(self, now: float, cycle: int) -> bool:
-        """Whether to ask this source now; an elapsed rest lets one probe per cycle through."""
-        if self.state == "open" and now >= self.open_until:
-            self.state = "half_open"
-        if self.state == "half_open":
-            if self.probe_cycle == cycle:
-                return False
-            # Keyed by cycle, not a flag: a probe cancelled mid-flight cannot block the next.
-            self.probe_cycle = cycle
-        return self.state in ("closed", "half_open")
-
-    def probing(self, cycle: int) -> bool:
-        """Whether this cycle's probe has gone out already."""
-        return self.state == "half_open" and self.probe_cycle == cycle
-
-    def succeeded(self, wall: float) -> None:
-        """A valid quote closes the breaker and resets the backoff."""
-        self.state, self.failures, self.rests = "closed", 0, 0
-        self.last_success = wall
-
-    def failed(
-        self, err: SourceError, now: float, wall: float, interval: float, cycle: int
-    ) -> None:
-        """Count a failed interval; rest the source when it keeps failing or asks us to."""
-        self.last_error, self.last_error_reason = wall, err.reason
-        self.last_error_message = err.message
-        if isinstance(err, SourceGeoBlocked):
-            self.state = "disabled"
-            return
-        if cycle == self.failed_cycle:
-            # Another pair's request failed in this same interval: already counted (and
-            # already rested, if it came to that); only a longer Retry-After extends it.
-            if self.state == "open" and isinstance(err, SourceRateLimited) and err.retry_after:
-                self.open_until = max(self.open_until, now + err.retry_after)
-            return
-        self.failed_cycle = cycle
-        self.failures += 1
-        if isinstance(err, SourceRateLimited):
-            self._rest(now, err.retry_after or interval * 2 ** min(self.rests, 5))
-        elif self.state == "half_open" or self.failures >= FAILURES_TO_OPEN:
-            self._rest(now, interval * min(2 ** (self.rests + 1), MAX_REST_INTERVALS))
-
-    def reset(self) -> None:
-        """Forget rests, failures and a geo-block (a reload); keep what /api/sources shows."""
-        self.state, self.failures, self.rests, self.open_until = "closed", 0, 0, 0.0
-        self.failed_cycle = self.probe_cycle = None
-
-    def _rest(self, now: float, seconds: float) -> None:
-        self.state = "open"
-        self.open_until = now + seconds
-        self.rests += 1
-
-    def to_json(self) -> dict[str, Any]:
-        """The /api/sources view (timestamps as epoch seconds, converted by the caller)."""
-        return {
-            "name": self.name,
-            "state": self.state,
-            "consecutive_failures": self.failures,
-            "last_success": self.last_success,
-            "last_error": self.last_error,
-            "last_error_reason": self.last_error_reason,
-            "last_error_message": self.last_error_message,
-        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,6 +41,8 @@ from tests.fakeclock import FakeClock
 
 PAIR = "BTC-USDT"
 TIMEOUT = 0.2
+"""For the answer meant to time out; every other answer gets ``PATIENT`` (a loaded machine)."""
+PATIENT = 10.0
 CLOUDFLARE_403 = (
     b"<!DOCTYPE html><html><head><title>Access denied | api.example.com used Cloudflare"
     b"</title></head><body>Error 1020</body></html>"
@@ -98,11 +100,13 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
         yield client
 
 
-async def fetch(exchange: Exchange, session: aiohttp.ClientSession, reply: Reply) -> Quote:
+async def fetch(
+    exchange: Exchange, session: aiohttp.ClientSession, reply: Reply, timeout: float = PATIENT
+) -> Quote:
     """Script ``reply`` and fetch BTC-USDT from the fake exchange once."""
     exchange.reply = reply
     source = Kraken(exchange.url)
-    return await source.fetch(session, PAIR, TIMEOUT, FakeClock())
+    return await source.fetch(session, PAIR, timeout, FakeClock())
 
 
 def kraken_body() -> bytes:
@@ -249,7 +253,7 @@ async def test_slow_answer_is_timeout(exchange, session) -> None:
     """An exchange that answers after the timeout is a retryable timeout."""
     started = time.monotonic()
     with pytest.raises(SourceTimeout, match=r"no answer within 0\.2 s") as info:
-        await fetch(exchange, session, Reply(body=kraken_body(), delay=2.0))
+        await fetch(exchange, session, Reply(body=kraken_body(), delay=2.0), TIMEOUT)
     assert time.monotonic() - started < 1.5
     assert info.value.retryable
 

@@ -40,7 +40,7 @@ async def session() -> AsyncIterator[aiohttp.ClientSession]:
 async def fetch(fx: FakeExchanges, session: aiohttp.ClientSession, name: str) -> Quote:
     """Ask the fake ``name`` once for its pair in EVERY_SOURCE."""
     source = SOURCES[name](fx.url(name))
-    return await source.fetch(session, EVERY_SOURCE[name][0], 0.5, FakeClock())
+    return await source.fetch(session, EVERY_SOURCE[name][0], 10.0, FakeClock())
 
 
 # The cases from issue 10, each through one HTTP round trip.

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import json
 import math
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -155,8 +156,11 @@ def number(lo: float, hi: float = math.inf, *, lo_open: bool = False) -> Callabl
     def check(value: Any) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise Bad(f"must be a number, not {kind(value)}")
-        # Compared before float(): an integer of 400 digits does not fit a float at all.
-        finite = isinstance(value, int) or math.isfinite(value)
+        # Compared before float(): an integer of 400 digits does not fit a float at all,
+        # and one past 1.8e308 would raise OverflowError even where no upper bound is set.
+        finite = (
+            abs(value) <= sys.float_info.max if isinstance(value, int) else math.isfinite(value)
+        )
         if not finite or value < lo or (lo_open and value == lo) or value > hi:
             low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
             high = "" if hi == math.inf else f" and at most {hi:g}"

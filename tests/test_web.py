@@ -40,7 +40,7 @@ async def test_first_tick_everywhere(aiohttp_client: AiohttpClient, daemon_confi
     body = await (await client.get("/api/prices", params={"pair": "BTC-USDT"})).json()
     assert [(p["id"], p["price"]) for p in body["prices"]] == [(1, "73365.3")]
     price = await (await client.get("/api/price")).json()
-    assert (price["id"], price["stale"]) == (1, False)
+    assert (price["id"], price["state"], price["stale"]) == (1, "live", False)
 
 
 async def test_restart_on_same_database_continues_ids(
@@ -237,3 +237,19 @@ async def test_retention_deletes_old_prices_keeps_latest(
     con = sqlite3.connect(config.database.path)
     assert con.execute("SELECT id FROM ticks").fetchall() == [(3,)]
     con.close()
+
+
+async def test_price_says_suspect_while_a_jump_is_held(
+    aiohttp_client: AiohttpClient, daemon_config, fx: FakeExchanges
+) -> None:
+    """While the jump guard holds a price, /api/price keeps the last one and says suspect."""
+    client = await aiohttp_client(create_app(daemon_config(), fetch=False))
+    fetcher = client.app[FETCHER]
+    await fetcher.run_cycle()
+    first = await (await client.get("/api/price")).json()
+    for name in ("kraken", "bitfinex"):
+        fx.price(name, "733650")  # x10 from every source: held, not published
+    await fetcher.run_cycle()
+    held = await (await client.get("/api/price")).json()
+    assert (held["state"], held["stale"]) == ("suspect", False)
+    assert (held["id"], held["price"]) == (first["id"], first["price"])

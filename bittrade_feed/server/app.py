@@ -229,7 +229,13 @@ async def get_price(request: web.Request) -> web.Response:
         )
     age = _age(request.app, pair) or 0.0
     return web.json_response(
-        {**tick.to_json(), "stale": status.state == "stale", "age_seconds": round(age, 3)}
+        {
+            **tick.to_json(),
+            # "state" says live, stale or suspect; "stale" stays for older clients.
+            "state": status.state,
+            "stale": status.state == "stale",
+            "age_seconds": round(age, 3),
+        }
     )
 
 

@@ -7,20 +7,27 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# `make run` needs only the daemon (and uvloop); `make test` adds the test and lint tools.
+RUN_STAMP := $(VENV)/.installed-run
 CONFIG ?=
 
 .PHONY: run demo test test-deps lint ops-check clean
+
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[fast]'
+	touch $@
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,fast]' -e ./clients/python
-	touch $@
+	touch $@ $(RUN_STAMP)
 
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/bittrade-feed serve $(if $(CONFIG),--config $(CONFIG))
 
-demo: $(STAMP)
+demo: $(RUN_STAMP)
 	$(BIN)/bittrade-feed serve --config examples/demo.toml
 
 # System packages the tests drive (promtool, Chromium) and the JS client's dev packages.

@@ -19,6 +19,7 @@ bounded in time and every process started here is stopped here.
     python bench/run.py                    # full scale (about 8-9 minutes)
     python bench/run.py --scenarios b,d --servers daemon --profile
     python bench/run.py --tput-coalesce-ms 0     # skip the coalesced throughput phase
+    python bench/run.py --servers daemon --no-uvloop --out bench/results/asyncio.json
 """
 
 from __future__ import annotations
@@ -197,6 +198,8 @@ class Daemon(Server):
             stdout=self.logfile,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # cli._run honours it: "asyncio" under --no-uvloop, else uvloop when installed.
+            env={**os.environ, "BITTRADE_FEED_LOOP": opts.loop},
         )
         self.pid = self.proc.pid  # taskset execs the daemon: same PID
         base = f"http://127.0.0.1:{port}"
@@ -1088,6 +1091,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="extra daemon phases under py-spy (cpu and tput shapes)",
     )
+    ap.add_argument(
+        "--no-uvloop",
+        dest="loop",
+        action="store_const",
+        const="asyncio",
+        default="auto",
+        help="run the daemon on asyncio's own loop (BITTRADE_FEED_LOOP=asyncio)",
+    )
     ap.add_argument("--no-native", action="store_true", help="py-spy without --native")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--report", type=Path, help="only print the table of this results JSON")
@@ -1170,6 +1181,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": opts.params,
         "scenarios": sorted(scen),
         "machine": machine(opts),
+        "daemon_loop": "asyncio" if opts.loop == "asyncio" else "uvloop if installed",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "daemon_code_start": code_version(),
     }

@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import os
 import signal
 import socket
 import sys
@@ -37,6 +38,8 @@ from bittrade_feed.server.reload import reload_config
 from bittrade_feed.server.state import CLOCK, FETCHER, HUB, METRICS, STORE, SUPERVISOR
 
 EX_CONFIG = 78
+LOOP_ENV = "BITTRADE_FEED_LOOP"
+"""Environment variable choosing the event loop: ``auto`` (default), ``asyncio`` or ``uvloop``."""
 FIRST_CYCLE_MAX_WAIT = 60.0
 """``READY=1`` waits at most this long for the first fetch cycle (``TimeoutStartSec=`` is 90 s)."""
 
@@ -59,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
     except ConfigError as exc:
         # Redacted again here: a message may quote a URL with its user:password@.
-        print(f"bittrade-feed: invalid config {args.config}:", file=sys.stderr)
+        err = logs.journal_prefix("error")  # so `journalctl -p warning` shows why
+        print(f"{err}bittrade-feed: invalid config {args.config}:", file=sys.stderr)
         for key, problem in exc.details:
-            print(logs.redact_text(f"  {key}: {problem}"), file=sys.stderr)
+            print(err + logs.redact_text(f"  {key}: {problem}"), file=sys.stderr)
         systemd.notify(f"STATUS=invalid config: {_one_line(str(exc))}")
         return EX_CONFIG
     if args.command == "check-config":
@@ -100,11 +104,25 @@ def _fatal(reason: str) -> int:
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
-    try:
-        import uvloop  # noqa: PLC0415 - optional: the 'fast' extra
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
+    """Run on uvloop when installed, unless ``$BITTRADE_FEED_LOOP`` says otherwise.
+
+    ``BITTRADE_FEED_LOOP=asyncio`` forces the standard loop (to measure both side by side),
+    ``uvloop`` requires uvloop, and ``auto`` (or unset) takes uvloop if it is installed.
+    """
+    choice = os.environ.get(LOOP_ENV, "auto") or "auto"
+    if choice not in ("auto", "asyncio", "uvloop"):
+        coro.close()
+        raise FeedError(f"{LOOP_ENV}={choice!r}: expected auto, asyncio or uvloop")
+    if choice != "asyncio":
+        try:
+            import uvloop  # noqa: PLC0415 - optional: the 'fast' extra
+        except ImportError:
+            if choice == "uvloop":
+                coro.close()
+                raise FeedError(f"{LOOP_ENV}=uvloop but uvloop is not installed") from None
+        else:
+            return uvloop.run(coro)
+    return asyncio.run(coro)
 
 
 async def serve(config: Config, config_path: Path | None) -> int:

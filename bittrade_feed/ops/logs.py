@@ -79,6 +79,25 @@ class RateLimitedLog:
         return held_back
 
 
+def stderr_is_journal() -> bool:
+    """Whether stderr is the journald stream systemd connected (``$JOURNAL_STREAM``).
+
+    The variable is inherited by children whose stderr is elsewhere (a terminal opened
+    from a systemd user session), so the stream's device and inode must match stderr's.
+    """
+    dev, _, ino = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{dev}:{ino}"
+
+
+def journal_prefix(level: str) -> str:
+    """The ``<N>`` priority prefix for a line printed straight to a journald stderr."""
+    return f"<{_PRIORITY[level]}>" if stderr_is_journal() else ""
+
+
 class _SyslogPrefix:
     """Prefix each rendered line with ``<N>`` so journald records its priority."""
 
@@ -104,7 +123,7 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     renderer: Processor
     if json_out:
         renderer = structlog.processors.JSONRenderer()
-        if os.environ.get("JOURNAL_STREAM"):
+        if stderr_is_journal():
             renderer = _SyslogPrefix(renderer)
         shared.append(structlog.processors.dict_tracebacks)
     else:

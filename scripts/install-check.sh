@@ -5,6 +5,7 @@
 #   2. the wheel (with the `fast` extra) in a fresh venv under a temp dir; the installed
 #      daemon, started on the demo config on a free loopback port, serves the dashboard
 #      (/ and /dashboard/feed.js) and streams a price
+#      the same from a git URL (git+file:// of HEAD): the dashboard files are there too
 #   3. the Python client's wheel in its own venv: it imports and its CLI starts
 #   4. the JS client's `npm pack` tarball installed with npm into an empty project: it imports
 #   5. `make run` in a copy of the checkout installs what running needs and nothing else
@@ -81,6 +82,17 @@ ok "GET /, /dashboard/dashboard.js and /dashboard/feed.js answer 200 from the in
 event=$(first_event "$BASE/api/price-stream" 15) || { cat "$WORK/daemon.log"; fail "no event"; }
 [[ $event == data:*BTC-USD* ]] || fail "unexpected first event: $event"
 ok "/api/price-stream: $event"
+
+step "pip install 'bittrade-feed[fast] @ git+file://localhost/CHECKOUT@HEAD' (as with git+https://)"
+python3 -m venv "$WORK/from-git"
+# A PEP 508 URL needs a host, as git+https:// has: file://localhost/ is git's local path.
+pip_install "$WORK/from-git" "bittrade-feed[fast] @ git+file://localhost$ROOT@$(git -C "$ROOT" rev-parse HEAD)"
+"$WORK/from-git/bin/python" -c '
+from importlib.resources import files
+static = files("bittrade_feed.server").joinpath("static")
+missing = [n for n in ("index.html", "dashboard.js", "feed.js") if not static.joinpath(n).is_file()]
+assert not missing, f"the git install lacks {missing}"' || fail "the git URL install is incomplete"
+ok "installed from git, with the dashboard's files"
 
 # -- 3. the Python client -------------------------------------------------------------------
 step "the Python client: build its wheel, install it into a fresh venv, import it"

@@ -118,7 +118,12 @@ import * as feed from "bittrade-feed-client";
 const names = Object.keys(feed);
 if (names.length === 0) throw new Error("no exports");
 console.log("   exports:", names.join(", "));') || fail "bittrade-feed-client does not import"
-ok "$TARBALL installs and imports"
+mkdir "$WORK/app2" # and the README's other form: npm install of the checkout's directory
+(cd "$WORK/app2" && npm init -y >/dev/null &&
+    timeout 120 npm install --silent --no-audit --no-fund "$ROOT/clients/js" &&
+    node --input-type=module -e 'import { createPriceFeed } from "bittrade-feed-client"; createPriceFeed.call;') ||
+    fail "npm install $ROOT/clients/js does not give an importable client"
+ok "$TARBALL installs and imports; so does npm install $ROOT/clients/js"
 
 # -- 5. make run installs only what running needs -------------------------------------------
 step "make run in a fresh copy of the checkout: no test or lint tools in its venv"

@@ -65,7 +65,7 @@ def _run_with(monkeypatch: pytest.MonkeyPatch, value: str | None) -> str:
 
 
 def test_loop_env_asyncio_forces_the_standard_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``BITTRADE_FEED_LOOP=asyncio`` runs on asyncio although uvloop (the test venv has it) is there."""
+    """``BITTRADE_FEED_LOOP=asyncio`` runs on asyncio though uvloop (in the test venv) is there."""
     assert _run_with(monkeypatch, "asyncio").startswith("asyncio")
     assert _run_with(monkeypatch, None).startswith("uvloop")
     assert _run_with(monkeypatch, "uvloop").startswith("uvloop")

@@ -4,7 +4,7 @@
 #     daemon directly (nginx does not buffer the stream)
 #   - WebSocket through nginx: the upgrade succeeds and price messages flow; through a
 #     plain `proxy_pass` location it fails with 400, which is why the headers are needed
-# The server block is the one in README.md ("Behind a reverse proxy"), with the upstream
+# The server block is the one in README.md ("Reverse proxy: nginx, ..."), with the upstream
 # address and the listen port replaced. nginx runs from a temp prefix on free loopback
 # ports in the foreground and is stopped here; missing nginx is installed with apt-get
 # under CI or --install, else this says what to install.
@@ -54,8 +54,8 @@ EOF
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/daemon.log" 2>&1 &
 PIDS+=($!)
 
-# The README's snippet: the ```nginx block of "Behind a reverse proxy", made local.
-server_block=$(sed -n '/^### Behind a reverse proxy/,/^### /p' README.md |
+# The README's snippet: the ```nginx block of "Reverse proxy: nginx, ...", made local.
+server_block=$(sed -n '/^### Reverse proxy: nginx/,/^### /p' README.md |
     sed -n '/^```nginx/,/^```/p' | sed '1d;$d')
 [[ $server_block == *"location /api/ws"* ]] || fail "no nginx block with /api/ws in README.md"
 server_block=$(sed -e "s/127\.0\.0\.1:8080/127.0.0.1:$PORT/" \
@@ -129,8 +129,9 @@ async def main():
             async with session.ws_connect(PROXY + "/plain/api/ws"):
                 raise AssertionError("a plain proxy_pass upgraded the WebSocket")
         except aiohttp.WSServerHandshakeError as exc:
-            assert exc.status == 400, exc.status
-            print(f"   WebSocket through a plain proxy_pass location: {exc.status} (as expected)")
+            # 400 from aiohttp's handshake; 426 where the daemon names the missing headers.
+            assert exc.status in (400, 426), exc.status
+            print(f"   WebSocket through a plain proxy_pass location: {exc.status} (refused, as expected)")
 
 
 asyncio.run(main())

@@ -1,7 +1,7 @@
 # Helpers shared by the ops check scripts; source it, do not run it.
 # Expects $PY (a Python 3.11+) and $INSTALL (yes: apt-get what is missing when root).
 
-step() { printf '\n== %s\n' "$*"; }
+step() { printf '\n== %s   [%d s]\n' "$*" "$SECONDS"; }
 ok() { printf '   ok: %s\n' "$*"; }
 fail() {
     printf '   FAILED: %s\n' "$*" >&2

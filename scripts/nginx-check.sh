@@ -33,24 +33,7 @@ trap cleanup EXIT
 
 step "the daemon (simulated source, one price a second) and nginx in front of it"
 read -r PORT PROXY_PORT < <(free_ports 2)
-cat >"$WORK/config.toml" <<EOF
-[server]
-host = "127.0.0.1"
-port = $PORT
-shutdown_timeout = 5.0
-[database]
-path = "$WORK/feed.sqlite3"
-[feed]
-pairs = ["BTC-USD"]
-interval = 1.0
-request_timeout = 0.5
-[feed.sources]
-BTC-USD = ["simulated"]
-[aggregation]
-quorum = 1
-[log]
-level = "warning"
-EOF
+sim_config "$WORK/config.toml" "$PORT" "$WORK"
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/daemon.log" 2>&1 &
 PIDS+=($!)
 

@@ -63,25 +63,8 @@ ok "every alert fires when it should and not before"
 # -- 2. a live daemon's exposition ----------------------------------------------------------
 step "start the daemon (simulated source) and lint its /metrics"
 read -r PORT METRICS_PORT < <(free_ports 2)
-cat >"$WORK/config.toml" <<EOF
-[server]
-port = $PORT
-metrics_host = "127.0.0.1"
-metrics_port = $METRICS_PORT
-shutdown_timeout = 5.0
-[database]
-path = "$WORK/feed.sqlite3"
-[feed]
-pairs = ["BTC-USD"]
-interval = 1.0
-request_timeout = 0.5
-[feed.sources]
-BTC-USD = ["simulated"]
-[aggregation]
-quorum = 1
-[log]
-format = "json"
-EOF
+sim_config "$WORK/config.toml" "$PORT" "$WORK" "metrics_host = \"127.0.0.1\"
+metrics_port = $METRICS_PORT"
 "$BIN" check-config "$WORK/config.toml"
 "$BIN" serve --config "$WORK/config.toml" >"$WORK/daemon.log" 2>&1 &
 DAEMON_PID=$!

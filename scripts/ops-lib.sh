@@ -63,3 +63,25 @@ demo_config() { # demo_config <out> <port> <dir>: examples/demo.toml on <port>, 
     sed "s#\"./data/demo.sqlite3\"#\"$3/demo.sqlite3\"#" "$ROOT/examples/demo.toml" >"$1"
     printf '\n[server]\nhost = "127.0.0.1"\nport = %s\nshutdown_timeout = 5.0\n' "$2" >>"$1"
 }
+
+sim_config() { # sim_config <out> <port> <dir> [TOML lines for [server]]: one simulated pair, a price a second
+    cat >"$1" <<TOML
+[server]
+host = "127.0.0.1"
+port = $2
+shutdown_timeout = 5.0
+${4:-}
+[database]
+path = "$3/feed.sqlite3"
+[feed]
+pairs = ["BTC-USD"]
+interval = 1.0
+request_timeout = 0.5
+[feed.sources]
+BTC-USD = ["simulated"]
+[aggregation]
+quorum = 1
+[log]
+format = "json"
+TOML
+}

@@ -3,7 +3,7 @@
 #   - SSE through nginx: each price arrives within a second of the same price read from the
 #     daemon directly (nginx does not buffer the stream)
 #   - WebSocket through nginx: the upgrade succeeds and price messages flow; through a
-#     plain `proxy_pass` location it fails with 400, which is why the headers are needed
+#     plain `proxy_pass` location it fails with 426, which is why the headers are needed
 # The server block is the one in README.md ("Reverse proxy: nginx, ..."), with the upstream
 # address and the listen port replaced. nginx runs from a temp prefix on free loopback
 # ports in the foreground and is stopped here; missing nginx is installed with apt-get
@@ -112,8 +112,7 @@ async def main():
             async with session.ws_connect(PROXY + "/plain/api/ws"):
                 raise AssertionError("a plain proxy_pass upgraded the WebSocket")
         except aiohttp.WSServerHandshakeError as exc:
-            # 400 from aiohttp's handshake; 426 where the daemon names the missing headers.
-            assert exc.status in (400, 426), exc.status
+            assert exc.status == 426, exc.status  # the daemon names the missing headers
             print(f"   WebSocket through a plain proxy_pass location: {exc.status} (refused, as expected)")
 
 

@@ -9,15 +9,17 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from functools import partial
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bittrade_feed.errors import StoreConflict, StoreError, StoreOutOfOrder, StoreTimeout
 from bittrade_feed.models import Tick, TickDraft
 from bittrade_feed.store.sqlite import MIGRATIONS, Store, WriteStatus
-from bittrade_feed.store.worker import Worker
+from bittrade_feed.store.lane import Job, Lane
 
 
 def draft(pair: str = "BTC-USD", price: str = "100.5", ts_ms: int = 1000) -> TickDraft:
@@ -181,17 +183,21 @@ async def test_failing_writes_are_errors_and_status_says_why(tmp_path: Path) -> 
         assert store.write_status() == WriteStatus(True, "writable")
 
 
-async def test_interrupt_ends_a_runaway_call_and_the_worker_goes_on(tmp_path: Path) -> None:
+async def test_interrupt_ends_a_runaway_call_and_the_lane_goes_on(tmp_path: Path) -> None:
     """A call past its deadline gets StoreTimeout at once, is interrupted, and the next one runs."""
-    worker = Worker(lambda: sqlite3.connect(tmp_path / "w.db", check_same_thread=False), "t")
+    lane = await Lane.open(tmp_path / "w.db", "t", [])
     endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT MAX(x) FROM c"
+
+    async def query(sql: str, job: Job) -> list[Any]:
+        return list(await job.conn.execute_fetchall(sql))
+
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(StoreTimeout, match=r"within 0\.2 s"):
-        await worker.call(lambda conn, _: conn.execute(endless).fetchone(), 0.2, "runaway")
+        await lane.run(partial(query, endless), 0.2, "runaway")
     assert loop.time() - started < 1.0
-    assert await worker.call(lambda conn, _: conn.execute("SELECT 7").fetchone(), 5, "x") == (7,)
-    await worker.close(5)
+    assert await lane.run(partial(query, "SELECT 7"), 5, "x") == [(7,)]
+    await lane.close(5)
 
 
 async def test_retention_raises_history_floor_persistently(tmp_path: Path) -> None:

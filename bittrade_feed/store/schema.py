@@ -6,6 +6,8 @@ import sqlite3
 from collections.abc import Sequence
 from decimal import Decimal
 
+import aiosqlite
+
 from bittrade_feed.models import Tick
 
 # One entry per schema version; PRAGMA user_version says how many have been applied.
@@ -56,11 +58,10 @@ def describe(tick: Tick) -> str:
     return f"{tick.pair} {tick.price} at ts_ms={tick.ts_ms} from {','.join(tick.sources)}"
 
 
-def ticks_above(conn: sqlite3.Connection, after: int) -> list[Tick]:
+async def ticks_above(conn: aiosqlite.Connection, after: int) -> list[Tick]:
     """Every stored tick with id greater than ``after``, in id order."""
     sql = f"SELECT {COLUMNS} FROM ticks WHERE id > ? ORDER BY id"  # noqa: S608 - fixed text
-    rows = conn.execute(sql, (after,))
-    return [to_tick(r) for r in rows]
+    return [to_tick(r) for r in await conn.execute_fetchall(sql, (after,))]
 
 
 def is_busy(exc: sqlite3.Error) -> bool:

@@ -4,23 +4,27 @@ WAL with ``synchronous=FULL``: a committed tick survives kill -9 and power loss,
 readers never block the writer. Ids come from ``AUTOINCREMENT`` so they never go back,
 even after retention deletes rows. Prices are stored as decimal text.
 
-Two connections, each on its own thread (``store.worker``): the writer does nothing but
-``BEGIN IMMEDIATE ... COMMIT`` transactions, one per call; every query runs on the
-reader. Every call has a deadline (``database.timeout``). Nothing outside a write call
-can open, share or hold the writer's transaction, so a probe can never roll back a tick.
+Two aiosqlite connections, each on its own thread (``store.lane``): the writer does
+nothing but ``BEGIN IMMEDIATE ... COMMIT`` transactions, one per call, each run to its
+end as its own task; every query runs on the reader. Every call has a deadline
+(``database.timeout``). Nothing outside a write call can open, share or hold the
+writer's transaction, so a probe can never roll back a tick.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar
+
+import aiosqlite
 
 from bittrade_feed.errors import (
     StoreConflict,
@@ -30,6 +34,7 @@ from bittrade_feed.errors import (
     StoreTimeout,
 )
 from bittrade_feed.models import Tick, TickDraft
+from bittrade_feed.store.lane import Job, Lane
 from bittrade_feed.store.schema import (
     COLUMNS,
     MIGRATIONS,
@@ -39,11 +44,12 @@ from bittrade_feed.store.schema import (
     to_row,
     to_tick,
 )
-from bittrade_feed.store.worker import Call, Worker
 
 __all__ = ["MIGRATIONS", "Store", "WriteStatus"]
 
 T = TypeVar("T")
+Rows = Callable[[T], int]
+"""How many rows a write's result added to the ticks table (negative: deleted)."""
 
 DEFAULT_TIMEOUT = 5.0
 BUSY_SLICE_MS = 50
@@ -63,18 +69,10 @@ class WriteStatus:
     detail: str
 
 
-def _connect(path: Path, *, readonly: bool, busy_ms: int) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout={busy_ms}")
-    if readonly:
-        conn.execute("PRAGMA query_only=1")
-    return conn
-
-
 class Store:
     """An open price database. Use ``async with await Store.open(path) as store``."""
 
-    def __init__(self, path: Path, writer: Worker, reader: Worker, timeout: float) -> None:
+    def __init__(self, path: Path, writer: Lane, reader: Lane, timeout: float) -> None:
         self.path = path
         self.timeout = timeout
         self._writer = writer
@@ -87,19 +85,22 @@ class Store:
         """Rows in the ticks table, kept current by every write (for /metrics)."""
         self._size = 0
         self._status = WriteStatus(True, "writable")
+        self._unsettled = False
+        """A transaction cancelled mid-way (event loop shutdown) may still be open."""
 
     @classmethod
     async def open(cls, path: Path, *, timeout: float = DEFAULT_TIMEOUT) -> Store:
         """Open (creating if needed) and migrate the database at ``path``."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            writer = Worker(partial(_connect, path, readonly=False, busy_ms=BUSY_SLICE_MS), "db-w")
+            writer = await Lane.open(path, "db-w", [f"PRAGMA busy_timeout={BUSY_SLICE_MS}"])
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
         try:
-            await writer.call(partial(_prepare, path), timeout, f"cannot prepare database {path}")
+            await writer.run(partial(_prepare, path), timeout, f"cannot prepare database {path}")
             busy_ms = round(timeout * 1000)
-            reader = Worker(partial(_connect, path, readonly=True, busy_ms=busy_ms), "db-r")
+            setup = [f"PRAGMA busy_timeout={busy_ms}", "PRAGMA query_only=1"]
+            reader = await Lane.open(path, "db-r", setup)
         except (sqlite3.Error, StoreError) as exc:
             await writer.close(timeout)
             raise StoreError(str(exc)) from exc
@@ -126,7 +127,7 @@ class Store:
     ) -> None:
         await self.close()
 
-    # -- writes: only on the writer, one transaction per call --------------------------
+    # -- writes: only on the writer, one transaction per call, each run to its end -----
 
     def write_status(self) -> WriteStatus:
         """The writer's health: its latest outcome, or a write stuck past the timeout."""
@@ -142,14 +143,14 @@ class Store:
         return self._status
 
     async def _write(
-        self, body: Callable[[sqlite3.Connection], T], what: str, rows: Callable[[T], int]
+        self, body: Callable[[aiosqlite.Connection], Awaitable[T]], what: str, rows: Rows[T]
     ) -> T:
         running = self._writer.running_since
         if running is not None and time.monotonic() - running > self.timeout + STUCK_GRACE:
             # Queueing behind a stuck call would only pile up work that lands much later.
             raise StoreTimeout(f"{what}: {self.write_status().detail}")
         try:
-            return await self._writer.call(
+            return await self._writer.run(
                 partial(self._transaction, body, rows), self.timeout, what
             )
         except StoreRejected:
@@ -158,29 +159,33 @@ class Store:
             self._status = WriteStatus(False, f"database is not writable: {exc}")
             raise
 
-    def _transaction(
-        self,
-        body: Callable[[sqlite3.Connection], T],
-        rows: Callable[[T], int],
-        conn: sqlite3.Connection,
-        call: Call[T],
+    async def _transaction(
+        self, body: Callable[[aiosqlite.Connection], Awaitable[T]], rows: Rows[T], job: Job
     ) -> T:
-        # On the writer thread. A transaction left open can only be one that never
-        # committed (an interrupted ROLLBACK): drop it before starting.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        _begin(conn, call)
+        # The writer's only job: its caller may leave, but it runs to COMMIT or ROLLBACK.
+        conn = job.conn
+        if self._unsettled or conn.in_transaction:
+            # A transaction left open never committed (an interrupted ROLLBACK, or one
+            # cancelled at shutdown): drop it first. aiosqlite's queue runs this ROLLBACK
+            # after anything that one still had queued.
+            self._unsettled = False
+            await conn.rollback()
+        await _begin(job)
         try:
-            if call.given_up():
+            if job.given_up():
                 # The lock came free after the caller stopped waiting: do not write
                 # behind its back (the outcome stays known).
                 raise StoreTimeout("the caller gave up before the write began")
-            result = body(conn)
-            conn.execute("COMMIT")
+            result = await body(conn)
+            await conn.commit()
+        except asyncio.CancelledError:
+            # Only the event loop's shutdown cancels a job: do not wait on a thread that
+            # may be stuck; the next transaction (or closing) rolls this one back.
+            self._unsettled = True
+            raise
         except BaseException as exc:
-            if conn.in_transaction:
-                with suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
+            with suppress(sqlite3.Error):
+                await conn.rollback()  # sqlite3 skips it when no transaction is open
             if isinstance(exc, sqlite3.Error):
                 self._status = WriteStatus(False, f"database is not writable: {exc}")
             elif isinstance(exc, StoreRejected):
@@ -188,18 +193,18 @@ class Store:
             raise
         self.rows += rows(result)
         with suppress(sqlite3.Error):  # only a gauge: never fail a committed write for it
-            self._size = _size(conn)
+            self._size = await _size(conn)
         self._status = WriteStatus(True, "writable")
         return result
 
     async def append(self, draft: TickDraft, after: int) -> list[Tick]:
         """Commit ``draft``; return every tick above ``after`` in id order (the new one last)."""
 
-        def body(conn: sqlite3.Connection) -> list[Tick]:
-            _insert(conn, draft)
+        async def body(conn: aiosqlite.Connection) -> list[Tick]:
+            await _insert(conn, draft)
             # Read back inside the transaction: these rows are exactly what COMMIT makes
             # durable, including any a timed-out call committed earlier.
-            return ticks_above(conn, after)
+            return await ticks_above(conn, after)
 
         return await self._write(body, f"cannot store {draft.pair} price", _one)
 
@@ -211,17 +216,20 @@ class Store:
         on in order).
         """
 
-        def body(conn: sqlite3.Connection) -> tuple[bool, list[Tick]]:
-            row = conn.execute(f"SELECT {COLUMNS} FROM ticks WHERE id = ?", (tick.id,)).fetchone()
-            if row is not None:
-                stored = to_tick(row)
+        async def body(conn: aiosqlite.Connection) -> tuple[bool, list[Tick]]:
+            sql = f"SELECT {COLUMNS} FROM ticks WHERE id = ?"
+            found = list(await conn.execute_fetchall(sql, (tick.id,)))
+            if found:
+                stored = to_tick(found[0])
                 if to_row(stored) != to_row(tick):
                     raise StoreConflict(tick.id, describe(stored), describe(tick))
-                return False, ticks_above(conn, after)
+                return False, await ticks_above(conn, after)
             if tick.id <= after:
                 raise StoreOutOfOrder(tick.id, after)
-            conn.execute(f"INSERT INTO ticks ({COLUMNS}) VALUES (?, ?, ?, ?, ?)", to_row(tick))
-            return True, ticks_above(conn, after)
+            await conn.execute_fetchall(
+                f"INSERT INTO ticks ({COLUMNS}) VALUES (?, ?, ?, ?, ?)", to_row(tick)
+            )
+            return True, await ticks_above(conn, after)
 
         return await self._write(body, f"cannot apply tick {tick.id}", lambda r: int(r[0]))
 
@@ -240,18 +248,16 @@ class Store:
             if deleted < RETENTION_BATCH:
                 return total
 
-    def _delete_batch(self, cutoff_ms: int, conn: sqlite3.Connection) -> int:
-        ids = [
-            r[0]
-            for r in conn.execute(
-                "SELECT id FROM ticks WHERE ts_ms < ? AND id NOT IN "
-                "(SELECT MAX(id) FROM ticks GROUP BY pair) ORDER BY id LIMIT ?",
-                (cutoff_ms, RETENTION_BATCH),
-            )
-        ]
+    async def _delete_batch(self, cutoff_ms: int, conn: aiosqlite.Connection) -> int:
+        found = await conn.execute_fetchall(
+            "SELECT id FROM ticks WHERE ts_ms < ? AND id NOT IN "
+            "(SELECT MAX(id) FROM ticks GROUP BY pair) ORDER BY id LIMIT ?",
+            (cutoff_ms, RETENTION_BATCH),
+        )
+        ids = [int(r[0]) for r in found]
         if ids:
-            self._raise_floor(conn, max(ids))
-            conn.executemany("DELETE FROM ticks WHERE id = ?", [(i,) for i in ids])
+            await self._raise_floor(conn, max(ids))
+            await conn.executemany("DELETE FROM ticks WHERE id = ?", [(i,) for i in ids])
         return len(ids)
 
     async def record_hole(self, lo: int, hi: int) -> None:
@@ -260,30 +266,31 @@ class Store:
             raise ValueError(f"not a range of ids: {lo} to {hi}")
         await self._write(partial(self._raise_floor, hi=hi), "cannot record hole", lambda _: 0)
 
-    def _raise_floor(self, conn: sqlite3.Connection, hi: int) -> None:
+    async def _raise_floor(self, conn: aiosqlite.Connection, hi: int) -> None:
         # Raised in memory before the commit: a floor too high only costs a resync,
         # one too low would let a resume skip deleted ids silently.
         self.history_floor = max(self.history_floor, hi)
-        conn.execute("UPDATE meta SET value = MAX(value, ?) WHERE key = 'history_floor'", (hi,))
+        await conn.execute_fetchall(
+            "UPDATE meta SET value = MAX(value, ?) WHERE key = 'history_floor'", (hi,)
+        )
 
     # -- reads: only on the reader ------------------------------------------------------
 
-    async def _read(self, fn: Callable[[sqlite3.Connection], T], what: str) -> T:
-        return await self._reader.call(lambda conn, _: fn(conn), self.timeout, what)
+    async def _read(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], what: str) -> T:
+        return await self._reader.run(lambda job: fn(job.conn), self.timeout, what)
 
     async def latest(self, pairs: Iterable[str]) -> dict[str, Tick]:
         """The newest tick of each pair that has one."""
         wanted = tuple(pairs)
 
-        def query(conn: sqlite3.Connection) -> dict[str, Tick]:
+        async def query(conn: aiosqlite.Connection) -> dict[str, Tick]:
             found: dict[str, Tick] = {}
             for pair in wanted:
-                row = conn.execute(
+                rows = await conn.execute_fetchall(
                     f"SELECT {COLUMNS} FROM ticks WHERE pair = ? ORDER BY id DESC LIMIT 1",
                     (pair,),
-                ).fetchone()
-                if row is not None:
-                    found[pair] = to_tick(row)
+                )
+                found.update((pair, to_tick(row)) for row in rows)
             return found
 
         return await self._read(query, "database read failed")
@@ -328,20 +335,20 @@ class Store:
         return self._size
 
     async def _number(self, sql: str) -> int:
-        return await self._read(
-            lambda conn: int(conn.execute(sql).fetchone()[0]), "database read failed"
-        )
+        return await self._read(partial(_scalar, sql=sql), "database read failed")
 
     async def _ticks(self, sql: str, params: Sequence[object]) -> list[Tick]:
-        return await self._read(
-            lambda conn: [to_tick(r) for r in conn.execute(sql, params)], "database read failed"
-        )
+        async def query(conn: aiosqlite.Connection) -> list[Tick]:
+            return [to_tick(r) for r in await conn.execute_fetchall(sql, params)]
+
+        return await self._read(query, "database read failed")
 
 
-def _prepare(path: Path, conn: sqlite3.Connection, call: Call[None]) -> None:
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=FULL")
-    (version,) = conn.execute("PRAGMA user_version").fetchone()
+async def _prepare(path: Path, job: Job) -> None:
+    conn = job.conn
+    await conn.execute_fetchall("PRAGMA journal_mode=WAL")
+    await conn.execute_fetchall("PRAGMA synchronous=FULL")
+    version = await _scalar(conn, "PRAGMA user_version")
     if version > len(MIGRATIONS):
         raise StoreError(
             f"{path} has schema version {version}, newer than this release understands "
@@ -349,39 +356,47 @@ def _prepare(path: Path, conn: sqlite3.Connection, call: Call[None]) -> None:
         )
     for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
         # executescript commits first; the version bump lands in the same transaction.
-        conn.executescript(f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;")
+        await conn.executescript(
+            f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+        )
 
 
-def _size(conn: sqlite3.Connection) -> int:
-    sql = "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
-    return int(conn.execute(sql).fetchone()[0])
+async def _scalar(conn: aiosqlite.Connection, sql: str) -> int:
+    (row,) = await conn.execute_fetchall(sql)
+    return int(row[0])
 
 
-def _floor(conn: sqlite3.Connection) -> int:
-    row = conn.execute("SELECT value FROM meta WHERE key = 'history_floor'").fetchone()
-    return int(row[0]) if row else 0
+async def _size(conn: aiosqlite.Connection) -> int:
+    return await _scalar(
+        conn, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+    )
 
 
-def _begin(conn: sqlite3.Connection, call: Call[T]) -> None:
+async def _floor(conn: aiosqlite.Connection) -> int:
+    rows = await conn.execute_fetchall("SELECT value FROM meta WHERE key = 'history_floor'")
+    return max((int(r[0]) for r in rows), default=0)
+
+
+async def _begin(job: Job) -> None:
     # SQLite's own busy wait cannot be interrupted, so wait in short slices and stop
     # as soon as the caller has given up.
     while True:
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            await job.conn.execute_fetchall("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if not is_busy(exc) or call.given_up():
+            if not is_busy(exc) or job.given_up():
                 raise
         else:
             return
 
 
-def _insert(conn: sqlite3.Connection, draft: TickDraft) -> Tick:
-    cursor = conn.execute(
+async def _insert(conn: aiosqlite.Connection, draft: TickDraft) -> Tick:
+    row = await conn.execute_insert(
         "INSERT INTO ticks (pair, price, ts_ms, sources) VALUES (?, ?, ?, ?)",
         (draft.pair, str(draft.price), draft.ts_ms, ",".join(draft.sources)),
     )
-    assert cursor.lastrowid is not None
-    return Tick(cursor.lastrowid, draft.pair, draft.price, draft.ts_ms, draft.sources)
+    assert row is not None
+    return Tick(int(row[0]), draft.pair, draft.price, draft.ts_ms, draft.sources)
 
 
 def _one(_: object) -> int:

@@ -7,6 +7,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import threading
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -296,3 +297,53 @@ async def test_committed_tick_survives_kill_9(tmp_path: Path) -> None:
     async with await Store.open(path) as store:
         assert await store.max_id() == tick_id
         assert str((await store.latest(["BTC-USD"]))["BTC-USD"].price) == "1.5"
+
+
+async def test_database_threads_are_named_daemons(tmp_path: Path) -> None:
+    """aiosqlite's two connection threads are called db-w and db-r and never block exit."""
+    async with await Store.open(tmp_path / "f.db"):
+        threads = [t for t in threading.enumerate() if t.name in ("db-w", "db-r")]
+        assert sorted(t.name for t in threads) == ["db-r", "db-w"]
+        assert all(t.daemon for t in threads)
+    await asyncio.sleep(0.1)  # the threads end once their connections are closed
+    assert [t.name for t in threading.enumerate() if t.name in ("db-w", "db-r")] == []
+
+
+STUCK = """
+import asyncio, sys, time
+from decimal import Decimal
+from pathlib import Path
+from bittrade_feed.errors import StoreTimeout
+from bittrade_feed.models import TickDraft
+from bittrade_feed.store.sqlite import Store
+async def main():
+    store = await Store.open(Path(sys.argv[1]), timeout=0.3)
+    # A commit stuck below SQLite, like on a frozen disk: an interrupt cannot end it.
+    conn = store._writer.conn
+    await conn.create_function("hang", 0, lambda: time.sleep(120))
+    await conn.execute_fetchall("CREATE TRIGGER h AFTER INSERT ON ticks BEGIN SELECT hang(); END")
+    try:
+        await store.append(TickDraft("BTC-USD", Decimal("1.5"), 1, ("kraken",)), after=0)
+    except StoreTimeout:
+        print("timeout", flush=True)
+    print(store.write_status().ok, flush=True)
+    await store.close()
+    print("closed", flush=True)
+asyncio.run(main())
+"""
+
+
+def test_a_write_stuck_below_sqlite_keeps_neither_close_nor_exit_waiting(tmp_path: Path) -> None:
+    """A write stuck for minutes times out, close gives up on it, and the process exits.
+
+    The hang lasts 120 s: a run under the 60 s limit shows nothing waited for it."""
+    done = subprocess.run(
+        [sys.executable, "-c", STUCK, str(tmp_path / "f.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        check=False,
+    )
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.split("\n") == ["timeout", "False", "closed", ""]

@@ -508,7 +508,7 @@ def summarize_profile(path: Path, top: int = 25) -> dict[str, Any]:
             continue
         n = int(count)
         if stack.startswith("thread (") and "MainThread" not in stack.split(";", 1)[0]:
-            other_threads += n  # the database threads: not the event loop
+            other_threads += n  # aiosqlite's db-w / db-r threads: not the event loop
             continue
         total += n
         if "epoll" in stack.rsplit(";", 1)[-1]:

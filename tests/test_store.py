@@ -7,11 +7,11 @@ import os
 import signal
 import sqlite3
 import subprocess
-import threading
 import sys
+import threading
 from collections.abc import Callable
-from functools import partial
 from decimal import Decimal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ import pytest
 
 from bittrade_feed.errors import StoreConflict, StoreError, StoreOutOfOrder, StoreTimeout
 from bittrade_feed.models import Tick, TickDraft
-from bittrade_feed.store.sqlite import MIGRATIONS, Store, WriteStatus
 from bittrade_feed.store.lane import Job, Lane
+from bittrade_feed.store.sqlite import MIGRATIONS, Store, WriteStatus
 
 
 def draft(pair: str = "BTC-USD", price: str = "100.5", ts_ms: int = 1000) -> TickDraft:

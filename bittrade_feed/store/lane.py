@@ -59,10 +59,19 @@ def _named(name: str, threads: list[threading.Thread]) -> type[sqlite3.Connectio
 def _on_daemon_thread(make: Callable[[], T]) -> T:
     """``make()`` called on a short-lived daemon thread."""
     made: list[T] = []
-    helper = threading.Thread(target=lambda: made.append(make()), name=f"open-{id(made)}")
-    helper.daemon = True
+    failed: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            made.append(make())
+        except BaseException as exc:  # handed to the caller
+            failed.append(exc)
+
+    helper = threading.Thread(target=target, name="db-open", daemon=True)
     helper.start()
     helper.join()
+    if failed:
+        raise failed[0]
     return made[0]
 
 

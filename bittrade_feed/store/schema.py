@@ -1,14 +1,16 @@
-"""The database schema, its migrations, and the row <-> ``Tick`` mapping."""
+"""The database schema, its migrations, the row <-> ``Tick`` mapping, and the statements."""
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
 from decimal import Decimal
+from pathlib import Path
 
 import aiosqlite
 
-from bittrade_feed.models import Tick
+from bittrade_feed.errors import StoreError
+from bittrade_feed.models import Tick, TickDraft
 
 # One entry per schema version; PRAGMA user_version says how many have been applied.
 # Never edit a released entry: append a new one.
@@ -68,3 +70,49 @@ def is_busy(exc: sqlite3.Error) -> bool:
     """Whether SQLite said another connection holds the lock (worth waiting for)."""
     code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
+    """Set WAL and full sync, and apply the migrations ``path`` still lacks."""
+    await conn.execute_fetchall("PRAGMA journal_mode=WAL")
+    await conn.execute_fetchall("PRAGMA synchronous=FULL")
+    version = await scalar(conn, "PRAGMA user_version")
+    if version > len(MIGRATIONS):
+        raise StoreError(
+            f"{path} has schema version {version}, newer than this release understands "
+            f"({len(MIGRATIONS)}); upgrade bittrade-feed"
+        )
+    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+        # executescript commits first; the version bump lands in the same transaction.
+        await conn.executescript(
+            f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+        )
+
+
+async def scalar(conn: aiosqlite.Connection, sql: str) -> int:
+    """The one number ``sql`` selects."""
+    (row,) = await conn.execute_fetchall(sql)
+    return int(row[0])
+
+
+async def size_of(conn: aiosqlite.Connection) -> int:
+    """Bytes used by the database (page count times page size)."""
+    return await scalar(
+        conn, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
+    )
+
+
+async def floor_of(conn: aiosqlite.Connection) -> int:
+    """The stored history floor (0 before the meta table has one)."""
+    rows = await conn.execute_fetchall("SELECT value FROM meta WHERE key = 'history_floor'")
+    return max((int(r[0]) for r in rows), default=0)
+
+
+async def insert(conn: aiosqlite.Connection, draft: TickDraft) -> Tick:
+    """Insert a locally made price under the next id and return it with that id."""
+    row = await conn.execute_insert(
+        "INSERT INTO ticks (pair, price, ts_ms, sources) VALUES (?, ?, ?, ?)",
+        (draft.pair, str(draft.price), draft.ts_ms, ",".join(draft.sources)),
+    )
+    assert row is not None
+    return Tick(int(row[0]), draft.pair, draft.price, draft.ts_ms, draft.sources)

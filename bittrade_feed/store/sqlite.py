@@ -39,7 +39,12 @@ from bittrade_feed.store.schema import (
     COLUMNS,
     MIGRATIONS,
     describe,
+    floor_of,
+    insert,
     is_busy,
+    migrate,
+    scalar,
+    size_of,
     ticks_above,
     to_row,
     to_tick,
@@ -97,7 +102,9 @@ class Store:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open database {path}: {exc}") from exc
         try:
-            await writer.run(partial(_prepare, path), timeout, f"cannot prepare database {path}")
+            await writer.run(
+                lambda job: migrate(job.conn, path), timeout, f"cannot prepare database {path}"
+            )
             busy_ms = round(timeout * 1000)
             setup = [f"PRAGMA busy_timeout={busy_ms}", "PRAGMA query_only=1"]
             reader = await Lane.open(path, "db-r", setup)
@@ -106,9 +113,9 @@ class Store:
             raise StoreError(str(exc)) from exc
         store = cls(path, writer, reader, timeout)
         try:
-            store.history_floor = await store._read(_floor, "cannot read history floor")
+            store.history_floor = await store._read(floor_of, "cannot read history floor")
             store.rows = await store.count()
-            store._size = await store._read(_size, "cannot read database size")
+            store._size = await store._read(size_of, "cannot read database size")
         except BaseException:
             await store.close()
             raise
@@ -163,7 +170,21 @@ class Store:
         self, body: Callable[[aiosqlite.Connection], Awaitable[T]], rows: Rows[T], job: Job
     ) -> T:
         # The writer's only job: its caller may leave, but it runs to COMMIT or ROLLBACK.
-        conn = job.conn
+        try:
+            return await self._commit(body, rows, job.conn, job)
+        except asyncio.CancelledError:
+            # Only the event loop's shutdown cancels a job: do not wait on a thread that
+            # may be stuck; the next transaction (or closing) rolls this one back.
+            self._unsettled = True
+            raise
+
+    async def _commit(
+        self,
+        body: Callable[[aiosqlite.Connection], Awaitable[T]],
+        rows: Rows[T],
+        conn: aiosqlite.Connection,
+        job: Job,
+    ) -> T:
         if self._unsettled or conn.in_transaction:
             # A transaction left open never committed (an interrupted ROLLBACK, or one
             # cancelled at shutdown): drop it first. aiosqlite's queue runs this ROLLBACK
@@ -178,14 +199,10 @@ class Store:
                 raise StoreTimeout("the caller gave up before the write began")
             result = await body(conn)
             await conn.commit()
-        except asyncio.CancelledError:
-            # Only the event loop's shutdown cancels a job: do not wait on a thread that
-            # may be stuck; the next transaction (or closing) rolls this one back.
-            self._unsettled = True
-            raise
         except BaseException as exc:
-            with suppress(sqlite3.Error):
-                await conn.rollback()  # sqlite3 skips it when no transaction is open
+            if not isinstance(exc, asyncio.CancelledError):
+                with suppress(sqlite3.Error):
+                    await conn.rollback()  # sqlite3 skips it when no transaction is open
             if isinstance(exc, sqlite3.Error):
                 self._status = WriteStatus(False, f"database is not writable: {exc}")
             elif isinstance(exc, StoreRejected):
@@ -193,7 +210,7 @@ class Store:
             raise
         self.rows += rows(result)
         with suppress(sqlite3.Error):  # only a gauge: never fail a committed write for it
-            self._size = await _size(conn)
+            self._size = await size_of(conn)
         self._status = WriteStatus(True, "writable")
         return result
 
@@ -201,7 +218,7 @@ class Store:
         """Commit ``draft``; return every tick above ``after`` in id order (the new one last)."""
 
         async def body(conn: aiosqlite.Connection) -> list[Tick]:
-            await _insert(conn, draft)
+            await insert(conn, draft)
             # Read back inside the transaction: these rows are exactly what COMMIT makes
             # durable, including any a timed-out call committed earlier.
             return await ticks_above(conn, after)
@@ -235,7 +252,7 @@ class Store:
 
     async def insert(self, draft: TickDraft) -> Tick:
         """Commit one price and return it with its id (the tick log uses ``append``)."""
-        return await self._write(partial(_insert, draft=draft), f"cannot store {draft.pair}", _one)
+        return await self._write(partial(insert, draft=draft), f"cannot store {draft.pair}", _one)
 
     async def delete_older_than(self, cutoff_ms: int) -> int:
         """Delete ticks older than ``cutoff_ms``, always keeping each pair's latest."""
@@ -335,46 +352,13 @@ class Store:
         return self._size
 
     async def _number(self, sql: str) -> int:
-        return await self._read(partial(_scalar, sql=sql), "database read failed")
+        return await self._read(partial(scalar, sql=sql), "database read failed")
 
     async def _ticks(self, sql: str, params: Sequence[object]) -> list[Tick]:
         async def query(conn: aiosqlite.Connection) -> list[Tick]:
             return [to_tick(r) for r in await conn.execute_fetchall(sql, params)]
 
         return await self._read(query, "database read failed")
-
-
-async def _prepare(path: Path, job: Job) -> None:
-    conn = job.conn
-    await conn.execute_fetchall("PRAGMA journal_mode=WAL")
-    await conn.execute_fetchall("PRAGMA synchronous=FULL")
-    version = await _scalar(conn, "PRAGMA user_version")
-    if version > len(MIGRATIONS):
-        raise StoreError(
-            f"{path} has schema version {version}, newer than this release understands "
-            f"({len(MIGRATIONS)}); upgrade bittrade-feed"
-        )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-        # executescript commits first; the version bump lands in the same transaction.
-        await conn.executescript(
-            f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
-        )
-
-
-async def _scalar(conn: aiosqlite.Connection, sql: str) -> int:
-    (row,) = await conn.execute_fetchall(sql)
-    return int(row[0])
-
-
-async def _size(conn: aiosqlite.Connection) -> int:
-    return await _scalar(
-        conn, "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()"
-    )
-
-
-async def _floor(conn: aiosqlite.Connection) -> int:
-    rows = await conn.execute_fetchall("SELECT value FROM meta WHERE key = 'history_floor'")
-    return max((int(r[0]) for r in rows), default=0)
 
 
 async def _begin(job: Job) -> None:
@@ -388,15 +372,6 @@ async def _begin(job: Job) -> None:
                 raise
         else:
             return
-
-
-async def _insert(conn: aiosqlite.Connection, draft: TickDraft) -> Tick:
-    row = await conn.execute_insert(
-        "INSERT INTO ticks (pair, price, ts_ms, sources) VALUES (?, ?, ?, ?)",
-        (draft.pair, str(draft.price), draft.ts_ms, ",".join(draft.sources)),
-    )
-    assert row is not None
-    return Tick(int(row[0]), draft.pair, draft.price, draft.ts_ms, draft.sources)
 
 
 def _one(_: object) -> int:

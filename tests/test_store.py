@@ -21,6 +21,7 @@ from bittrade_feed.errors import StoreConflict, StoreError, StoreOutOfOrder, Sto
 from bittrade_feed.models import Tick, TickDraft
 from bittrade_feed.store.lane import Job, Lane
 from bittrade_feed.store.sqlite import MIGRATIONS, Store, WriteStatus
+from tests.test_ticklog import SLOW, rigged, stored
 
 
 def draft(pair: str = "BTC-USD", price: str = "100.5", ts_ms: int = 1000) -> TickDraft:
@@ -347,3 +348,22 @@ def test_a_write_stuck_below_sqlite_keeps_neither_close_nor_exit_waiting(tmp_pat
     )
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.split("\n") == ["timeout", "False", "closed", ""]
+
+
+async def test_a_write_cancelled_at_shutdown_is_rolled_back_by_the_next(tmp_path: Path) -> None:
+    """A transaction task cancelled mid-statement (as the event loop's shutdown does) leaves
+    nothing open: the next write rolls it back, then commits and reads back its own tick."""
+    path = tmp_path / "f.db"
+    await (await Store.open(path)).close()
+    rigged(path, filler=3000)
+    async with await Store.open(path) as store:
+        slow = asyncio.create_task(store.append(draft(SLOW), after=0))
+        await asyncio.sleep(0.05)  # the insert is running on the writer's thread
+        (job,) = store._writer._jobs  # the task the shutdown would cancel
+        job.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        ticks = await store.append(draft(ts_ms=2), after=0)
+        assert [(t.id, t.pair) for t in ticks] == [(1, "BTC-USD")]
+        assert store.write_status().ok
+    assert list(stored(path).values()) == [("BTC-USD", "100.5", 2, "kraken,bitstamp")]

@@ -185,19 +185,37 @@ async def test_failing_writes_are_errors_and_status_says_why(tmp_path: Path) -> 
         assert store.write_status() == WriteStatus(True, "writable")
 
 
+ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT MAX(x) FROM c"
+
+
+async def query(sql: str, job: Job) -> list[Any]:
+    return list(await job.conn.execute_fetchall(sql))
+
+
 async def test_interrupt_ends_a_runaway_call_and_the_lane_goes_on(tmp_path: Path) -> None:
     """A call past its deadline gets StoreTimeout at once, is interrupted, and the next one runs."""
     lane = await Lane.open(tmp_path / "w.db", "t", [])
-    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT MAX(x) FROM c"
-
-    async def query(sql: str, job: Job) -> list[Any]:
-        return list(await job.conn.execute_fetchall(sql))
-
     loop = asyncio.get_running_loop()
     started = loop.time()
     with pytest.raises(StoreTimeout, match=r"within 0\.2 s"):
-        await lane.run(partial(query, endless), 0.2, "runaway")
+        await lane.run(partial(query, ENDLESS), 0.2, "runaway")
     assert loop.time() - started < 1.0
+    assert await lane.run(partial(query, "SELECT 7"), 5, "x") == [(7,)]
+    await lane.close(5)
+
+
+async def test_a_deadline_between_two_statements_still_interrupts_the_next(
+    tmp_path: Path,
+) -> None:
+    """A deadline that passes while no statement of the job runs still ends its next one."""
+    lane = await Lane.open(tmp_path / "w.db", "t", [])
+
+    async def job(job: Job) -> list[Any]:
+        await asyncio.sleep(0.3)  # the deadline passes here: SQLite drops that interrupt
+        return await query(ENDLESS, job)
+
+    with pytest.raises(StoreTimeout, match=r"within 0\.1 s"):
+        await lane.run(job, 0.1, "gap")
     assert await lane.run(partial(query, "SELECT 7"), 5, "x") == [(7,)]
     await lane.close(5)
 

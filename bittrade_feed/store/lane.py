@@ -27,6 +27,9 @@ from bittrade_feed.errors import StoreError, StoreTimeout
 
 T = TypeVar("T")
 
+INTERRUPT_EVERY = 0.01
+"""Seconds between two interrupts of a job whose caller's deadline has passed."""
+
 
 @dataclass(slots=True)
 class Job:
@@ -87,6 +90,7 @@ class Lane:
         self._lock = asyncio.Lock()
         self._owner: Job | None = None
         self._jobs: set[asyncio.Task[Any]] = set()
+        self._interrupters: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, path: Path, name: str, setup: Sequence[str]) -> Lane:
@@ -121,15 +125,24 @@ class Lane:
         if not done:
             job.abandoned = True
             if self._owner is job:
-                # interrupt() never suspends, so the job still owns the connection: the
-                # interrupt can only hit its statement (one arriving between two of its
-                # statements is dropped by SQLite when the next one starts).
                 await self.conn.interrupt()
+                interrupter = asyncio.create_task(self._interrupt(job))
+                self._interrupters.add(interrupter)
+                interrupter.add_done_callback(self._interrupters.discard)
             raise StoreTimeout(f"{what}: no answer from the database within {timeout:g} s")
         try:
             return task.result()
         except sqlite3.Error as exc:
             raise StoreError(f"{what}: {exc}") from exc
+
+    async def _interrupt(self, job: Job) -> None:
+        # SQLite drops an interrupt that lands between two statements, and a job's
+        # statements are a queue hop apart: repeat it until the job lets go. interrupt()
+        # never suspends, so after the check the job still owns the connection and the
+        # interrupt can only hit one of its statements.
+        while self._owner is job:
+            await self.conn.interrupt()
+            await asyncio.sleep(INTERRUPT_EVERY)
 
     async def _own(self, fn: Callable[[Job], Awaitable[T]], job: Job) -> T:
         async with self._lock:

@@ -125,7 +125,6 @@ class Lane:
         if not done:
             job.abandoned = True
             if self._owner is job:
-                await self.conn.interrupt()
                 interrupter = asyncio.create_task(self._interrupt(job))
                 self._interrupters.add(interrupter)
                 interrupter.add_done_callback(self._interrupters.discard)

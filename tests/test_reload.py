@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp.pytest_plugin import AiohttpClient
 from aiohttp.test_utils import unused_port
 
-from bittrade_feed.broadcast.hub import SSE_RAW
+from bittrade_feed.broadcast.wire import WireFormat
 from bittrade_feed.cli import _Daemon
 from bittrade_feed.config import load_config
 from bittrade_feed.models import TickDraft
@@ -298,7 +298,7 @@ async def test_overlapping_reloads_apply_a_pair_change_once(
     client = await aiohttp_client(create_app(config, fetch=False))
     daemon = _Daemon(client.app, config, path)
     listener = RecordingTransport()
-    await client.app[HUB].subscribe(listener, SSE_RAW, (OTHER,), None)
+    await client.app[HUB].subscribe(listener, WireFormat.SSE_RAW, (OTHER,), None)
     write_config(path, _two_pairs(raw, [PAIR, OTHER]))
     daemon.reload()
     daemon.reload()

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from aiohttp.pytest_plugin import AiohttpClient
 
-from bittrade_feed.broadcast import hub as hub_module
-from bittrade_feed.broadcast.hub import chunk, encode, sse_frame, ws_frame
+from bittrade_feed.broadcast import wire
+from bittrade_feed.broadcast.wire import chunk, encode, sse_frame, ws_frame
 from bittrade_feed.config import Config
 from bittrade_feed.models import FeedStatus, Tick
 from bittrade_feed.server.app import create_app
@@ -63,7 +63,7 @@ def test_resync_and_heartbeat_exact_bytes() -> None:
         b'data: {"reason":"r","ticks":[{"id":1842,"pair":"BTC-USD","price":"64123.45",'
         b'"ts":"2026-11-23T20:31:00.123Z","sources":["bitstamp","coinbase"],"simulated":false}]}\n\n'
     )
-    assert hub_module._HEARTBEATS == (
+    assert wire.HEARTBEATS == (
         b"e\r\n: keep-alive\n\n\r\n",
         b": keep-alive\n\n",
         b"\x89\x00",

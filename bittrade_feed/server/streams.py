@@ -15,7 +15,9 @@ from aiohttp import WSMsgType, web
 from aiohttp.http import HttpVersion11
 from aiohttp.web import ContentCoding
 
-from bittrade_feed.broadcast.hub import SSE_CHUNKED, SSE_RAW, WS, Hub, Subscriber
+from bittrade_feed.broadcast.hub import Hub
+from bittrade_feed.broadcast.registry import Subscriber
+from bittrade_feed.broadcast.wire import WireFormat
 from bittrade_feed.config import Config
 from bittrade_feed.server.badinput import note_bad_message
 from bittrade_feed.server.params import last_event_id, requested_pairs
@@ -88,7 +90,9 @@ async def price_stream(request: web.Request) -> web.StreamResponse:
     transport = request.transport
     if transport is None or transport.is_closing():
         return resp
-    sub = await hub.subscribe(transport, SSE_CHUNKED if http11 else SSE_RAW, pairs, resume)
+    sub = await hub.subscribe(
+        transport, WireFormat.SSE_CHUNKED if http11 else WireFormat.SSE_RAW, pairs, resume
+    )
     try:
         await sub.done
     finally:
@@ -122,7 +126,7 @@ async def ws_stream(request: web.Request) -> web.StreamResponse:
         return ws
     stream = config.stream
     bucket = TokenBucket(stream.ws_ops_burst, stream.ws_ops_per_second, hub.clock.monotonic)
-    sub = await hub.subscribe(transport, WS, pairs, resume)
+    sub = await hub.subscribe(transport, WireFormat.WS, pairs, resume)
     try:
         while True:
             sub = await _serve_ws_message(request, ws, sub, config.fetch.pairs, bucket)
@@ -172,7 +176,7 @@ async def _serve_ws_message(
         await ws.send_str(json_error(problem.detail))
         return sub
     hub.detach(sub, "resubscribe")
-    new = await hub.subscribe(sub.transport, WS, pairs, resume)
+    new = await hub.subscribe(sub.transport, WireFormat.WS, pairs, resume)
     # The stream's lifetime and heartbeat schedule carry over: ops must not postpone the
     # timer that retires old streams and checks an idle client's unsent bytes.
     new.expires, new.last_write = sub.expires, min(new.last_write, sub.last_write)

@@ -1,0 +1,93 @@
+"""The subscriber registry: who is connected, in which wire format, for which pairs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from typing import Protocol
+
+from bittrade_feed.broadcast.wire import FORMATS, WireFormat
+
+
+class Transport(Protocol):
+    """The part of ``asyncio.Transport`` the hub uses."""
+
+    def write(self, data: bytes) -> None: ...  # noqa: D102
+    def is_closing(self) -> bool: ...  # noqa: D102
+    def get_write_buffer_size(self) -> int: ...  # noqa: D102
+    def abort(self) -> None: ...  # noqa: D102
+
+
+class Subscriber:
+    """One open stream."""
+
+    __slots__ = ("done", "expires", "fmt", "last_write", "pairs", "transport")
+
+    def __init__(
+        self,
+        transport: Transport,
+        fmt: WireFormat,
+        pairs: tuple[str, ...],
+        now: float,
+        expires: float,
+    ) -> None:
+        self.transport = transport
+        self.fmt = fmt
+        self.pairs = pairs
+        self.last_write = now
+        self.expires = expires
+        self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+
+Groups = tuple[set[Subscriber], set[Subscriber], set[Subscriber]]
+"""Subscribers split by wire format, indexed by ``WireFormat``."""
+
+
+class Registry:
+    """Every subscriber once, and per pair by wire format (the broadcast's lookup)."""
+
+    def __init__(self) -> None:
+        self.by_pair: dict[str, Groups] = {}
+        self._all: set[Subscriber] = set()
+        """Every subscriber once, for the timer (the per-pair sets repeat multi-pair ones)."""
+        self._count = [0 for _ in FORMATS]
+
+    def __len__(self) -> int:
+        return sum(self._count)
+
+    def __contains__(self, sub: Subscriber) -> bool:
+        return sub in self._all
+
+    def add(self, sub: Subscriber) -> None:
+        """Register a subscriber under each of its pairs."""
+        for pair in sub.pairs:
+            self.by_pair.setdefault(pair, (set(), set(), set()))[sub.fmt].add(sub)
+        self._all.add(sub)
+        self._count[sub.fmt] += 1
+
+    def remove(self, sub: Subscriber) -> None:
+        """Forget a registered subscriber."""
+        self._all.remove(sub)
+        for pair in sub.pairs:
+            self.by_pair[pair][sub.fmt].discard(sub)
+        self._count[sub.fmt] -= 1
+
+    def all(self) -> list[Subscriber]:
+        """Every subscriber once (a copy, so callers may close while iterating)."""
+        return list(self._all)
+
+
+def bound_kernel_buffer(transport: Transport, cap: int) -> None:
+    """Fix the socket's send buffer near the cap instead of letting it autotune to MBs.
+
+    Without this a reader that stalls first fills a kernel buffer of up to
+    ``net.ipv4.tcp_wmem`` (4 MiB here) before our own cap even sees a byte, so the
+    memory a stalled subscriber can pin would not be bounded by our setting.
+    """
+    get_extra_info = getattr(transport, "get_extra_info", None)
+    sock = get_extra_info("socket") if get_extra_info is not None else None
+    if sock is not None:
+        # The kernel doubles the value it is given (socket(7)), so half the cap it is.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(cap // 2, 4096))

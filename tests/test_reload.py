@@ -217,7 +217,7 @@ async def test_removed_pair_tells_its_streams_and_closes_those_left_with_none(
         session.get(daemon.url + f"/api/price-stream?pairs={OTHER}") as only,
         session.get(daemon.url + f"/api/price-stream?pairs={PAIR},{OTHER}") as both,
     ):
-        await only.content.readuntil(b"\n\n")  # retry:
+        await only.content.readuntil(b"\n\n")  # retry + the opening status
         assert (await daemon.get(f"/api/price?pair={OTHER}"))[0] == 503  # no price yet
         write_config(config, _two_pairs(raw, [PAIR]))
         status = await reload(daemon, notify)
@@ -271,13 +271,13 @@ async def test_added_pair_starts_from_its_stored_price_and_status(
         assert not status.startswith("reload failed"), status
         code, body = await daemon.get(f"/api/price?pair={OTHER}")
         async with session.get(daemon.url + f"/api/price-stream?pairs={OTHER}") as resp:
-            opening = [(await resp.content.readuntil(b"\n\n")).decode() for _ in range(3)]
+            opening = [(await resp.content.readuntil(b"\n\n")).decode() for _ in range(2)]
     price = json.loads(body)
     assert code == 200
     assert (price["id"], price["price"], price["stale"]) == (stored.id, "2512.5", False)
     assert 2.0 <= price["age_seconds"] < 10.0
-    assert opening[1].startswith(f"id: {stored.id}\nevent: price\n")
-    (first_status,) = _statuses(opening[2])
+    assert opening[0].startswith(f": hello\nretry: 3000\nid: {stored.id}\nevent: price\n")
+    (first_status,) = _statuses(opening[1])
     assert (first_status["state"], first_status["reason"]) == (
         "live",
         "latest price from the database",
@@ -298,7 +298,9 @@ async def test_overlapping_reloads_apply_a_pair_change_once(
     client = await aiohttp_client(create_app(config, fetch=False))
     daemon = _Daemon(client.app, config, path)
     listener = RecordingTransport()
-    await client.app[HUB].subscribe(listener, WireFormat.SSE_RAW, (OTHER,), None)
+    await client.app[HUB].subscribe(
+        client.app[HUB].admit(), listener, WireFormat.SSE_RAW, (OTHER,), None
+    )
     write_config(path, _two_pairs(raw, [PAIR, OTHER]))
     daemon.reload()
     daemon.reload()

@@ -49,7 +49,7 @@ async def test_crashed_heartbeat_timer_is_logged_counted_and_restarted(
     client = await aiohttp_client(create_app(config, clock=clock, fetch=False))
     app = client.app
     transport = RecordingTransport()
-    await app[HUB].subscribe(transport, WireFormat.SSE_RAW, (PAIR,), None)
+    await app[HUB].subscribe(app[HUB].admit(), transport, WireFormat.SSE_RAW, (PAIR,), None)
     assert _crashes(app, "hub-heartbeat") == 0
     with capture_logs() as logs:
         transport.fail = Boom("transport exploded")
@@ -76,7 +76,7 @@ async def test_crashed_coalescing_flush_is_fatal_and_healthz_says_so(
     client = await aiohttp_client(create_app(config, fetch=False))
     app = client.app
     transport = RecordingTransport()
-    await app[HUB].subscribe(transport, WireFormat.SSE_RAW, (PAIR,), None)
+    await app[HUB].subscribe(app[HUB].admit(), transport, WireFormat.SSE_RAW, (PAIR,), None)
     transport.fail = Boom("transport exploded")
     with capture_logs() as logs:
         await app[FETCHER].run_cycle()  # the price waits in the window, then the flush runs

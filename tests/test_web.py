@@ -22,7 +22,7 @@ async def test_first_tick_everywhere(aiohttp_client: AiohttpClient, daemon_confi
     config = daemon_config()
     client = await aiohttp_client(create_app(config, fetch=False))
     async with client.get("/api/price-stream") as resp:
-        await frames(resp, 2)  # retry, status
+        await frames(resp, 1)  # retry + status
         await client.app[FETCHER].run_cycle()
         ((ident, event, data),) = await events(resp, 1)
     assert (ident, event, data["price"], data["sources"]) == (
@@ -54,8 +54,8 @@ async def test_restart_on_same_database_continues_ids(
     await first.close()
     second = await aiohttp_client(create_app(config, fetch=False))
     async with second.get("/api/price-stream") as resp:
-        snapshot = await events(resp, 2)
-        assert snapshot[1][0] == "3"
+        snapshot = await events(resp, 1)
+        assert snapshot[0][0] == "3"
         await second.app[FETCHER].run_cycle()
         got = await events(resp, 2)
     assert [g[0] for g in got if g[1] == "price"] == ["4"]
@@ -76,8 +76,8 @@ async def test_upstream_requests_do_not_grow_with_subscribers(
             await server.app[FETCHER].run_cycle()
         assert server.app[HUB].count == subscribers
         for resp in streams:
-            # retry, "no price yet", price 1, "live", prices 2 and 3
-            got = await events(resp, 6)
+            # retry + "no price yet", price 1, "live", prices 2 and 3
+            got = await events(resp, 5)
             assert [g[0] for g in got if g[1] == "price"] == ["1", "2", "3"]
             resp.close()
         async with asyncio.timeout(5):  # each closed stream lets go of its subscriber

@@ -2,16 +2,19 @@
 
 The same frame object (``wire``) is handed to ``transport.write`` of each subscriber of
 its pair: no per-subscriber encoding, task, queue or await on the broadcast path.
-A subscriber whose unsent bytes pass ``max_buffer_bytes`` is aborted (``slow``), so one
-stalled reader neither slows the others nor grows our memory.
+Every write is followed by the cap check: a subscriber whose unsent bytes pass
+``max_buffer_bytes`` is aborted (``slow``), so one stalled reader neither slows the others
+nor grows our memory.
+
+Order is enforced here, not trusted: each subscriber remembers the last id written to it
+and gets only higher ones; ticks arrive in id order, and one whose id skips ids the hub
+never saw becomes a ``resync`` to everyone instead of a silent jump. A resume registers
+the subscriber before any await and holds its live events until the replay is written,
+so the hand-over from replay to live has no gap by construction.
 
 One shared timer sends heartbeats to idle subscribers and retires connections past
-their (jittered) lifetime. Resume: a ring of recent ticks (``replay``) answers most
-reconnects without touching SQLite; older resume points fall back to the store; past
-what can be replayed the client gets one ``resync`` event with the latest snapshot.
-
-The hub's single input is ``publish(tick)`` / ``publish_status(status)``: ticks arrive
-from the local fetcher today, from another daemon through Redis later.
+their (jittered) lifetime. The hub's inputs are ``publish(tick)`` and
+``publish_status(status)``.
 """
 
 from __future__ import annotations
@@ -22,13 +25,21 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
-from bittrade_feed.broadcast.registry import Registry, Subscriber, Transport, bound_kernel_buffer
-from bittrade_feed.broadcast.replay import Replay, Ring
+from bittrade_feed.broadcast.registry import (
+    Full,
+    Registry,
+    Slot,
+    Subscriber,
+    Transport,
+    bound_kernel_buffer,
+)
+from bittrade_feed.broadcast.replay import Events, Need, Replay, Resync, Ring, decide, from_store
 from bittrade_feed.broadcast.wire import (
     FORMATS,
     HEARTBEATS,
     Frames,
     WireFormat,
+    chunk,
     encode,
     join,
     price_frames,
@@ -38,7 +49,12 @@ from bittrade_feed.config import StreamConfig
 from bittrade_feed.models import FeedStatus, Tick
 from bittrade_feed.ops.metrics import Metrics
 
+__all__ = ["Full", "Hub", "Slot", "Subscriber"]
+
 log = structlog.get_logger("bittrade_feed.broadcast.hub")
+
+TIMER_PERIOD = 1.0
+"""The timer's resolution: a heartbeat goes out 0-1 s after ``stream.heartbeat`` of idleness."""
 
 
 class Hub:
@@ -57,28 +73,29 @@ class Hub:
         self._ring = Ring(config.replay_limit)
         self._latest_frames: dict[str, Frames] = {}
         self._status_frames: dict[str, Frames] = {}
-        self._subs = Registry()
+        self._subs = Registry(config.max_subscribers)
         self._heartbeat_task: asyncio.Task[None] | None = None
-        self._pending: dict[str, list[Frames]] = {}
+        self._pending: list[tuple[str, int, Frames]] = []
+        """The coalescing window: (pair, id or 0, frames) in publish order."""
         self._flush_handle: asyncio.TimerHandle | None = None
         self.run_callback: Callable[[str, Callable[[], None]], None] = _call_now
         """Runs the timer callbacks the hub schedules; the app's supervisor reports a raise."""
+        retry = b"retry: %d\n" % config.retry_ms
+        # The retry line rides in the opening's first block: a block with only a retry
+        # dispatches nothing (WHATWG), and some clients then parse an empty data field.
+        self._retry: Frames = (chunk(retry), retry, b"")
         # Labelled children looked up once: .labels() costs microseconds per call.
         self._m_events = [metrics.events_sent.labels(f.transport) for f in FORMATS]
         self._m_bytes = [metrics.bytes_sent.labels(f.transport) for f in FORMATS]
         self._m_opened = [metrics.connections_opened.labels(f.transport) for f in FORMATS]
         self._m_subscribers = [metrics.subscribers.labels(f.transport) for f in FORMATS]
+        self._m_dropped = metrics.events_dropped.labels("subscriber")
 
     # -- set-up -------------------------------------------------------------
 
-    def load(
-        self,
-        recent: Sequence[Tick],
-        latest: dict[str, Tick],
-        max_id: int,
-    ) -> None:
+    def load(self, recent: Sequence[Tick], latest: dict[str, Tick], max_id: int) -> None:
         """Seed the ring and snapshot from the store at start-up (``recent`` oldest first)."""
-        in_ring = self._ring.load(recent, max_id)
+        in_ring = self._ring.load(recent, max_id, self.replay.history_floor)
         self.max_id = max_id
         for tick in latest.values():
             self.latest[tick.pair] = tick
@@ -99,28 +116,45 @@ class Hub:
     # -- input ---------------------------------------------------------------
 
     def publish(self, tick: Tick) -> None:
-        """Hand a stored tick to every subscriber of its pair."""
+        """Hand a stored tick to every subscriber of its pair (ticks come in id order)."""
+        if tick.id <= self.max_id:
+            self.metrics.events_dropped.labels("publish").inc()
+            log.warning("tick dropped", id=tick.id, max_id=self.max_id, why="not above max_id")
+            return
+        expected = self.max_id + 1
         frames = price_frames(tick)
         self.latest[tick.pair] = tick
         self._latest_frames[tick.pair] = frames
-        self.max_id = max(self.max_id, tick.id)
+        self.max_id = tick.id
+        if tick.id == expected:
+            self._ring.append(tick, frames)
+            self._broadcast(tick.pair, tick.id, frames)
+            return
+        # Nobody can fill ids this hub never saw: say so to everyone, once.
+        missing = f"{expected}" if expected == tick.id - 1 else f"{expected}-{tick.id - 1}"
+        log.warning("tick id gap", missing=missing, id=tick.id)
+        self.metrics.tick_gaps.inc()
+        self._ring.reset(tick.id - 1)
         self._ring.append(tick, frames)
-        self._broadcast(tick.pair, frames)
+        self.flush()
+        self._resync_all(Resync("gap", f"events {missing} never reached this daemon"))
 
     def publish_status(self, status: FeedStatus) -> None:
         """Tell every subscriber of the pair that it went stale or live again (no id)."""
         frames = encode("status", status.to_json())
         self.statuses[status.pair] = status
         self._status_frames[status.pair] = frames
-        self._broadcast(status.pair, frames)
+        self._broadcast(status.pair, 0, frames)
 
-    def _broadcast(self, pair: str, frames: Frames) -> None:
+    def _broadcast(self, pair: str, event_id: int, frames: Frames) -> None:
         if not self.config.coalesce_ms:
-            self._send(pair, frames, 1)
+            groups = self._subs.by_pair.get(pair)
+            if groups:
+                self._send(groups, [(event_id, frames)], frames)
             return
         # Coalescing: one write per subscriber per window instead of per event; each
         # send() costs ~10 us of kernel time, so at high tick rates this halves the CPU.
-        self._pending.setdefault(pair, []).append(frames)
+        self._pending.append((pair, event_id, frames))
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(
@@ -128,125 +162,212 @@ class Hub:
             )
 
     def flush(self) -> None:
-        """Send what the coalescing window has collected (a no-op when nothing waits)."""
+        """Send what the coalescing window has collected (a no-op when nothing waits).
+
+        Subscribers are grouped by pair set, so each set's events are joined once, in
+        publish order: a subscriber of several pairs gets them in global id order.
+        """
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        pending, self._pending = self._pending, {}
-        for pair, items in pending.items():
-            joined = items[0] if len(items) == 1 else join(items)
-            self._send(pair, joined, len(items))
-
-    def _send(self, pair: str, frames: Frames, events: int) -> None:
-        groups = self._subs.by_pair.get(pair)
-        if not groups:
+        if not self._pending:
             return
+        pending, self._pending = self._pending, []
+        touched = {pair for pair, _, _ in pending}
+        for key, groups in list(self._subs.by_set.items()):
+            if key.isdisjoint(touched):
+                continue
+            events = [(i, f) for pair, i, f in pending if pair in key]
+            joined = events[0][1] if len(events) == 1 else join([f for _, f in events])
+            self._send(groups, events, joined)
+
+    def _send(self, groups: tuple[set[Subscriber], ...], events: Events, joined: Frames) -> None:
+        """Write ``events`` (already ``joined``) to each subscriber that has no id of them."""
         started = self.clock.monotonic()
         cap = self.config.max_buffer_bytes
+        first = next((i for i, _ in events if i), 0)
+        last = max(i for i, _ in events)
         gone: list[tuple[Subscriber, str]] = []
         for fmt in FORMATS:
             subs = groups[fmt]
             if not subs:
                 continue
-            data = frames[fmt]
-            sent = 0
+            data = joined[fmt]
+            whole = sent = 0
             for sub in subs:
                 transport = sub.transport
+                if sub.buffer is not None:
+                    sub.buffer.extend(events)  # its opening is still being fetched
+                    continue
                 if transport.is_closing():
                     gone.append((sub, "client"))
                     continue
-                transport.write(data)
+                if not first or first > sub.last_id:
+                    transport.write(data)
+                    whole += 1
+                else:
+                    sent += self._write_newer(sub, events)
+                sub.last_id = max(sub.last_id, last)
                 sub.last_write = started
-                sent += 1
                 if transport.get_write_buffer_size() > cap:
                     gone.append((sub, "slow"))
-            self._m_events[fmt].inc(sent * events)
-            self._m_bytes[fmt].inc(sent * len(data))
+            self._m_events[fmt].inc(whole * len(events) + sent)
+            self._m_bytes[fmt].inc(whole * len(data))
         for sub, reason in gone:
             self.close(sub, reason)
         self.metrics.broadcast_duration.observe(self.clock.monotonic() - started)
+
+    def _write_newer(self, sub: Subscriber, events: Events) -> int:
+        """The rare path: write only the events above the subscriber's last id."""
+        keep = [f for i, f in events if not i or i > sub.last_id]
+        self._m_dropped.inc(len(events) - len(keep))
+        if keep:
+            data = b"".join(f[sub.fmt] for f in keep)
+            sub.transport.write(data)
+            self._m_bytes[sub.fmt].inc(len(data))
+        return len(keep)
+
+    def _write(self, sub: Subscriber, data: bytes, events: int) -> None:
+        """One write outside the broadcast (opening, resync, heartbeat), cap checked."""
+        if not data or sub.done.done():
+            return
+        sub.transport.write(data)
+        sub.last_write = self.clock.monotonic()
+        self._m_events[sub.fmt].inc(events)
+        self._m_bytes[sub.fmt].inc(len(data))
+        if sub.transport.get_write_buffer_size() > self.config.max_buffer_bytes:
+            self.close(sub, "slow")
 
     # -- subscribers ----------------------------------------------------------
 
     @property
     def count(self) -> int:
-        """Subscribers connected now."""
+        """Subscribers attached now."""
         return len(self._subs)
 
-    def full(self) -> bool:
-        """Whether a new subscriber must be refused."""
-        return self.count >= self.config.max_subscribers
+    @property
+    def admitted(self) -> int:
+        """Connections holding a slot under ``max_subscribers`` (attached or opening)."""
+        return self._subs.admitted
+
+    def admit(self) -> Slot:
+        """Reserve a connection's slot, or raise ``Full``; pair with ``release`` in a finally."""
+        return self._subs.admit()
+
+    def release(self, slot: Slot) -> None:
+        """Give a connection's slot back (idempotent)."""
+        self._subs.release(slot)
 
     async def subscribe(
         self,
+        slot: Slot,
         transport: Transport,
         fmt: WireFormat,
         pairs: tuple[str, ...],
         last_id: int | None,
     ) -> Subscriber:
-        """Send the opening frames (snapshot, replay or resync) and attach the subscriber.
+        """Attach a subscriber and write its opening (snapshot, replay or resync).
 
-        After the optional store query nothing awaits, so no tick published meanwhile can
-        fall between the replay and the live stream.
+        ``slot`` comes from ``admit``. The subscriber is registered before the optional
+        store query; live events meanwhile are held and written after the replay, those
+        above the replay's last id only. SSE openings begin with the ``retry:`` line.
         """
-        rows: list[Tick] | None = None
-        min_id = 0
-        if last_id is not None and self._ring.floor > last_id:
-            rows = await self.replay.since_id(last_id, pairs, self.config.replay_limit + 1)
-            min_id = await self.replay.min_id()
+        if slot.released:
+            raise ValueError("subscribe needs a slot from admit() that is not released")
         # Events still in the coalescing window go to the current subscribers first; the
-        # newcomer's opening already contains them (they are in the ring), so no duplicate.
+        # newcomer's opening already contains them (they are in the ring or the store).
         self.flush()
-        opening = self._opening(pairs, last_id, rows, min_id)
-        bound_kernel_buffer(transport, self.config.max_buffer_bytes)
         now = self.clock.monotonic()
         sub = Subscriber(transport, fmt, pairs, now, self._expiry(now))
+        bound_kernel_buffer(transport, self.config.max_buffer_bytes)
         self._subs.add(sub)
         self._m_opened[fmt].inc()
         self._m_subscribers[fmt].inc()
-        if opening:
-            transport.write(b"".join(frames[fmt] for frames in opening))
+        plan = decide(last_id, self.max_id, self._ring, self.replay.history_floor, pairs)
+        if plan is Need.SNAPSHOT:
+            self._open(sub, self._snapshot(pairs) + self._statuses(pairs))
+        elif plan is Need.STORE:
+            assert last_id is not None
+            await self._open_from_store(sub, last_id)
+        elif isinstance(plan, Resync):
+            self._open(sub, self._resync_events(sub, plan) + self._statuses(pairs))
+        else:
+            self._open(sub, plan + self._statuses(pairs))
         return sub
 
-    def _opening(
-        self, pairs: tuple[str, ...], last_id: int | None, rows: list[Tick] | None, min_id: int
-    ) -> list[Frames]:
-        if last_id is None:
-            frames = self._snapshot(pairs)
-        elif last_id > self.max_id:
-            return self._resync(pairs, f"event id {last_id} is ahead of this feed ({self.max_id})")
-        else:
-            frames = []
-            after = last_id
-            if rows is not None:
-                if min_id > last_id + 1:
-                    return self._resync(pairs, f"events after {last_id} are no longer kept")
-                frames = [price_frames(t) for t in rows]
-                after = rows[-1].id if rows else last_id
-            frames += self._ring.after(after, pairs)
-            if len(frames) > self.config.replay_limit:
-                return self._resync(pairs, f"more than {self.config.replay_limit} events missed")
-        return frames + self._statuses(pairs)
+    async def _open_from_store(self, sub: Subscriber, last_id: int) -> None:
+        sub.buffer = []
+        statuses = self._statuses(sub.pairs)
+        limit = self.config.replay_limit
+        try:
+            rows = await self.replay.since_id(last_id, sub.pairs, limit + 1)
+        except BaseException:
+            self.detach(sub, "client")
+            raise
+        held, sub.buffer = sub.buffer, None
+        if sub not in self._subs:
+            return  # closed while the query ran (shutdown)
+        plan = from_store(last_id, rows, self.replay.history_floor, limit)
+        if sub.gap is not None or isinstance(plan, Resync):
+            why = plan if isinstance(plan, Resync) else Resync("gap", sub.gap or "")
+            self._open(sub, self._resync_events(sub, why) + self._statuses(sub.pairs))
+            return
+        after = plan[-1][0] if plan else last_id
+        self._open(sub, plan + statuses + [(i, f) for i, f in held if not i or i > after])
+
+    def _open(self, sub: Subscriber, events: Events) -> None:
+        """Write the opening as one write, the retry line first on SSE."""
+        fmt = sub.fmt
+        if not events and fmt == WireFormat.WS:
+            return
+        head = self._retry[fmt]
+        body = b"".join(f[fmt] for _, f in events)
+        if not events:
+            # Nothing to send yet: end the block so the retry applies (it dispatches nothing).
+            body = chunk(b"\n") if fmt == WireFormat.SSE_CHUNKED else b"\n"
+        sub.last_id = max([sub.last_id, *(i for i, _ in events)])
+        # Not counted in events_sent, which counts live events (as before the split).
+        self._write(sub, head + body, 0)
 
     def _latest_ticks(self, pairs: tuple[str, ...]) -> list[Tick]:
         """The latest tick of each pair that has one, in id order."""
         return sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
 
-    def _snapshot(self, pairs: tuple[str, ...]) -> list[Frames]:
+    def _snapshot(self, pairs: tuple[str, ...]) -> Events:
         # A price put in ``latest`` from outside (a pair added on reload) has no frames yet.
         ticks = self._latest_ticks(pairs)
-        return [self._latest_frames.get(t.pair) or price_frames(t) for t in ticks]
+        return [(t.id, self._latest_frames.get(t.pair) or price_frames(t)) for t in ticks]
 
-    def _statuses(self, pairs: tuple[str, ...]) -> list[Frames]:
-        return [self._status_frames[p] for p in pairs if p in self._status_frames]
+    def _statuses(self, pairs: tuple[str, ...]) -> Events:
+        return [(0, self._status_frames[p]) for p in pairs if p in self._status_frames]
 
-    def _resync(self, pairs: tuple[str, ...], reason: str) -> list[Frames]:
-        ticks = self._latest_ticks(pairs)
+    def _resync_events(self, sub: Subscriber, why: Resync) -> Events:
+        """One resync event with the latest snapshot of ``sub``'s pairs, counted."""
+        self.metrics.resyncs.labels(why.label).inc()
+        return [self._resync_frame(sub.pairs, why.reason)]
+
+    def _resync_frame(
+        self, pairs: tuple[str, ...] | frozenset[str], reason: str
+    ) -> tuple[int, Frames]:
+        ticks = self._latest_ticks(tuple(pairs))
         # With no tick to point at, an empty id clears the client's (unknown) resume point,
         # so its next reconnect asks for a snapshot instead of resyncing again.
-        last = ticks[-1].id if ticks else ""
+        last = ticks[-1].id if ticks else 0
         data = {"reason": reason, "ticks": [t.to_json() for t in ticks]}
-        return [encode("resync", data, last), *self._statuses(pairs)]
+        return last, encode("resync", data, last or "")
+
+    def _resync_all(self, why: Resync) -> None:
+        """One resync to every subscriber, encoded once per pair set."""
+        for key, groups in list(self._subs.by_set.items()):
+            event_id, frames = self._resync_frame(tuple(sorted(key)), why.reason)
+            for fmt in FORMATS:
+                for sub in list(groups[fmt]):
+                    if sub.buffer is not None:
+                        sub.gap = why.reason  # its opening becomes this resync
+                        continue
+                    self.metrics.resyncs.labels(why.label).inc()
+                    sub.last_id = max(sub.last_id, event_id)
+                    self._write(sub, frames[fmt], 1)
 
     def close(self, sub: Subscriber, reason: str) -> None:
         """Detach a subscriber and wake its handler; ``slow`` ones are aborted at once."""
@@ -274,7 +395,7 @@ class Hub:
             self.close(sub, reason)
 
     def subscribers(self) -> list[Subscriber]:
-        """Every connected subscriber (each once)."""
+        """Every attached subscriber (each once)."""
         return self._subs.all()
 
     # -- the shared timer -----------------------------------------------------
@@ -287,8 +408,9 @@ class Hub:
         return now + lifetime * random.uniform(0.85, 1.15)
 
     async def run_timer(self) -> None:
-        """The shared timer: ``tick_timer`` every third of the heartbeat period, for ever."""
-        period = self.config.heartbeat / 3
+        """The shared timer: ``tick_timer`` about every second, for ever."""
+        # A short period keeps the heartbeat's delay within heartbeat..heartbeat+1 s.
+        period = min(TIMER_PERIOD, self.config.heartbeat / 3)
         while True:
             await self.clock.sleep(period)
             self.tick_timer()
@@ -297,22 +419,13 @@ class Hub:
         """Heartbeat idle subscribers, retire expired ones, forget dead ones."""
         now = self.clock.monotonic()
         idle_before = now - self.config.heartbeat
-        beats = [0 for _ in FORMATS]
         for sub in self.subscribers():
-            transport = sub.transport
-            if transport.is_closing():
+            if sub.transport.is_closing():
                 self.close(sub, "client")
             elif now >= sub.expires:
                 self.close(sub, "lifetime")
-            elif sub.last_write <= idle_before:
-                transport.write(HEARTBEATS[sub.fmt])
-                sub.last_write = now
-                beats[sub.fmt] += 1
-                if transport.get_write_buffer_size() > self.config.max_buffer_bytes:
-                    self.close(sub, "slow")
-        for fmt in FORMATS:
-            if beats[fmt]:
-                self._m_bytes[fmt].inc(beats[fmt] * len(HEARTBEATS[fmt]))
+            elif sub.last_write <= idle_before and sub.buffer is None:
+                self._write(sub, HEARTBEATS[sub.fmt], 0)
 
 
 def _call_now(name: str, callback: Callable[[], None]) -> None:

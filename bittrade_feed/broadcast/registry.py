@@ -1,4 +1,4 @@
-"""The subscriber registry: who is connected, in which wire format, for which pairs."""
+"""The subscriber registry: who is admitted and connected, in which format, for which pairs."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import contextlib
 import socket
 from typing import Protocol
 
-from bittrade_feed.broadcast.wire import FORMATS, WireFormat
+from bittrade_feed.broadcast.wire import FORMATS, Frames, WireFormat
 
 
 class Transport(Protocol):
@@ -19,10 +19,34 @@ class Transport(Protocol):
     def abort(self) -> None: ...  # noqa: D102
 
 
-class Subscriber:
-    """One open stream."""
+class Full(Exception):
+    """``stream.max_subscribers`` connections are already admitted."""
 
-    __slots__ = ("done", "expires", "fmt", "last_write", "pairs", "transport")
+
+class Slot:
+    """One admitted connection's place under ``stream.max_subscribers``."""
+
+    __slots__ = ("released",)
+
+    def __init__(self) -> None:
+        self.released = False
+
+
+class Subscriber:
+    """One open stream, and what the hub has written to it."""
+
+    __slots__ = (
+        "buffer",
+        "done",
+        "expires",
+        "fmt",
+        "gap",
+        "key",
+        "last_id",
+        "last_write",
+        "pairs",
+        "transport",
+    )
 
     def __init__(
         self,
@@ -35,8 +59,15 @@ class Subscriber:
         self.transport = transport
         self.fmt = fmt
         self.pairs = pairs
+        self.key = frozenset(pairs)
         self.last_write = now
         self.expires = expires
+        self.last_id = 0
+        """The id of the last price (or resync) written; only higher ids are written."""
+        self.buffer: list[tuple[int, Frames]] | None = None
+        """Live events (id, or 0 for a status) held while the opening is fetched."""
+        self.gap: str | None = None
+        """Why a resync must replace the held events (ids were lost meanwhile)."""
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
 
@@ -44,14 +75,36 @@ Groups = tuple[set[Subscriber], set[Subscriber], set[Subscriber]]
 """Subscribers split by wire format, indexed by ``WireFormat``."""
 
 
-class Registry:
-    """Every subscriber once, and per pair by wire format (the broadcast's lookup)."""
+def _groups() -> Groups:
+    return set(), set(), set()
 
-    def __init__(self) -> None:
+
+class Registry:
+    """Admitted connections, and subscribers by pair and by pair set, per wire format."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.admitted = 0
+        """Slots held: connections past admission, attached or still opening."""
         self.by_pair: dict[str, Groups] = {}
+        self.by_set: dict[frozenset[str], Groups] = {}
+        """The same subscribers by their whole pair set (coalesced windows, resyncs)."""
         self._all: set[Subscriber] = set()
         """Every subscriber once, for the timer (the per-pair sets repeat multi-pair ones)."""
         self._count = [0 for _ in FORMATS]
+
+    def admit(self) -> Slot:
+        """Take a slot, or raise ``Full``; synchronous, so no await splits check and act."""
+        if self.admitted >= self.limit:
+            raise Full
+        self.admitted += 1
+        return Slot()
+
+    def release(self, slot: Slot) -> None:
+        """Give a slot back (idempotent)."""
+        if not slot.released:
+            slot.released = True
+            self.admitted -= 1
 
     def __len__(self) -> int:
         return sum(self._count)
@@ -60,9 +113,10 @@ class Registry:
         return sub in self._all
 
     def add(self, sub: Subscriber) -> None:
-        """Register a subscriber under each of its pairs."""
+        """Register a subscriber under each of its pairs and its pair set."""
         for pair in sub.pairs:
-            self.by_pair.setdefault(pair, (set(), set(), set()))[sub.fmt].add(sub)
+            self.by_pair.setdefault(pair, _groups())[sub.fmt].add(sub)
+        self.by_set.setdefault(sub.key, _groups())[sub.fmt].add(sub)
         self._all.add(sub)
         self._count[sub.fmt] += 1
 
@@ -71,6 +125,10 @@ class Registry:
         self._all.remove(sub)
         for pair in sub.pairs:
             self.by_pair[pair][sub.fmt].discard(sub)
+        groups = self.by_set[sub.key]
+        groups[sub.fmt].discard(sub)
+        if not any(groups):
+            del self.by_set[sub.key]
         self._count[sub.fmt] -= 1
 
     def all(self) -> list[Subscriber]:

@@ -32,6 +32,8 @@ class WireFormat(enum.IntEnum):
 
 FORMATS = tuple(WireFormat)
 
+SSE_HELLO = b": hello\n"
+"""The first line of an SSE body: sent at once with the headers, it opens the first block."""
 SSE_HEARTBEAT = b": keep-alive\n\n"
 WS_PING = b"\x89\x00"
 

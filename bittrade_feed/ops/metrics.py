@@ -40,6 +40,8 @@ CLOSE_REASONS = (
 )
 SKIP_REASONS = ("no_quorum", "jump_held", "store_error")
 JUMP_OUTCOMES = ("held", "confirmed", "rejected")
+DROP_STAGES = ("publish", "subscriber")
+RESYNC_REASONS = ("gap", "ahead", "replay_limit", "retention")
 
 
 def new_registry() -> CollectorRegistry:
@@ -166,6 +168,24 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=r,
         )
+        self.events_dropped = Counter(
+            "bittrade_feed_events_dropped",
+            "Price events not written because their id was not above the last one written "
+            "(a duplicate or older id), by where: the hub's input or one subscriber.",
+            ["stage"],
+            registry=r,
+        )
+        self.tick_gaps = Counter(
+            "bittrade_feed_tick_gaps",
+            "Ticks whose id skipped ids this daemon never received (each became a resync).",
+            registry=r,
+        )
+        self.resyncs = Counter(
+            "bittrade_feed_resyncs",
+            "Resync events sent to subscribers, by reason.",
+            ["reason"],
+            registry=r,
+        )
         self.store_write_duration = Histogram(
             "bittrade_feed_store_write_duration_seconds",
             "Time to commit one price to SQLite.",
@@ -198,6 +218,10 @@ class Metrics:
         self.store_size = Gauge(
             "bittrade_feed_store_size_bytes", "Size of the database file.", registry=r
         )
+        for stage in DROP_STAGES:
+            self.events_dropped.labels(stage)
+        for reason in RESYNC_REASONS:
+            self.resyncs.labels(reason)
         for transport in TRANSPORTS:
             self.subscribers.labels(transport)
             self.connections_opened.labels(transport)

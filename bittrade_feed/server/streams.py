@@ -15,9 +15,8 @@ from aiohttp import WSMsgType, web
 from aiohttp.http import HttpVersion11
 from aiohttp.web import ContentCoding
 
-from bittrade_feed.broadcast.hub import Hub
-from bittrade_feed.broadcast.registry import Subscriber
-from bittrade_feed.broadcast.wire import WireFormat
+from bittrade_feed.broadcast.hub import Full, Hub, Slot, Subscriber
+from bittrade_feed.broadcast.wire import SSE_HELLO, WireFormat
 from bittrade_feed.config import Config
 from bittrade_feed.server.badinput import note_bad_message
 from bittrade_feed.server.params import last_event_id, requested_pairs
@@ -45,37 +44,53 @@ def _app_state(request: web.Request) -> tuple[Hub, Config]:
     return request.app[HUB], current_config(request.app)
 
 
-def _refuse_if_full(hub: Hub, transport: str) -> None:
-    if hub.full():
+def _reserve(hub: Hub, transport: str) -> Slot:
+    """A subscriber slot, taken before any await; ``Problem`` 503 when none is left.
+
+    The caller releases it in a ``finally``, so every way out of the handler gives it back.
+    """
+    try:
+        return hub.admit()
+    except Full:
         hub.metrics.connections_closed.labels(transport, "limit").inc()
         # A spread of Retry-After values keeps refused clients from returning in one wave.
         raise Problem(
             503,
             f"subscriber limit reached ({hub.config.max_subscribers}); retry later",
             headers={"Retry-After": str(random.randint(2, 10))},
-        )
+        ) from None
 
 
-def _admit(request: web.Request, hub: Hub, transport: str) -> tuple[tuple[str, ...], int | None]:
-    """The stream's pairs and resume point; ``Problem`` if the request or the limit says no."""
+def _admit(
+    request: web.Request, hub: Hub, transport: str
+) -> tuple[tuple[str, ...], int | None, Slot | None]:
+    """The stream's pairs, resume point and slot (none for HEAD); ``Problem`` if refused."""
     pairs = requested_pairs(request, "pairs")
     resume = last_event_id(request)
-    if request.method != "HEAD":
-        _refuse_if_full(hub, transport)
-    return pairs, resume
+    slot = None if request.method == "HEAD" else _reserve(hub, transport)
+    return pairs, resume, slot
 
 
 @handles_own_problems
 async def price_stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: snapshot or replay, then every price and status as it happens."""
-    hub, config = _app_state(request)
+    hub, _ = _app_state(request)
     try:
-        pairs, resume = _admit(request, hub, "sse")
+        pairs, resume, slot = _admit(request, hub, "sse")
     except Problem as problem:
         return problem_response(problem)
-    if request.method == "HEAD":
+    if slot is None:
         # The headers a GET would get, and no stream: HEAD must not hold a subscriber slot.
         return web.Response(headers=SSE_HEADERS)
+    try:
+        return await _serve_sse(request, hub, slot, pairs, resume)
+    finally:
+        hub.release(slot)
+
+
+async def _serve_sse(
+    request: web.Request, hub: Hub, slot: Slot, pairs: tuple[str, ...], resume: int | None
+) -> web.StreamResponse:
     resp = web.StreamResponse(headers=SSE_HEADERS)
     # Never compressed, whatever Accept-Encoding says: the hub writes pre-framed bytes
     # straight to the socket, and a compressor would hold events back until it flushes.
@@ -84,15 +99,14 @@ async def price_stream(request: web.Request) -> web.StreamResponse:
     if http11:
         resp.enable_chunked_encoding()
     await resp.prepare(request)
-    # The first write goes through aiohttp so the headers leave with it; afterwards
-    # the hub writes whole pre-framed chunks straight to the transport.
-    await resp.write(b"retry: %d\n\n" % config.stream.retry_ms)
+    # The first write goes through aiohttp so the headers leave with it; afterwards the
+    # hub writes whole pre-framed chunks (the retry line first) straight to the transport.
+    await resp.write(SSE_HELLO)
     transport = request.transport
     if transport is None or transport.is_closing():
         return resp
-    sub = await hub.subscribe(
-        transport, WireFormat.SSE_CHUNKED if http11 else WireFormat.SSE_RAW, pairs, resume
-    )
+    fmt = WireFormat.SSE_CHUNKED if http11 else WireFormat.SSE_RAW
+    sub = await hub.subscribe(slot, transport, fmt, pairs, resume)
     try:
         await sub.done
     finally:
@@ -110,26 +124,43 @@ async def ws_stream(request: web.Request) -> web.StreamResponse:
     """
     hub, config = _app_state(request)
     try:
-        pairs, resume = _admit(request, hub, "ws")
+        pairs, resume, slot = _admit(request, hub, "ws")
     except Problem as problem:
         return problem_response(problem)
-    # Compression off: frames are pre-encoded once for every subscriber.
-    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_WS_MESSAGE, autoping=True)
-    if not ws.can_prepare(request).ok:
-        # A proxy that drops the Upgrade headers turns the handshake into a plain GET.
-        return problem_response(
-            Problem(426, PROXY_HINT, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
-        )
+    try:
+        # Compression off: frames are pre-encoded once for every subscriber.
+        ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_WS_MESSAGE, autoping=True)
+        if slot is None or not ws.can_prepare(request).ok:
+            # A proxy that drops the Upgrade headers turns the handshake into a plain GET
+            # (and a HEAD, which holds no slot, cannot upgrade either).
+            return problem_response(
+                Problem(426, PROXY_HINT, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
+            )
+        return await _serve_ws(request, ws, hub, config, slot, pairs, resume)
+    finally:
+        if slot is not None:
+            hub.release(slot)
+
+
+async def _serve_ws(
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    hub: Hub,
+    config: Config,
+    slot: Slot,
+    pairs: tuple[str, ...],
+    resume: int | None,
+) -> web.StreamResponse:
     await ws.prepare(request)
     transport = request.transport
     if transport is None:
         return ws
     stream = config.stream
     bucket = TokenBucket(stream.ws_ops_burst, stream.ws_ops_per_second, hub.clock.monotonic)
-    sub = await hub.subscribe(transport, WireFormat.WS, pairs, resume)
+    sub = await hub.subscribe(slot, transport, WireFormat.WS, pairs, resume)
     try:
         while True:
-            sub = await _serve_ws_message(request, ws, sub, config.fetch.pairs, bucket)
+            sub = await _serve_ws_message(request, ws, sub, config.fetch.pairs, bucket, slot)
             if sub.done.done():
                 break
     finally:
@@ -150,6 +181,7 @@ async def _serve_ws_message(
     sub: Subscriber,
     known: tuple[str, ...],
     bucket: TokenBucket,
+    slot: Slot,
 ) -> Subscriber:
     """Wait for one client message or for the hub to end the stream."""
     hub = request.app[HUB]
@@ -176,7 +208,7 @@ async def _serve_ws_message(
         await ws.send_str(json_error(problem.detail))
         return sub
     hub.detach(sub, "resubscribe")
-    new = await hub.subscribe(sub.transport, WireFormat.WS, pairs, resume)
+    new = await hub.subscribe(slot, sub.transport, WireFormat.WS, pairs, resume)
     # The stream's lifetime and heartbeat schedule carry over: ops must not postpone the
     # timer that retires old streams and checks an idle client's unsent bytes.
     new.expires, new.last_write = sub.expires, min(new.last_write, sub.last_write)

@@ -1,9 +1,10 @@
-"""Reading SSE streams in tests: whole frames, exactly as sent."""
+"""Reading SSE streams in tests: whole frames, exactly as sent, over HTTP or a bare socket."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 from aiohttp import ClientResponse
@@ -60,3 +61,58 @@ class RecordingTransport:
 
     def abort(self) -> None:
         pass
+
+
+class Peer:
+    """One end of a loopback TCP connection: the hub writes to ``transport``, we read."""
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.transport = transport
+        self.reader = reader
+        self._writer = writer
+
+    def stall(self) -> None:
+        """Stop reading, as a client that stopped consuming the stream."""
+        self._writer.transport.pause_reading()  # type: ignore[attr-defined]
+
+    async def received(self, timeout: float = 5.0) -> list[tuple[Any, ...]]:
+        """Close our side's writer and parse every SSE frame the hub wrote (raw format)."""
+        self.transport.close()
+        async with asyncio.timeout(timeout):
+            data = await self.reader.read()
+        self._writer.close()
+        return [parse(f + b"\n\n") for f in data.split(b"\n\n") if f]
+
+
+async def loopback_peers(n: int, rcvbuf: int = 0) -> list[Peer]:
+    """``n`` real loopback connections, each given as the server-side transport and a reader.
+
+    ``rcvbuf`` shrinks the reading side's kernel buffer, so a peer that does not read
+    leaves the bytes unsent on the hub's side.
+    """
+    accepted: asyncio.Queue[asyncio.StreamWriter] = asyncio.Queue()
+
+    async def on_connect(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await accepted.put(writer)
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    peers = []
+    for _ in range(n):
+        sock = socket.socket()
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        server_side = await accepted.get()
+        transport = server_side.transport
+        assert isinstance(transport, asyncio.Transport)
+        peers.append(Peer(transport, reader, writer))
+    server.close()
+    return peers

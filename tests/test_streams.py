@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 import aiohttp
@@ -18,10 +19,12 @@ from bittrade_feed.broadcast.wire import chunk, encode, sse_frame, ws_frame
 from bittrade_feed.config import Config
 from bittrade_feed.models import FeedStatus, Tick
 from bittrade_feed.server.app import create_app
-from bittrade_feed.server.state import FETCHER, HUB, METRICS
+from bittrade_feed.server.state import FETCHER, HUB, METRICS, STORE
+from bittrade_feed.store.sqlite import Store
 from tests.fakeclock import FakeClock
 from tests.streamcheck import check_stream, stored_ticks
 from tests.streamutil import events, frames, parse
+from tests.test_metrics import until
 
 PAIRS = ("BTC-USD", "ETH-USD")
 
@@ -450,3 +453,116 @@ async def test_coalescing_window_flushes_before_a_new_subscriber(
         "bittrade_feed_events_sent_total", {"transport": "sse"}
     )
     assert sent == 5  # three to the first subscriber, then one each
+
+
+class Gated:
+    """The app's real store, with resume queries held until the test opens the gate."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.gate = asyncio.Event()
+        self.waiting = 0
+        self.history_floor = 0
+
+    async def since_id(self, after: int, pairs: Sequence[str], limit: int) -> list[Tick]:
+        self.waiting += 1
+        try:
+            await self.gate.wait()
+        finally:
+            self.waiting -= 1
+        return await self.store.since_id(after, pairs, limit)
+
+
+async def test_limit_holds_for_concurrent_resumes_that_query_the_store(
+    aiohttp_server, daemon_config
+) -> None:
+    """100 resumes at once against max_subscribers 10: 10 admitted, 90 refused, 0 after."""
+    config = sim_config(daemon_config, stream={"max_subscribers": 10, "replay_limit": 2})
+    server = await aiohttp_server(create_app(config, fetch=False))
+    await _ticks(server, 3)  # ids 1..6: a resume at 1 is below the ring, so SQLite answers
+    hub = server.app[HUB]
+    gated = Gated(server.app[STORE])
+    hub.replay = gated
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        url = server.make_url("/api/price-stream")
+        resps = await asyncio.gather(
+            *(session.get(url, headers={"Last-Event-ID": "1"}) for _ in range(100))
+        )
+        assert sorted(r.status for r in resps) == [200] * 10 + [503] * 90
+        admitted = [r for r in resps if r.status == 200]
+        await until(lambda: gated.waiting == 10)
+        assert hub.admitted == 10
+        for resp in admitted[:4]:  # gone while their query is pending
+            resp.close()
+        await asyncio.sleep(0.05)
+        gated.gate.set()
+        for resp in admitted[4:]:
+            ((_, event, _), *_) = await events(resp, 1)
+            assert event == "resync"  # 5 missed, more than replay_limit
+            resp.close()
+        for resp in resps:
+            resp.close()
+        await until(lambda: hub.admitted == 0 and hub.count == 0)
+    refused = server.app[METRICS].registry.get_sample_value(
+        "bittrade_feed_connections_closed_total", {"transport": "sse", "reason": "limit"}
+    )
+    assert refused == 90
+
+
+def _ws_client_frame(payload: bytes) -> bytes:
+    """A masked text frame (key 0, so the payload reads as is), as a client must send."""
+    assert len(payload) < 126
+    return bytes((0x81, 0x80 | len(payload))) + b"\0\0\0\0" + payload
+
+
+async def test_ws_resubscribe_flood_is_cut_off_as_slow(
+    aiohttp_client: AiohttpClient, daemon_config
+) -> None:
+    """Subscribe ops that each replay from id 1, never read: cut off once past the cap."""
+    config = sim_config(daemon_config, stream={"max_buffer_bytes": 4096})
+    client = await aiohttp_client(create_app(config, fetch=False))
+    await _ticks(client, 15)  # 15 BTC prices to replay per op, about 2.5 KiB
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect((client.host, client.port))
+    sock.sendall(
+        b"GET /api/ws?pairs=BTC-USD HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    op = _ws_client_frame(b'{"op":"subscribe","pairs":["BTC-USD"],"last_event_id":1}')
+    closed = client.app[METRICS].registry
+    with contextlib.suppress(ConnectionError):  # reset once the server aborts us
+        for _ in range(20):  # never reading a byte
+            sock.sendall(op)
+            await asyncio.sleep(0.01)
+    await until(
+        lambda: (
+            closed.get_sample_value(
+                "bittrade_feed_connections_closed_total", {"transport": "ws", "reason": "slow"}
+            )
+            == 1
+        )
+    )
+    await until(lambda: client.app[HUB].admitted == 0)
+    sock.close()
+
+
+async def test_heartbeat_within_a_second_of_the_setting(
+    aiohttp_client: AiohttpClient, daemon_config, clock: FakeClock
+) -> None:
+    """Idle for heartbeat seconds: the keep-alive comes within the next second, not later."""
+    config = sim_config(daemon_config, stream={"heartbeat": 15})
+    client = await aiohttp_client(create_app(config, clock=clock, fetch=False))
+    async with client.get("/api/price-stream?pairs=BTC-USD") as resp:
+        await frames(resp, 1)
+        for offset in (2.5, 3.3, 7.9):  # last write at odd offsets from the timer's beat
+            await clock.advance(offset)
+            client.app[HUB].publish_status(FeedStatus("BTC-USD", "stale", 0, "moved"))
+            await frames(resp, 1)
+            await clock.advance(14.9)
+            with pytest.raises(TimeoutError):
+                await frames(resp, 1, timeout=0.1)
+            await clock.advance(1.1)  # 16 s idle at most
+            (beat,) = await frames(resp, 1)
+            assert beat == b": keep-alive\n\n"

@@ -20,7 +20,6 @@ their (jittered) lifetime. The hub's inputs are ``publish(tick)`` and
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Callable, Sequence
 
 import structlog
@@ -32,17 +31,28 @@ from bittrade_feed.broadcast.registry import (
     Subscriber,
     Transport,
     bound_kernel_buffer,
+    expiry,
 )
-from bittrade_feed.broadcast.replay import Events, Need, Replay, Resync, Ring, decide, from_store
+from bittrade_feed.broadcast.replay import (
+    Events,
+    Known,
+    Need,
+    Replay,
+    Resync,
+    Ring,
+    decide,
+    from_store,
+)
 from bittrade_feed.broadcast.wire import (
+    BLOCK_END,
     FORMATS,
     HEARTBEATS,
     Frames,
     WireFormat,
-    chunk,
     encode,
     join,
     price_frames,
+    retry_frames,
 )
 from bittrade_feed.clock import Clock
 from bittrade_feed.config import StreamConfig
@@ -67,12 +77,12 @@ class Hub:
         self.clock = clock
         self.metrics = metrics
         self.replay = replay
-        self.latest: dict[str, Tick] = {}
-        self.statuses: dict[str, FeedStatus] = {}
+        self._known = Known()
+        self.latest = self._known.ticks
+        """The latest tick of each pair (read by the fetcher and the status line)."""
+        self.statuses = self._known.statuses
         self.max_id = 0
         self._ring = Ring(config.replay_limit)
-        self._latest_frames: dict[str, Frames] = {}
-        self._status_frames: dict[str, Frames] = {}
         self._subs = Registry(config.max_subscribers)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._pending: list[tuple[str, int, Frames]] = []
@@ -80,10 +90,7 @@ class Hub:
         self._flush_handle: asyncio.TimerHandle | None = None
         self.run_callback: Callable[[str, Callable[[], None]], None] = _call_now
         """Runs the timer callbacks the hub schedules; the app's supervisor reports a raise."""
-        retry = b"retry: %d\n" % config.retry_ms
-        # The retry line rides in the opening's first block: a block with only a retry
-        # dispatches nothing (WHATWG), and some clients then parse an empty data field.
-        self._retry: Frames = (chunk(retry), retry, b"")
+        self._retry = retry_frames(config.retry_ms)
         # Labelled children looked up once: .labels() costs microseconds per call.
         self._m_events = [metrics.events_sent.labels(f.transport) for f in FORMATS]
         self._m_bytes = [metrics.bytes_sent.labels(f.transport) for f in FORMATS]
@@ -98,8 +105,7 @@ class Hub:
         in_ring = self._ring.load(recent, max_id, self.replay.history_floor)
         self.max_id = max_id
         for tick in latest.values():
-            self.latest[tick.pair] = tick
-            self._latest_frames[tick.pair] = in_ring.get(tick.id) or price_frames(tick)
+            self._known.set_tick(tick, in_ring.get(tick.id) or price_frames(tick))
 
     def start(self) -> None:
         """Start the shared heartbeat timer."""
@@ -123,8 +129,7 @@ class Hub:
             return
         expected = self.max_id + 1
         frames = price_frames(tick)
-        self.latest[tick.pair] = tick
-        self._latest_frames[tick.pair] = frames
+        self._known.set_tick(tick, frames)
         self.max_id = tick.id
         if tick.id == expected:
             self._ring.append(tick, frames)
@@ -142,8 +147,7 @@ class Hub:
     def publish_status(self, status: FeedStatus) -> None:
         """Tell every subscriber of the pair that it went stale or live again (no id)."""
         frames = encode("status", status.to_json())
-        self.statuses[status.pair] = status
-        self._status_frames[status.pair] = frames
+        self._known.set_status(status, frames)
         self._broadcast(status.pair, 0, frames)
 
     def _broadcast(self, pair: str, event_id: int, frames: Frames) -> None:
@@ -231,6 +235,9 @@ class Hub:
         """One write outside the broadcast (opening, resync, heartbeat), cap checked."""
         if not data or sub.done.done():
             return
+        if sub.transport.is_closing():
+            self.close(sub, "client")  # gone while its opening was fetched
+            return
         sub.transport.write(data)
         sub.last_write = self.clock.monotonic()
         self._m_events[sub.fmt].inc(events)
@@ -278,26 +285,26 @@ class Hub:
         # newcomer's opening already contains them (they are in the ring or the store).
         self.flush()
         now = self.clock.monotonic()
-        sub = Subscriber(transport, fmt, pairs, now, self._expiry(now))
+        sub = Subscriber(transport, fmt, pairs, now, expiry(now, self.config.max_lifetime))
         bound_kernel_buffer(transport, self.config.max_buffer_bytes)
         self._subs.add(sub)
         self._m_opened[fmt].inc()
         self._m_subscribers[fmt].inc()
         plan = decide(last_id, self.max_id, self._ring, self.replay.history_floor, pairs)
         if plan is Need.SNAPSHOT:
-            self._open(sub, self._snapshot(pairs) + self._statuses(pairs))
+            self._open(sub, self._known.snapshot(pairs) + self._known.status_events(pairs))
         elif plan is Need.STORE:
             assert last_id is not None
             await self._open_from_store(sub, last_id)
         elif isinstance(plan, Resync):
-            self._open(sub, self._resync_events(sub, plan) + self._statuses(pairs))
+            self._open(sub, self._resync_events(sub, plan) + self._known.status_events(pairs))
         else:
-            self._open(sub, plan + self._statuses(pairs))
+            self._open(sub, plan + self._known.status_events(pairs))
         return sub
 
     async def _open_from_store(self, sub: Subscriber, last_id: int) -> None:
         sub.buffer = []
-        statuses = self._statuses(sub.pairs)
+        statuses = self._known.status_events(sub.pairs)
         limit = self.config.replay_limit
         try:
             rows = await self.replay.since_id(last_id, sub.pairs, limit + 1)
@@ -310,7 +317,7 @@ class Hub:
         plan = from_store(last_id, rows, self.replay.history_floor, limit)
         if sub.gap is not None or isinstance(plan, Resync):
             why = plan if isinstance(plan, Resync) else Resync("gap", sub.gap or "")
-            self._open(sub, self._resync_events(sub, why) + self._statuses(sub.pairs))
+            self._open(sub, self._resync_events(sub, why) + self._known.status_events(sub.pairs))
             return
         after = plan[-1][0] if plan else last_id
         self._open(sub, plan + statuses + [(i, f) for i, f in held if not i or i > after])
@@ -321,45 +328,20 @@ class Hub:
         if not events and fmt == WireFormat.WS:
             return
         head = self._retry[fmt]
-        body = b"".join(f[fmt] for _, f in events)
-        if not events:
-            # Nothing to send yet: end the block so the retry applies (it dispatches nothing).
-            body = chunk(b"\n") if fmt == WireFormat.SSE_CHUNKED else b"\n"
+        body = b"".join(f[fmt] for _, f in events) if events else BLOCK_END[fmt]
         sub.last_id = max([sub.last_id, *(i for i, _ in events)])
         # Not counted in events_sent, which counts live events (as before the split).
         self._write(sub, head + body, 0)
 
-    def _latest_ticks(self, pairs: tuple[str, ...]) -> list[Tick]:
-        """The latest tick of each pair that has one, in id order."""
-        return sorted((self.latest[p] for p in pairs if p in self.latest), key=lambda t: t.id)
-
-    def _snapshot(self, pairs: tuple[str, ...]) -> Events:
-        # A price put in ``latest`` from outside (a pair added on reload) has no frames yet.
-        ticks = self._latest_ticks(pairs)
-        return [(t.id, self._latest_frames.get(t.pair) or price_frames(t)) for t in ticks]
-
-    def _statuses(self, pairs: tuple[str, ...]) -> Events:
-        return [(0, self._status_frames[p]) for p in pairs if p in self._status_frames]
-
     def _resync_events(self, sub: Subscriber, why: Resync) -> Events:
         """One resync event with the latest snapshot of ``sub``'s pairs, counted."""
         self.metrics.resyncs.labels(why.label).inc()
-        return [self._resync_frame(sub.pairs, why.reason)]
-
-    def _resync_frame(
-        self, pairs: tuple[str, ...] | frozenset[str], reason: str
-    ) -> tuple[int, Frames]:
-        ticks = self._latest_ticks(tuple(pairs))
-        # With no tick to point at, an empty id clears the client's (unknown) resume point,
-        # so its next reconnect asks for a snapshot instead of resyncing again.
-        last = ticks[-1].id if ticks else 0
-        data = {"reason": reason, "ticks": [t.to_json() for t in ticks]}
-        return last, encode("resync", data, last or "")
+        return [self._known.resync(sub.pairs, why.reason)]
 
     def _resync_all(self, why: Resync) -> None:
         """One resync to every subscriber, encoded once per pair set."""
         for key, groups in list(self._subs.by_set.items()):
-            event_id, frames = self._resync_frame(tuple(sorted(key)), why.reason)
+            event_id, frames = self._known.resync(key, why.reason)
             for fmt in FORMATS:
                 for sub in list(groups[fmt]):
                     if sub.buffer is not None:
@@ -399,13 +381,6 @@ class Hub:
         return self._subs.all()
 
     # -- the shared timer -----------------------------------------------------
-
-    def _expiry(self, now: float) -> float:
-        lifetime = self.config.max_lifetime
-        if not lifetime:
-            return float("inf")
-        # Jitter spreads the reconnects of clients that all connected at once.
-        return now + lifetime * random.uniform(0.85, 1.15)
 
     async def run_timer(self) -> None:
         """The shared timer: ``tick_timer`` about every second, for ever."""

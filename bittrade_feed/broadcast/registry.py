@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 from typing import Protocol
 
@@ -134,6 +135,14 @@ class Registry:
     def all(self) -> list[Subscriber]:
         """Every subscriber once (a copy, so callers may close while iterating)."""
         return list(self._all)
+
+
+def expiry(now: float, lifetime: float) -> float:
+    """When a stream opened at ``now`` is retired (``inf`` for a lifetime of 0: never)."""
+    if not lifetime:
+        return float("inf")
+    # Jitter spreads the reconnects of clients that all connected at once.
+    return now + lifetime * random.uniform(0.85, 1.15)
 
 
 def bound_kernel_buffer(transport: Transport, cap: int) -> None:

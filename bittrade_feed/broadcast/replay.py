@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple, Protocol
 
-from bittrade_feed.broadcast.wire import Frames, price_frames
-from bittrade_feed.models import Tick
+from bittrade_feed.broadcast.wire import Frames, encode, price_frames
+from bittrade_feed.models import FeedStatus, Tick
 
 Events = list[tuple[int, Frames]]
 """Events to write, each with its id (0 for events without one, such as status)."""
@@ -44,6 +44,52 @@ class Need(enum.Enum):
 
     SNAPSHOT = "snapshot"
     STORE = "store"
+
+
+class Known:
+    """The latest price and status of each pair, with their frames: what a newcomer is told."""
+
+    def __init__(self) -> None:
+        self.ticks: dict[str, Tick] = {}
+        self.statuses: dict[str, FeedStatus] = {}
+        self._tick_frames: dict[str, tuple[int, Frames]] = {}
+        self._status_frames: dict[str, Frames] = {}
+
+    def set_tick(self, tick: Tick, frames: Frames) -> None:
+        """Remember ``tick`` as its pair's latest."""
+        self.ticks[tick.pair] = tick
+        self._tick_frames[tick.pair] = (tick.id, frames)
+
+    def set_status(self, status: FeedStatus, frames: Frames) -> None:
+        """Remember ``status`` as its pair's current one."""
+        self.statuses[status.pair] = status
+        self._status_frames[status.pair] = frames
+
+    def latest(self, pairs: Iterable[str]) -> list[Tick]:
+        """The latest tick of each pair that has one, in id order."""
+        return sorted((self.ticks[p] for p in pairs if p in self.ticks), key=lambda t: t.id)
+
+    def snapshot(self, pairs: tuple[str, ...]) -> Events:
+        """The latest price of each pair, in id order."""
+        return [(t.id, self._frames_of(t)) for t in self.latest(pairs)]
+
+    def _frames_of(self, tick: Tick) -> Frames:
+        # A price put in ``ticks`` from outside (a pair added on reload) has no frames yet.
+        known = self._tick_frames.get(tick.pair)
+        return known[1] if known is not None and known[0] == tick.id else price_frames(tick)
+
+    def status_events(self, pairs: tuple[str, ...]) -> Events:
+        """The current status of each pair that has one."""
+        return [(0, self._status_frames[p]) for p in pairs if p in self._status_frames]
+
+    def resync(self, pairs: Iterable[str], reason: str) -> tuple[int, Frames]:
+        """One ``resync`` event carrying the latest price of each pair, and its id."""
+        ticks = self.latest(pairs)
+        # With no tick to point at, an empty id clears the client's (unknown) resume point,
+        # so its next reconnect asks for a snapshot instead of resyncing again.
+        last = ticks[-1].id if ticks else 0
+        data = {"reason": reason, "ticks": [t.to_json() for t in ticks]}
+        return last, encode("resync", data, last or "")
 
 
 class Ring:

@@ -94,5 +94,18 @@ def join(items: list[Frames]) -> Frames:
     )
 
 
+def retry_frames(retry_ms: int) -> Frames:
+    """The SSE ``retry:`` line, unterminated: it opens the block of the first event.
+
+    A block holding only a retry dispatches nothing (WHATWG), and some clients then try
+    to parse an empty data field. WebSocket has no retry.
+    """
+    line = b"retry: %d\n" % retry_ms
+    return chunk(line), line, b""
+
+
+BLOCK_END: Frames = (chunk(b"\n"), b"\n", b"")
+"""Ends an SSE block that carries no event (only the retry line)."""
+
 HEARTBEATS: Frames = (chunk(SSE_HEARTBEAT), SSE_HEARTBEAT, WS_PING)
 """The keep-alive of each format: an SSE comment, a WebSocket ping."""

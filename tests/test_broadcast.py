@@ -1,0 +1,315 @@
+"""The hub's promises, driven directly: order, gaps, coalescing, resume hand-over, admission.
+
+Subscribers are real loopback sockets and the store is a real SQLite file; the in-test
+``Replay`` wrappers only add a retention floor or a delay around the real store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+from collections.abc import Sequence
+from dataclasses import replace
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from bittrade_feed.broadcast.hub import Full, Hub, Slot
+from bittrade_feed.broadcast.wire import WireFormat
+from bittrade_feed.config import StreamConfig
+from bittrade_feed.models import FeedStatus, Tick, TickDraft
+from bittrade_feed.ops.metrics import Metrics, new_registry
+from bittrade_feed.store.sqlite import Store
+from tests.fakeclock import FakeClock
+from tests.streamcheck import check_stream, stored_ticks
+from tests.streamutil import Peer, loopback_peers
+
+PAIRS = ("BTC-USD", "ETH-USD", "SOL-USD")
+RAW = WireFormat.SSE_RAW
+
+
+class Retained:
+    """The real store behind a retention floor the test sets (the store's own is elsewhere)."""
+
+    def __init__(self, store: Store, history_floor: int = 0) -> None:
+        self.store = store
+        self.history_floor = history_floor
+
+    async def since_id(self, after: int, pairs: Sequence[str], limit: int) -> list[Tick]:
+        return await self.store.since_id(after, pairs, limit)
+
+
+class Slowed(Retained):
+    """The real store, with the resume query spread over scheduler turns the seed picks."""
+
+    def __init__(self, store: Store, rnd: random.Random) -> None:
+        super().__init__(store)
+        self.rnd = rnd
+        self.pending = 0
+
+    async def since_id(self, after: int, pairs: Sequence[str], limit: int) -> list[Tick]:
+        self.pending += 1
+        try:
+            for _ in range(self.rnd.randint(0, 6)):
+                await asyncio.sleep(0)
+            rows = await self.store.since_id(after, pairs, limit)
+            for _ in range(self.rnd.randint(0, 6)):
+                await asyncio.sleep(0)
+            return rows
+        finally:
+            self.pending -= 1
+
+
+def make_hub(replay: Retained, **stream: object) -> Hub:
+    config = replace(StreamConfig(), **stream)  # type: ignore[arg-type]
+    return Hub(config, FakeClock(), Metrics(new_registry()), replay)
+
+
+def sample(hub: Hub, name: str, **labels: str) -> float:
+    value = hub.metrics.registry.get_sample_value(name, labels)
+    assert value is not None, name
+    return value
+
+
+async def commit(store: Store, pair: str, n: int = 1) -> list[Tick]:
+    """Insert ``n`` prices of ``pair`` (committed before anyone sees them)."""
+    return [
+        await store.insert(TickDraft(pair, Decimal(f"{100 + i}.5"), i, ("x",))) for i in range(n)
+    ]
+
+
+async def attach(hub: Hub, peer: Peer, pairs: Sequence[str], last_id: int | None = None) -> Slot:
+    slot = hub.admit()
+    await hub.subscribe(slot, peer.transport, RAW, tuple(pairs), last_id)
+    return slot
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Store:
+    s = await Store.open(tmp_path / "feed.sqlite3")
+    yield s
+    await s.close()
+
+
+async def test_duplicate_and_older_ids_are_dropped_and_counted(store: Store) -> None:
+    """A tick at or below the last id never reaches anyone twice; both stages count it."""
+    hub = make_hub(Retained(store))
+    (peer,) = await loopback_peers(1)
+    await attach(hub, peer, PAIRS[:1])
+    ticks = await commit(store, "BTC-USD", 3)
+    for tick in [ticks[0], ticks[1], ticks[1], ticks[0], ticks[2]]:
+        hub.publish(tick)
+    assert sample(hub, "bittrade_feed_events_dropped_total", stage="publish") == 2
+    got = await peer.received()
+    assert [i for i, e, _ in got if e == "price"] == ["1", "2", "3"]
+
+
+async def test_subscriber_stage_drops_an_id_it_already_replayed(store: Store) -> None:
+    """A replay that saw a commit before its publish: the live copy is dropped for that one."""
+    hub = make_hub(Retained(store), replay_limit=3)
+    for tick in await commit(store, "BTC-USD") + await commit(store, "ETH-USD", 4):
+        hub.publish(tick)  # ids 1..5; the ring keeps 3..5
+    (early, late) = await loopback_peers(2)
+    await attach(hub, early, ["BTC-USD"])
+    (sixth,) = await commit(store, "BTC-USD")  # committed, not yet handed to the hub
+    await attach(hub, late, ["BTC-USD"], last_id=1)  # the store path replays 6
+    hub.publish(sixth)
+    assert sample(hub, "bittrade_feed_events_dropped_total", stage="subscriber") == 1
+    assert [i for i, e, _ in await late.received() if e == "price"] == ["6"]
+    assert [i for i, e, _ in await early.received() if e == "price"] == ["1", "6"]
+
+
+async def test_gap_in_ids_becomes_one_resync_to_everyone(store: Store) -> None:
+    """Ids the hub never saw (max_id 5 from the store, then 9) give each subscriber a resync."""
+    hub = make_hub(Retained(store))
+    stored = await commit(store, "BTC-USD", 5)
+    hub.load(stored, {"BTC-USD": stored[-1]}, max_id=5)
+    peers = await loopback_peers(3)
+    for peer, pairs in zip(peers, (["BTC-USD"], ["ETH-USD"], ["BTC-USD", "ETH-USD"]), strict=True):
+        await attach(hub, peer, pairs)
+    hub.publish(Tick(6, "BTC-USD", Decimal(6), 0, ("x",)))  # max_id + 1: a plain price
+    hub.publish(Tick(9, "ETH-USD", Decimal(9), 0, ("x",)))  # 7 and 8 never arrived
+    hub.publish(Tick(10, "BTC-USD", Decimal(10), 0, ("x",)))
+    assert sample(hub, "bittrade_feed_resyncs_total", reason="gap") == 3
+    assert sample(hub, "bittrade_feed_tick_gaps_total") == 1
+    btc, eth, both = [await p.received() for p in peers]
+    assert [(i, e) for i, e, _ in btc] == [
+        ("5", "price"),
+        ("6", "price"),
+        ("6", "resync"),
+        ("10", "price"),
+    ]
+    assert [(i, e) for i, e, _ in eth if e] == [("9", "resync")]
+    assert [(i, e) for i, e, _ in both] == [
+        ("5", "price"),
+        ("6", "price"),
+        ("9", "resync"),
+        ("10", "price"),
+    ]
+    reason = both[2][2]["reason"]
+    assert "7-8" in reason and [t["id"] for t in both[2][2]["ticks"]] == [6, 9]
+    # The ring no longer claims the missing ids: a resume at 7 goes to the store.
+    (resumer,) = await loopback_peers(1)
+    await attach(hub, resumer, ["BTC-USD", "ETH-USD"], last_id=7)
+    assert [i for i, e, _ in await resumer.received() if e == "price"] == []
+
+
+def _pair_sets() -> list[tuple[str, ...]]:
+    """Every non-empty subset of the pairs, in two orders each (order must not matter)."""
+    sets = [c for n in (1, 2, 3) for c in itertools.combinations(PAIRS, n)]
+    return sets + [tuple(reversed(c)) for c in sets if len(c) > 1]
+
+
+@pytest.mark.parametrize("seed", range(30))
+async def test_coalesced_windows_reach_every_pair_set_in_id_order(store: Store, seed: int) -> None:
+    """Random windows over three pairs: each subscriber gets its pairs' ids once, in order."""
+    rnd = random.Random(seed)
+    hub = make_hub(Retained(store), coalesce_ms=60_000)  # windows end only by flush()
+    sets = _pair_sets()
+    peers = await loopback_peers(len(sets) + 3)
+    for peer, pairs in zip(peers, sets, strict=False):
+        await attach(hub, peer, pairs)
+    late = list(zip(peers[len(sets) :], rnd.sample(sets, 3), strict=True))
+    joined: dict[int, int] = {}
+    for n in range(60):
+        tick = (await commit(store, rnd.choice(PAIRS)))[0]
+        hub.publish(tick)
+        if rnd.random() < 0.1:
+            hub.publish_status(FeedStatus(rnd.choice(PAIRS), "stale", 0, "status in a window"))
+        if rnd.random() < 0.2:
+            hub.flush()
+        if late and rnd.random() < 0.05:  # joins mid-window, with a snapshot
+            peer, pairs = late.pop()
+            joined[id(peer)] = n
+            await attach(hub, peer, pairs)
+    hub.flush()
+    stored = await stored_ticks(store.path)
+    for peer, pairs in zip(peers, sets + [p for _, p in late], strict=False):
+        if peer in [p for p, _ in late]:
+            continue
+        got = await peer.received()
+        ids = check_stream(got, stored, pairs, resume_from=None if id(peer) in joined else 0)
+        if id(peer) not in joined:
+            assert ids == [i for i, t in stored.items() if t["pair"] in pairs]
+
+
+async def test_resume_inside_retention_hole_gets_resync(store: Store) -> None:
+    """After a restart, ids 3..8 deleted: the ring must not claim them, the resume resyncs."""
+    ticks = [(await commit(store, p))[0] for p in ("BTC-USD", "ETH-USD") * 5]  # ids 1..10
+    async with store._db.execute("DELETE FROM ticks WHERE id BETWEEN 3 AND 8"):
+        pass
+    await store._db.commit()
+    replay = Retained(store, history_floor=8)
+    hub = make_hub(replay, replay_limit=4)
+    hub.load(await store.recent(4), await store.latest(PAIRS[:2]), await store.max_id())
+    inside, edge, old = await loopback_peers(3)
+    await attach(hub, inside, PAIRS[:2], last_id=4)
+    await attach(hub, edge, PAIRS[:2], last_id=8)
+    await attach(hub, old, PAIRS[:2], last_id=1)
+    assert [(i, e) for i, e, _ in await inside.received()] == [("10", "resync")]
+    assert [(i, e) for i, e, _ in await edge.received()] == [("9", "price"), ("10", "price")]
+    assert [(i, e) for i, e, _ in await old.received()] == [("10", "resync")]
+    assert sample(hub, "bittrade_feed_resyncs_total", reason="retention") == 2
+    assert ticks[-1].id == 10
+
+
+async def test_retention_floor_rising_during_the_query_resyncs(store: Store) -> None:
+    """The floor is read again after the store answered: rows may have gone meanwhile."""
+    replay = Retained(store)
+    hub = make_hub(replay, replay_limit=2)
+    for tick in await commit(store, "BTC-USD", 6):
+        hub.publish(tick)
+    (peer,) = await loopback_peers(1)
+    slot = hub.admit()
+    task = asyncio.create_task(hub.subscribe(slot, peer.transport, RAW, ("BTC-USD",), 2))
+    await asyncio.sleep(0)  # the query is on its way
+    replay.history_floor = 4  # retention ran
+    await task
+    assert [(i, e) for i, e, _ in await peer.received()] == [("6", "resync")]
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_resume_while_ring_rolls_over_has_no_gap_no_duplicate(
+    store: Store, seed: int
+) -> None:
+    """Ticks committed and published while the resume query is pending, ring rolling over."""
+    rnd = random.Random(seed)
+    replay = Slowed(store, rnd)
+    hub = make_hub(replay, replay_limit=6)
+    pairs = ("BTC-USD", "ETH-USD")
+    for _ in range(14):
+        hub.publish((await commit(store, rnd.choice(PAIRS)))[0])
+    resume = rnd.randint(4, 8)  # below the ring's floor: the store answers
+    peers = await loopback_peers(3)
+
+    async def publisher() -> None:
+        for _ in range(rnd.randint(1, 12)):
+            tick = (await commit(store, rnd.choice(PAIRS)))[0]
+            for _ in range(rnd.randint(0, 2)):
+                await asyncio.sleep(0)  # between commit and publish
+            hub.publish(tick)
+
+    async def resumer(peer: Peer) -> None:
+        for _ in range(rnd.randint(0, 3)):
+            await asyncio.sleep(0)
+        await attach(hub, peer, pairs, resume)
+
+    await asyncio.gather(publisher(), *(resumer(p) for p in peers))
+    assert replay.pending == 0
+    stored = await stored_ticks(store.path)
+    for peer in peers:
+        got = await peer.received()
+        ids = check_stream(got, stored, pairs, resume_from=resume)
+        if not any(e == "resync" for _, e, _ in got):
+            assert ids == [i for i, t in stored.items() if i > resume and t["pair"] in pairs]
+
+
+async def test_cancelled_resume_detaches_and_admission_is_one_step(store: Store) -> None:
+    """Slots are taken without an await; a resume cancelled mid-query leaves nothing behind."""
+    hub = make_hub(Slowed(store, random.Random(1)), replay_limit=2, max_subscribers=2)
+    for tick in await commit(store, "BTC-USD", 5):
+        hub.publish(tick)
+    first, second = hub.admit(), hub.admit()
+    with pytest.raises(Full):
+        hub.admit()
+    (peer,) = await loopback_peers(1)
+    task = asyncio.create_task(hub.subscribe(first, peer.transport, RAW, ("BTC-USD",), 1))
+    await asyncio.sleep(0)
+    assert hub.count == 1  # registered before the query
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    hub.release(first)
+    hub.release(first)  # idempotent
+    hub.release(second)
+    assert (hub.count, hub.admitted) == (0, 0)
+    with pytest.raises(ValueError, match="slot"):
+        await hub.subscribe(first, peer.transport, RAW, ("BTC-USD",), None)
+    await peer.received()
+
+
+async def test_opening_is_cut_off_past_the_cap(store: Store) -> None:
+    """The opening write is checked against the cap like any other (a replay past it: slow)."""
+    hub = make_hub(Retained(store), max_buffer_bytes=4096)
+    for tick in await commit(store, "BTC-USD", 200):
+        hub.publish(tick)
+    (peer,) = await loopback_peers(1, rcvbuf=4096)
+    peer.stall()
+    sub = await hub.subscribe(hub.admit(), peer.transport, RAW, ("BTC-USD",), 1)
+    assert sub.done.done() and sub.done.result() == "slow"
+    assert peer.transport.is_closing() and hub.count == 0
+    assert (
+        sample(hub, "bittrade_feed_connections_closed_total", transport="sse", reason="slow") == 1
+    )
+
+
+async def test_opening_without_events_still_carries_retry(store: Store) -> None:
+    """No price, no status yet: the retry line still goes out, in a block of its own."""
+    hub = make_hub(Retained(store))
+    (peer,) = await loopback_peers(1)
+    await attach(hub, peer, ["BTC-USD"])
+    peer.transport.close()
+    assert await peer.reader.read() == b"retry: 3000\n\n"
+    await peer.received()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -42,21 +42,32 @@ class Retained:
 
 
 class Slowed(Retained):
-    """The real store, with the resume query spread over scheduler turns the seed picks."""
+    """The real store; each resume query waits for the publisher to reach seeded points.
 
-    def __init__(self, store: Store, rnd: random.Random) -> None:
+    Before the query runs and again before it returns, it waits until ``progress()`` (ids
+    published so far) reaches a random mark up to ``until``: so ticks are committed and
+    published, and the ring rolls over, while the query is pending.
+    """
+
+    def __init__(self, store: Store, rnd: random.Random, progress: Callable[[], int]) -> None:
         super().__init__(store)
         self.rnd = rnd
+        self.progress = progress
+        self.until = 0
         self.pending = 0
+
+    async def _reach(self, mark: int) -> None:
+        while self.progress() < min(mark, self.until):
+            await asyncio.sleep(0)
 
     async def since_id(self, after: int, pairs: Sequence[str], limit: int) -> list[Tick]:
         self.pending += 1
         try:
-            for _ in range(self.rnd.randint(0, 6)):
-                await asyncio.sleep(0)
+            start = self.progress()
+            before = start + self.rnd.randint(0, self.until - start)
+            await self._reach(before)
             rows = await self.store.since_id(after, pairs, limit)
-            for _ in range(self.rnd.randint(0, 6)):
-                await asyncio.sleep(0)
+            await self._reach(before + self.rnd.randint(0, self.until - before))
             return rows
         finally:
             self.pending -= 1
@@ -101,9 +112,9 @@ async def test_duplicate_and_older_ids_are_dropped_and_counted(store: Store) -> 
     ticks = await commit(store, "BTC-USD", 3)
     for tick in [ticks[0], ticks[1], ticks[1], ticks[0], ticks[2]]:
         hub.publish(tick)
-    assert sample(hub, "bittrade_feed_events_dropped_total", stage="publish") == 2
     got = await peer.received()
     assert [i for i, e, _ in got if e == "price"] == ["1", "2", "3"]
+    assert sample(hub, "bittrade_feed_events_dropped_total", stage="publish") == 2
 
 
 async def test_subscriber_stage_drops_an_id_it_already_replayed(store: Store) -> None:
@@ -116,9 +127,9 @@ async def test_subscriber_stage_drops_an_id_it_already_replayed(store: Store) ->
     (sixth,) = await commit(store, "BTC-USD")  # committed, not yet handed to the hub
     await attach(hub, late, ["BTC-USD"], last_id=1)  # the store path replays 6
     hub.publish(sixth)
-    assert sample(hub, "bittrade_feed_events_dropped_total", stage="subscriber") == 1
     assert [i for i, e, _ in await late.received() if e == "price"] == ["6"]
     assert [i for i, e, _ in await early.received() if e == "price"] == ["1", "6"]
+    assert sample(hub, "bittrade_feed_events_dropped_total", stage="subscriber") == 1
 
 
 async def test_gap_in_ids_becomes_one_resync_to_everyone(store: Store) -> None:
@@ -132,8 +143,6 @@ async def test_gap_in_ids_becomes_one_resync_to_everyone(store: Store) -> None:
     hub.publish(Tick(6, "BTC-USD", Decimal(6), 0, ("x",)))  # max_id + 1: a plain price
     hub.publish(Tick(9, "ETH-USD", Decimal(9), 0, ("x",)))  # 7 and 8 never arrived
     hub.publish(Tick(10, "BTC-USD", Decimal(10), 0, ("x",)))
-    assert sample(hub, "bittrade_feed_resyncs_total", reason="gap") == 3
-    assert sample(hub, "bittrade_feed_tick_gaps_total") == 1
     btc, eth, both = [await p.received() for p in peers]
     assert [(i, e) for i, e, _ in btc] == [
         ("5", "price"),
@@ -150,6 +159,8 @@ async def test_gap_in_ids_becomes_one_resync_to_everyone(store: Store) -> None:
     ]
     reason = both[2][2]["reason"]
     assert "7-8" in reason and [t["id"] for t in both[2][2]["ticks"]] == [6, 9]
+    assert sample(hub, "bittrade_feed_resyncs_total", reason="gap") == 3
+    assert sample(hub, "bittrade_feed_tick_gaps_total") == 1
     # The ring no longer claims the missing ids: a resume at 7 goes to the store.
     (resumer,) = await loopback_peers(1)
     await attach(hub, resumer, ["BTC-USD", "ETH-USD"], last_id=7)
@@ -218,16 +229,16 @@ async def test_resume_inside_retention_hole_gets_resync(store: Store) -> None:
 async def test_retention_floor_rising_during_the_query_resyncs(store: Store) -> None:
     """The floor is read again after the store answered: rows may have gone meanwhile."""
     replay = Retained(store)
-    hub = make_hub(replay, replay_limit=2)
-    for tick in await commit(store, "BTC-USD", 6):
-        hub.publish(tick)
+    hub = make_hub(replay, replay_limit=3)
+    for tick in await commit(store, "BTC-USD", 3) + await commit(store, "ETH-USD", 4):
+        hub.publish(tick)  # the ring keeps 5..7
     (peer,) = await loopback_peers(1)
     slot = hub.admit()
     task = asyncio.create_task(hub.subscribe(slot, peer.transport, RAW, ("BTC-USD",), 2))
-    await asyncio.sleep(0)  # the query is on its way
-    replay.history_floor = 4  # retention ran
+    await asyncio.sleep(0)  # the query (BTC after 2: id 3) is on its way
+    replay.history_floor = 3  # retention ran
     await task
-    assert [(i, e) for i, e, _ in await peer.received()] == [("6", "resync")]
+    assert [(i, e) for i, e, _ in await peer.received()] == [("3", "resync")]
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -236,30 +247,36 @@ async def test_resume_while_ring_rolls_over_has_no_gap_no_duplicate(
 ) -> None:
     """Ticks committed and published while the resume query is pending, ring rolling over."""
     rnd = random.Random(seed)
-    replay = Slowed(store, rnd)
+    replay = Slowed(store, rnd, lambda: hub.max_id)
     hub = make_hub(replay, replay_limit=6)
-    pairs = ("BTC-USD", "ETH-USD")
     for _ in range(14):
         hub.publish((await commit(store, rnd.choice(PAIRS)))[0])
+    count = rnd.randint(4, 20)
+    replay.until = 14 + count
     resume = rnd.randint(4, 8)  # below the ring's floor: the store answers
-    peers = await loopback_peers(3)
+    subscriptions = [PAIRS[:1], PAIRS[:2], PAIRS[:1], PAIRS]
+    peers = await loopback_peers(len(subscriptions))
 
     async def publisher() -> None:
-        for _ in range(rnd.randint(1, 12)):
-            tick = (await commit(store, rnd.choice(PAIRS)))[0]
+        # Mostly other pairs: the ring rolls over while few events are missed.
+        for _ in range(count):
+            pair = "BTC-USD" if rnd.random() < 0.2 else rnd.choice(PAIRS[1:])
+            tick = (await commit(store, pair))[0]
             for _ in range(rnd.randint(0, 2)):
                 await asyncio.sleep(0)  # between commit and publish
             hub.publish(tick)
 
-    async def resumer(peer: Peer) -> None:
+    async def resumer(peer: Peer, pairs: tuple[str, ...]) -> None:
         for _ in range(rnd.randint(0, 3)):
             await asyncio.sleep(0)
         await attach(hub, peer, pairs, resume)
 
-    await asyncio.gather(publisher(), *(resumer(p) for p in peers))
+    await asyncio.gather(
+        publisher(), *(resumer(p, s) for p, s in zip(peers, subscriptions, strict=True))
+    )
     assert replay.pending == 0
     stored = await stored_ticks(store.path)
-    for peer in peers:
+    for peer, pairs in zip(peers, subscriptions, strict=True):
         got = await peer.received()
         ids = check_stream(got, stored, pairs, resume_from=resume)
         if not any(e == "resync" for _, e, _ in got):
@@ -268,7 +285,7 @@ async def test_resume_while_ring_rolls_over_has_no_gap_no_duplicate(
 
 async def test_cancelled_resume_detaches_and_admission_is_one_step(store: Store) -> None:
     """Slots are taken without an await; a resume cancelled mid-query leaves nothing behind."""
-    hub = make_hub(Slowed(store, random.Random(1)), replay_limit=2, max_subscribers=2)
+    hub = make_hub(Slowed(store, random.Random(1), lambda: 0), replay_limit=2, max_subscribers=2)
     for tick in await commit(store, "BTC-USD", 5):
         hub.publish(tick)
     first, second = hub.admit(), hub.admit()

@@ -211,7 +211,8 @@ class Hub:
                     whole += 1
                 else:
                     sent += self._write_newer(sub, events)
-                sub.last_id = max(sub.last_id, last)
+                if last > sub.last_id:
+                    sub.last_id = last
                 sub.last_write = started
                 if transport.get_write_buffer_size() > cap:
                     gone.append((sub, "slow"))

@@ -1,20 +1,13 @@
 """The broadcast hub: every tick is encoded once and written to every subscriber.
 
-The same frame object (``wire``) is handed to ``transport.write`` of each subscriber of
-its pair: no per-subscriber encoding, task, queue or await on the broadcast path.
-Every write is followed by the cap check: a subscriber whose unsent bytes pass
-``max_buffer_bytes`` is aborted (``slow``), so one stalled reader neither slows the others
-nor grows our memory.
-
-Order is enforced here, not trusted: each subscriber remembers the last id written to it
-and gets only higher ones; ticks arrive in id order, and one whose id skips ids the hub
-never saw becomes a ``resync`` to everyone instead of a silent jump. A resume registers
-the subscriber before any await and holds its live events until the replay is written,
-so the hand-over from replay to live has no gap by construction.
-
-One shared timer sends heartbeats to idle subscribers and retires connections past
-their (jittered) lifetime. The hub's inputs are ``publish(tick)`` and
-``publish_status(status)``.
+The same frame objects (``wire``) go to ``transport.write`` of each subscriber: no
+per-subscriber encoding, task, queue or await on the broadcast path. After every write a
+subscriber past ``max_buffer_bytes`` unsent is aborted (``slow``). Order is enforced, not
+trusted: each subscriber gets only ids above the last one written to it; a tick that skips
+ids becomes a ``resync`` to everyone; a resume registers before any await and holds its
+live events until the replay is written, so the hand-over has no gap by construction.
+One shared timer sends heartbeats and retires streams past their (jittered) lifetime.
+The inputs are ``publish(tick)`` and ``publish_status(status)``.
 """
 
 from __future__ import annotations
@@ -211,8 +204,7 @@ class Hub:
                     whole += 1
                 else:
                     sent += self._write_newer(sub, events)
-                if last > sub.last_id:
-                    sub.last_id = last
+                sub.last_id = max(sub.last_id, last)
                 sub.last_write = started
                 if transport.get_write_buffer_size() > cap:
                     gone.append((sub, "slow"))

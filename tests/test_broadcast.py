@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bittrade_feed.broadcast.hub import Full, Hub, Slot
+from bittrade_feed.broadcast.replay import Replay
 from bittrade_feed.broadcast.wire import WireFormat
 from bittrade_feed.config import StreamConfig
 from bittrade_feed.models import FeedStatus, Tick, TickDraft
@@ -31,7 +32,7 @@ RAW = WireFormat.SSE_RAW
 
 
 class Retained:
-    """The real store behind a retention floor the test sets (the store's own is elsewhere)."""
+    """The real store behind a retention floor the test moves (say, mid-query)."""
 
     def __init__(self, store: Store, history_floor: int = 0) -> None:
         self.store = store
@@ -73,7 +74,7 @@ class Slowed(Retained):
             self.pending -= 1
 
 
-def make_hub(replay: Retained, **stream: object) -> Hub:
+def make_hub(replay: Replay, **stream: object) -> Hub:
     config = replace(StreamConfig(), **stream)  # type: ignore[arg-type]
     return Hub(config, FakeClock(), Metrics(new_registry()), replay)
 
@@ -206,24 +207,26 @@ async def test_coalesced_windows_reach_every_pair_set_in_id_order(store: Store, 
             assert ids == [i for i, t in stored.items() if t["pair"] in pairs]
 
 
-async def test_resume_inside_retention_hole_gets_resync(store: Store) -> None:
-    """After a restart, ids 3..8 deleted: the ring must not claim them, the resume resyncs."""
-    ticks = [(await commit(store, p))[0] for p in ("BTC-USD", "ETH-USD") * 5]  # ids 1..10
-    async with store._db.execute("DELETE FROM ticks WHERE id BETWEEN 3 AND 8"):
-        pass
-    await store._db.commit()
-    replay = Retained(store, history_floor=8)
-    hub = make_hub(replay, replay_limit=4)
-    hub.load(await store.recent(4), await store.latest(PAIRS[:2]), await store.max_id())
-    inside, edge, old = await loopback_peers(3)
-    await attach(hub, inside, PAIRS[:2], last_id=4)
-    await attach(hub, edge, PAIRS[:2], last_id=8)
-    await attach(hub, old, PAIRS[:2], last_id=1)
-    assert [(i, e) for i, e, _ in await inside.received()] == [("10", "resync")]
-    assert [(i, e) for i, e, _ in await edge.received()] == [("9", "price"), ("10", "price")]
-    assert [(i, e) for i, e, _ in await old.received()] == [("10", "resync")]
-    assert sample(hub, "bittrade_feed_resyncs_total", reason="retention") == 2
-    assert ticks[-1].id == 10
+async def test_resume_inside_retention_hole_gets_resync(tmp_path: Path) -> None:
+    """Retention deleted ids 3..8, then a restart: the ring must not claim them; resync."""
+    path = tmp_path / "feed.sqlite3"
+    async with await Store.open(path) as store:
+        for n in range(1, 11):  # ids 1..10, BTC and ETH in turn; 3..8 are old
+            ts = 1000 if 3 <= n <= 8 else 5000
+            await store.insert(TickDraft(PAIRS[n % 2], Decimal(n), ts, ("x",)))
+        assert await store.delete_older_than(2000) == 6
+    async with await Store.open(path) as store:  # the restart
+        assert store.history_floor == 8
+        hub = make_hub(store, replay_limit=4)  # the real store is the Replay
+        hub.load(await store.recent(4), await store.latest(PAIRS[:2]), await store.max_id())
+        inside, edge, old = await loopback_peers(3)
+        await attach(hub, inside, PAIRS[:2], last_id=4)
+        await attach(hub, edge, PAIRS[:2], last_id=8)
+        await attach(hub, old, PAIRS[:2], last_id=1)
+        assert [(i, e) for i, e, _ in await inside.received()] == [("10", "resync")]
+        assert [(i, e) for i, e, _ in await edge.received()] == [("9", "price"), ("10", "price")]
+        assert [(i, e) for i, e, _ in await old.received()] == [("10", "resync")]
+        assert sample(hub, "bittrade_feed_resyncs_total", reason="retention") == 2
 
 
 async def test_retention_floor_rising_during_the_query_resyncs(store: Store) -> None:

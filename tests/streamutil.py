@@ -80,6 +80,11 @@ class Peer:
         """Stop reading, as a client that stopped consuming the stream."""
         self._writer.transport.pause_reading()  # type: ignore[attr-defined]
 
+    def close(self) -> None:
+        """Close both ends without reading what is left."""
+        self.transport.close()
+        self._writer.close()
+
     async def received(self, timeout: float = 5.0) -> list[tuple[Any, ...]]:
         """Close our side's writer and parse every SSE frame the hub wrote (raw format)."""
         self.transport.close()

@@ -184,26 +184,28 @@ async def test_coalesced_windows_reach_every_pair_set_in_id_order(store: Store, 
     for peer, pairs in zip(peers, sets, strict=False):
         await attach(hub, peer, pairs)
     late = list(zip(peers[len(sets) :], rnd.sample(sets, 3), strict=True))
-    joined: dict[int, int] = {}
-    for n in range(60):
+    waiting = list(late)
+    joined: set[Peer] = set()
+    for _ in range(60):
         tick = (await commit(store, rnd.choice(PAIRS)))[0]
         hub.publish(tick)
         if rnd.random() < 0.1:
             hub.publish_status(FeedStatus(rnd.choice(PAIRS), "stale", 0, "status in a window"))
         if rnd.random() < 0.2:
             hub.flush()
-        if late and rnd.random() < 0.05:  # joins mid-window, with a snapshot
-            peer, pairs = late.pop()
-            joined[id(peer)] = n
+        if waiting and rnd.random() < 0.05:  # joins mid-window, with a snapshot
+            peer, pairs = waiting.pop()
+            joined.add(peer)
             await attach(hub, peer, pairs)
     hub.flush()
     stored = await stored_ticks(store.path)
-    for peer, pairs in zip(peers, sets + [p for _, p in late], strict=False):
-        if peer in [p for p, _ in late]:
+    for peer, pairs in list(zip(peers, sets, strict=False)) + late:
+        if peer in (p for p, _ in waiting):
+            peer.close()  # never joined
             continue
         got = await peer.received()
-        ids = check_stream(got, stored, pairs, resume_from=None if id(peer) in joined else 0)
-        if id(peer) not in joined:
+        ids = check_stream(got, stored, pairs, resume_from=None if peer in joined else 0)
+        if peer not in joined:
             assert ids == [i for i, t in stored.items() if t["pair"] in pairs]
 
 
@@ -323,6 +325,7 @@ async def test_opening_is_cut_off_past_the_cap(store: Store) -> None:
     assert (
         sample(hub, "bittrade_feed_connections_closed_total", transport="sse", reason="slow") == 1
     )
+    peer.close()
 
 
 async def test_opening_without_events_still_carries_retry(store: Store) -> None:

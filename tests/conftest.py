@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from tests.daemon import daemon_config, fx
 from tests.fakeclock import FakeClock
@@ -25,6 +26,18 @@ def recorded(exchange: str, case: int = 0) -> Any:
     """The body of a real recorded response from tests/fixtures/recorded/."""
     data = json.loads((FIXTURES / "recorded" / f"{exchange}.json").read_text())
     return data["cases"][case]["body"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_structlog() -> Any:
+    """Each test starts with the structlog config the previous one found.
+
+    The daemon's own ``logs.configure`` (start-up, reload) sets a global level: a test
+    that reloads at level "error" must not silence the info lines a later test captures.
+    """
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture

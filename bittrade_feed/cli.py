@@ -183,7 +183,13 @@ async def _listen(
     metrics = [sock for name, sock in inherited if name == "metrics"]
     backlog = config.server.backlog
     sites: list[web.BaseSite] = [_inherited_site(runner, sock, backlog) for sock in api] or [
-        web.TCPSite(runner, config.server.host, config.server.port, backlog=backlog)
+        web.TCPSite(
+            runner,
+            config.server.host,
+            config.server.port,
+            backlog=backlog,
+            reuse_port=config.server.reuse_port or None,
+        )
     ]
     if metrics or config.server.metrics_host:
         metrics_runner = web.AppRunner(_metrics_app(app), handle_signals=False, access_log=None)

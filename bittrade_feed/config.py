@@ -18,11 +18,16 @@ from typing import Any
 from bittrade_feed.config_checks import (
     Bad,
     Reader,
+    boolean,
     choice,
     host,
+    host_port,
     integer,
+    key_prefix,
+    node_name,
     number,
     pair_name,
+    redis_url,
     string,
     url,
 )
@@ -55,6 +60,8 @@ class ServerConfig:
     shutdown_timeout: float = 10.0
     backlog: int = field(default_factory=lambda: default_backlog())  # noqa: PLW0108 - below
     """Connections the kernel queues before accepting (the TCP listener only)."""
+    reuse_port: bool = False
+    """Bind with SO_REUSEPORT, so several daemons on one machine share the port."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +139,34 @@ class LogConfig:
     format: str = "auto"
 
 
+# --- [cluster] (issue 12) ---------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """Several daemons on one Redis: one fetches, all serve (off when no Redis is named)."""
+
+    redis_url: str = ""
+    """``redis://``, ``rediss://`` or ``unix://``; with Sentinel it only carries options."""
+    sentinels: tuple[str, ...] = ()
+    """Sentinel addresses as ``host:port``; the master is looked up by ``master_name``."""
+    master_name: str = ""
+    node_name: str = ""
+    """This daemon's name in the cluster ("": host name and process id)."""
+    lease_ms: int = 5000
+    """How long a leadership lease lasts without renewal."""
+    feed_key: str = "bt"
+    """Prefix (and Redis Cluster hash tag) of this feed's keys."""
+    stream_maxlen: int = 100_000
+    """Entries the shared log keeps: how far behind a node may fall and still catch up."""
+
+    @property
+    def enabled(self) -> bool:
+        """Whether this daemon is part of a cluster."""
+        return bool(self.redis_url or self.sentinels)
+
+
+# --- end [cluster] ------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole daemon configuration."""
@@ -143,6 +178,7 @@ class Config:
     exchanges: dict[str, ExchangeConfig] = field(default_factory=dict)
     stream: StreamConfig = field(default_factory=StreamConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def sources_for(self, pair: str) -> tuple[str, ...]:
         """The enabled sources of ``pair`` in priority order."""
@@ -219,6 +255,7 @@ def _build(r: Reader) -> Config:
         metrics_port=r.get("server.metrics_port", 0, integer(0, 65535)),
         shutdown_timeout=r.get("server.shutdown_timeout", 10.0, number(0.1, 300)),
         backlog=r.get("server.backlog", default_backlog(), integer(1, MAX_BACKLOG)),
+        reuse_port=r.get("server.reuse_port", False, boolean),
     )
     _check_metrics_listener(r, server)
     database = DatabaseConfig(
@@ -251,7 +288,40 @@ def _build(r: Reader) -> Config:
         level=r.get("log.level", "info", choice(LOG_LEVELS)),
         format=r.get("log.format", "auto", choice(LOG_FORMATS)),
     )
-    return Config(server, database, fetch, aggregation, _build_exchanges(r), stream, log)
+    return Config(
+        server,
+        database,
+        fetch,
+        aggregation,
+        _build_exchanges(r),
+        stream,
+        log,
+        cluster=_build_cluster(r),
+    )
+
+
+# --- [cluster] (issue 12) ---------------------------------------------------------------
+def _build_cluster(r: Reader) -> ClusterConfig:
+    cluster = ClusterConfig(
+        redis_url=r.get("cluster.redis_url", "", redis_url),
+        sentinels=tuple(r.items("cluster.sentinels", host_port) or ()),
+        master_name=r.get("cluster.master_name", "", string),
+        node_name=r.get("cluster.node_name", "", node_name),
+        lease_ms=r.get("cluster.lease_ms", 5000, integer(500, 600_000)),
+        feed_key=r.get("cluster.feed_key", "bt", key_prefix),
+        stream_maxlen=r.get("cluster.stream_maxlen", 100_000, integer(100, 100_000_000)),
+    )
+    if cluster.sentinels and not cluster.master_name and not r.faulted("cluster.master_name"):
+        r.fail("cluster.master_name", "must be set when cluster.sentinels is (e.g. mymaster)")
+    elif cluster.master_name and not cluster.sentinels and not r.faulted("cluster.sentinels"):
+        r.fail(
+            "cluster.master_name",
+            "is only used with cluster.sentinels; list them or remove this key",
+        )
+    return cluster
+
+
+# --- end [cluster] ------------------------------------------------------------------------
 
 
 def _check_metrics_listener(r: Reader, server: ServerConfig) -> None:

@@ -11,6 +11,7 @@ import difflib
 import ipaddress
 import json
 import math
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -272,3 +273,64 @@ def valid_pair(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# --- [cluster] and server.reuse_port checks (issue 12) ------------------------------------
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+_KEY_PREFIX = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+
+
+def boolean(value: Any) -> bool:
+    """``true`` or ``false``."""
+    if not isinstance(value, bool):
+        raise Bad(f"must be true or false, not {kind(value)}")
+    return value
+
+
+def redis_url(value: Any) -> str:
+    """A ``redis://``, ``rediss://`` or ``unix://`` URL (or "" for none)."""
+    text = string(value)
+    if not text:
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise Bad(f"{text!r} is not a redis://, rediss:// or unix:// URL")
+    if parts.scheme == "unix" and not parts.path:
+        raise Bad(f"{text!r} names no socket path (write unix:///run/redis/redis.sock)")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise Bad(f"{text!r} names no host (write redis://127.0.0.1:6379/0)")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise Bad(f"{text!r} has a port that is not a number from 1 to 65535") from None
+    return text
+
+
+def host_port(value: Any) -> str:
+    """A ``host:port`` address (IPv6 as ``[::1]:26379``)."""
+    text = string(value)
+    name, sep, port = text.rpartition(":")
+    if not sep or not name or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise Bad(f"{text!r} is not host:port (for example 127.0.0.1:26379)")
+    host(name.removeprefix("[").removesuffix("]"))
+    return text
+
+
+def key_prefix(value: Any) -> str:
+    """A Redis key prefix: letters, digits, ``_ . -``, at most 64."""
+    text = string(value)
+    if not _KEY_PREFIX.match(text):
+        raise Bad(f"{text!r} must be 1 to 64 letters, digits, '_', '.' or '-'")
+    return text
+
+
+def node_name(value: Any) -> str:
+    """A node name: letters, digits, ``_ . -`` (empty: host name and pid)."""
+    text = string(value)
+    if text and not _NODE_NAME.match(text):
+        raise Bad(f"{text!r} must be letters, digits, '_', '.' or '-' (at most 100)")
+    return text
+
+
+# --- end [cluster] checks ------------------------------------------------------------------

@@ -171,6 +171,25 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("exchanges.simulated.seed", -1, "-1 is out of range: must be from 0 to"),
     ("exchanges.simulated.volatility", "low", "must be a number, not a string"),
     ("exchanges.simulated.volatility", 0.6, "0.6 is out of range: must be at least 0"),
+    # [cluster] and server.reuse_port (issue 12)
+    ("server.reuse_port", 1, "must be true or false, not an integer"),
+    ("server.reuse_port", "yes", "must be true or false, not a string"),
+    ("cluster.redis_url", 6379, "must be a string, not an integer"),
+    ("cluster.redis_url", "http://127.0.0.1:6379", "is not a redis://, rediss:// or unix:// URL"),
+    ("cluster.redis_url", "127.0.0.1:6379", "is not a redis://, rediss:// or unix:// URL"),
+    ("cluster.redis_url", "redis://", "names no host"),
+    ("cluster.redis_url", "redis://127.0.0.1:port/0", "port that is not a number"),
+    ("cluster.redis_url", "unix://", "names no socket path"),
+    ("cluster.sentinels", "127.0.0.1:26379", "must be a list, not a string"),
+    ("cluster.master_name", 1, "must be a string, not an integer"),
+    ("cluster.master_name", "mymaster", "is only used with cluster.sentinels"),
+    ("cluster.node_name", 7, "must be a string, not an integer"),
+    ("cluster.node_name", "node one", "must be letters, digits"),
+    ("cluster.lease_ms", 5.5, "must be an integer, not a number"),
+    ("cluster.lease_ms", 100, "100 is out of range: must be from 500 to 600000"),
+    ("cluster.feed_key", "", "must be 1 to 64 letters"),
+    ("cluster.feed_key", "b{t}", "must be 1 to 64 letters"),
+    ("cluster.stream_maxlen", 10, "10 is out of range: must be from 100 to 100000000"),
 ]
 
 
@@ -256,7 +275,8 @@ def test_unknown_section_lists_the_known_ones() -> None:
     """A section nothing resembles gets the list of sections there are."""
     [(_, problem)] = faults({"tls": {}})
     assert problem == (
-        "unknown key (expected one of: aggregation, database, exchanges, feed, log, server, stream)"
+        "unknown key (expected one of: aggregation, cluster, database, exchanges, feed, log, "
+        "server, stream)"
     )
 
 
@@ -607,6 +627,34 @@ def test_example_commented_tables_are_valid() -> None:
     assert config.sources_for("BTC-USDT") == ("binance", "okx", "kraken")
     assert config.exchange("kraken").base_url == "https://api.kraken.com"
     assert "simulated" in config.exchanges
+
+
+@pytest.mark.parametrize(
+    ("cluster", "key", "problem"),
+    [
+        ({"sentinels": ["127.0.0.1:26379"]}, "cluster.master_name", "must be set when"),
+        ({"sentinels": ["127.0.0.1"], "master_name": "m"}, "cluster.sentinels[0]", "host:port"),
+        ({"sentinels": ["127.0.0.1:0"], "master_name": "m"}, "cluster.sentinels[0]", "host:port"),
+        ({"sentinels": ["a b:1"], "master_name": "m"}, "cluster.sentinels[0]", "not a host"),
+    ],
+)
+def test_cluster_cross_checks(cluster: dict[str, Any], key: str, problem: str) -> None:
+    """Sentinel needs a master name and host:port addresses; each fault names its key."""
+    [(where, message)] = faults({"cluster": cluster})
+    assert where == key
+    assert problem in message
+
+
+def test_cluster_absent_is_single_node() -> None:
+    """No [cluster] table (or an empty redis_url) is a single daemon, as before issue 12."""
+    assert not load_config(None).cluster.enabled
+    good = parse_config({"cluster": {"redis_url": "unix:///run/redis.sock", "node_name": "a-1"}})
+    assert good.cluster.enabled
+    sentinel = parse_config(
+        {"cluster": {"sentinels": ["[::1]:26379", "10.0.0.2:26379"], "master_name": "m"}}
+    )
+    assert sentinel.cluster.enabled
+    assert sentinel.cluster.sentinels == ("[::1]:26379", "10.0.0.2:26379")
 
 
 def test_every_key_has_bad_value_cases() -> None:

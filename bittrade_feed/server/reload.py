@@ -15,8 +15,8 @@ from bittrade_feed.ops import logs
 from bittrade_feed.server.pairs import apply_pair_changes
 from bittrade_feed.server.state import FETCHER, STORE, current_config
 
-RESTART_SECTIONS = ("server", "database", "stream")
-"""Config sections a reload cannot apply: the listeners, the open database, the hub."""
+RESTART_SECTIONS = ("server", "database", "stream", "cluster")
+"""Config sections a reload cannot apply: the listeners, the open database, the hub, Redis."""
 
 log = structlog.get_logger("bittrade_feed.server.reload")
 

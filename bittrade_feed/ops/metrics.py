@@ -253,3 +253,80 @@ class Metrics:
         """Mark ``state`` as the one current state of ``source``'s breaker."""
         for s in CIRCUIT_STATES:
             self.circuit_state.labels(source, s).set(1 if s == state else 0)
+
+
+# --- cluster (issue 12) -------------------------------------------------------------------
+REDIS_COMMANDS = ("lease", "publish", "read", "release")
+"""What the cluster asks Redis, as a bounded label."""
+
+
+class ClusterMetrics:
+    """The ``bittrade_feed_cluster_*`` series; registered only when ``[cluster]`` is set."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.leader = Gauge(
+            "bittrade_feed_cluster_leader", "1 while this daemon holds the lease.", registry=r
+        )
+        self.term = Gauge(
+            "bittrade_feed_cluster_term", "Fencing term of the current lease holder.", registry=r
+        )
+        self.leader_changes = Counter(
+            "bittrade_feed_cluster_leader_changes",
+            "Times this daemon saw another lease holder.",
+            registry=r,
+        )
+        self.fenced = Counter(
+            "bittrade_feed_cluster_fenced_publishes",
+            "Publishes Redis refused because this daemon no longer held the lease.",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "bittrade_feed_cluster_redis_errors",
+            "Redis commands that failed (timeout, connection, error reply), by command.",
+            ["command"],
+            registry=r,
+        )
+        self.redis_duration = Histogram(
+            "bittrade_feed_cluster_redis_command_duration_seconds",
+            "Round-trip time of lease and publish commands.",
+            ["command"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+            registry=r,
+        )
+        self.lag_ids = Gauge(
+            "bittrade_feed_cluster_replication_lag_ids",
+            "Entries in the shared log not yet committed here.",
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "bittrade_feed_cluster_replication_lag_seconds",
+            "Age of the newest tick when it was committed here.",
+            registry=r,
+        )
+        self.applied = Counter(
+            "bittrade_feed_cluster_applied_ticks",
+            "Ticks read from the shared log and committed here.",
+            registry=r,
+        )
+        self.holes = Counter(
+            "bittrade_feed_cluster_holes",
+            "Ranges of ids missing from the shared log (resumes into them get resync).",
+            registry=r,
+        )
+        self.epoch_changes = Counter(
+            "bittrade_feed_cluster_epoch_changes",
+            "Times the shared log restarted under a new epoch (Redis lost data).",
+            registry=r,
+        )
+        self.ready = Gauge(
+            "bittrade_feed_cluster_ready",
+            "1 while Redis answers and this daemon keeps up with the shared log.",
+            registry=r,
+        )
+        for command in REDIS_COMMANDS:
+            self.redis_errors.labels(command)
+            self.redis_duration.labels(command)
+
+
+# --- end cluster --------------------------------------------------------------------------

@@ -1,0 +1,217 @@
+"""One daemon's membership in a cluster: the lease, the fenced sink, the follower, health.
+
+``start()`` runs two tasks. The *role* task renews or acquires the lease every quarter
+lease and runs the fetch loop only while this daemon leads; the fetch loop's sink is
+``publish``, which appends through the fenced script and never touches SQLite. The
+*follower* task reads the log back and commits every entry through ``TickLog.apply``, whose
+listeners (the hub) broadcast it: the leader serves its own prices the same way as every
+other daemon, so all of them send the same ids in the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from redis.exceptions import RedisError, ResponseError
+
+from bittrade_feed.clock import Clock
+from bittrade_feed.cluster.codec import draft_tick, encode
+from bittrade_feed.cluster.connect import connect
+from bittrade_feed.cluster.errors import ClusterUnavailable, Fenced
+from bittrade_feed.cluster.follower import Follower, LocalLog, Replica
+from bittrade_feed.cluster.health import Health
+from bittrade_feed.cluster.keys import Keys
+from bittrade_feed.cluster.lease import Lease
+from bittrade_feed.cluster.scripts import FENCED, Scripts, token_term
+from bittrade_feed.cluster.status import FollowerStatus
+from bittrade_feed.config import Config
+from bittrade_feed.feed.fetcher import Fetcher
+from bittrade_feed.models import FeedStatus, Tick, TickDraft
+from bittrade_feed.ops.metrics import ClusterMetrics, Metrics
+
+log = structlog.get_logger("bittrade_feed.cluster")
+
+EPOCH_GAP = 1000
+"""A new epoch starts this far above the highest id the leader knows, so ids another daemon
+read but the leader had not yet committed are never handed out again for another price."""
+MAX_BLOCK = 2.0
+"""Longest blocking read, in seconds (shorter with short leases, so health stays fresh)."""
+
+
+def default_node_name() -> str:
+    """Host name and process id: unique per daemon, readable in ``/api/cluster``."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class ClusterNode:
+    """This daemon in the cluster (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        metrics: Metrics,
+        ticklog: LocalLog,
+        replica: Replica,
+        fetcher: Fetcher,
+        on_status: Callable[[FeedStatus], None],
+    ) -> None:
+        c = config.cluster
+        self.config = c
+        self.name = c.node_name or default_node_name()
+        self.clock = clock
+        self.fetcher = fetcher
+        self.metrics = ClusterMetrics(metrics.registry)
+        ttl = c.lease_ms / 1000
+        self.period = ttl / 4
+        block = min(MAX_BLOCK, ttl / 2)
+        read_timeout = block + self.period + 0.5
+        self.health = Health(
+            poll_window=ttl * 0.75, read_window=block + read_timeout, lag_window=ttl
+        )
+        self.keys = Keys.for_prefix(c.feed_key)
+        self.redis = connect(c, timeout=self.period, name=f"bittrade-feed:{self.name}")
+        self.reader = connect(c, timeout=read_timeout, name=f"bittrade-feed:{self.name}:log")
+        self.scripts = Scripts(self.redis, self.keys)
+        self.lease = Lease(self.scripts, self.name, c.lease_ms, clock, self.metrics, self.health)
+        self.status = FollowerStatus(fetcher, clock, metrics, on_status)
+        self.follower = Follower(
+            self.reader,
+            self.keys,
+            ticklog,
+            replica,
+            clock,
+            self.metrics,
+            self.health,
+            block,
+            lambda tick: self.status.applied(tick, leading=self.lease.leading()),
+        )
+        self.highest = 0
+        """The highest id this daemon has seen assigned (the floor of a new epoch)."""
+        self.tasks: list[asyncio.Task[None]] = []
+        self._fetch_task: asyncio.Task[None] | None = None
+
+    def start(self, *, fetch: bool = True) -> asyncio.Task[None]:
+        """Start following (and, when ``fetch``, competing for the lease); returns the role task."""
+        self.fetcher.sink = self.publish
+        follower = asyncio.create_task(self.follower.run(), name="cluster-follower")
+        role = asyncio.create_task(self._role(fetch), name="cluster-role")
+        self.tasks = [follower, role]
+        # The follower must never end by itself; if it does, the role task ends with it.
+        follower.add_done_callback(lambda t: None if t.cancelled() else role.cancel())
+        return role
+
+    async def stop(self) -> None:
+        """Stop fetching and following, give the lease back, close the connections."""
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self._stop_fetching()
+        await self.lease.release()
+        await self.redis.aclose()
+        await self.reader.aclose()
+
+    async def publish(self, draft: TickDraft) -> Tick:
+        """The fetch loop's sink: append through the fenced script; Redis assigns the id."""
+        token = self.lease.token
+        if token is None:
+            raise Fenced(f"{self.name} is not the cluster leader; the price was not published")
+        floor = max(self.highest, self.follower.position) + EPOCH_GAP
+        started = time.perf_counter()
+        try:
+            seq, _epoch = await self.scripts.publish(
+                token, floor, self.config.stream_maxlen, secrets.token_hex(6), encode(draft)
+            )
+        except ResponseError as exc:
+            self.metrics.redis_errors.labels("publish").inc()
+            if str(exc).startswith(FENCED):
+                self.metrics.fenced.inc()
+                self.lease.lost()
+                raise Fenced(f"Redis refused the publish: {exc}") from None
+            raise ClusterUnavailable(f"Redis refused the publish: {exc}") from None
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("publish").inc()
+            raise ClusterUnavailable(f"Redis did not take the publish: {exc!r}") from None
+        self.metrics.redis_duration.labels("publish").observe(time.perf_counter() - started)
+        self.highest = max(self.highest, seq)
+        return draft_tick(seq, draft)
+
+    async def _role(self, fetch: bool) -> None:
+        while True:
+            obs = await self.lease.poll() if fetch else None
+            if not fetch:
+                await self._observe()
+            elif obs is not None:
+                self.highest = max(self.highest, obs.last_id)
+            leading = self.lease.leading()
+            if leading and self._fetch_task is None:
+                log.info("leading: fetching", node=self.name, term=token_term(self.lease.leader))
+                self._fetch_task = asyncio.create_task(self.fetcher.run(), name="fetch-loop")
+            elif not leading and self._fetch_task is not None:
+                log.warning("stepping down: fetch loop stopped", node=self.name)
+                await self._stop_fetching()
+            if self._fetch_task is not None and self._fetch_task.done():
+                self._fetch_task.result()  # a fetch loop that died ends the daemon
+            if not leading:
+                self.status.check()
+                self._mark_progress()
+            self.metrics.ready.set(1 if self.health.ready(self.clock.monotonic()) else 0)
+            await self.clock.sleep(self.period)
+
+    async def _observe(self) -> None:
+        """Without fetching, still look at the log head, so health sees a stuck follower."""
+        try:
+            obs = await self.scripts.lease(self.name, "", self.config.lease_ms, 0)
+        except (RedisError, OSError) as exc:
+            self.metrics.redis_errors.labels("lease").inc()
+            self.health.last_poll_error = str(exc)
+            return
+        self.health.poll_ok(self.clock.monotonic(), obs.last_id)
+
+    def _mark_progress(self) -> None:
+        # The daemon's stall check and first-cycle wait watch the fetch loop; on a daemon
+        # that does not fetch, a healthy follower is the progress they should see.
+        now = self.clock.monotonic()
+        if self.health.ready(now):
+            self.fetcher.last_cycle_mono = now
+            self.fetcher.cycles = max(self.fetcher.cycles, 1)
+
+    async def _stop_fetching(self) -> None:
+        task, self._fetch_task = self._fetch_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def checks(self) -> dict[str, dict[str, Any]]:
+        """The cluster entries of ``/readyz``."""
+        return self.health.checks(self.clock.monotonic())
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``/api/cluster`` view of this daemon."""
+        h = self.health
+        now = self.clock.monotonic()
+        last = self.lease.last
+        return {
+            "node": self.name,
+            "leader": self.lease.leader or None,
+            "is_leader": self.lease.leading(),
+            "term": token_term(self.lease.leader),
+            "epoch": self.follower.epoch or (last.epoch if last else None) or None,
+            "position": self.follower.position,
+            "head": h.head,
+            "lag_ids": h.lag_ids,
+            "holes": self.follower.holes,
+            "epoch_changes": self.follower.epoch_changes,
+            "fetching": self._fetch_task is not None,
+            "ready": h.ready(now),
+            "checks": h.checks(now),
+            "lease_ms": self.config.lease_ms,
+            "feed_key": self.config.feed_key,
+        }

@@ -54,7 +54,7 @@ async def test_stale_leader_publish_is_fenced(redis_server: RedisServer, daemon_
         # "Pause" a: no renewal; its key expires and b takes the lease under a higher term.
         await asyncio.sleep(LEASE_MS / 1000 + 0.1)
         async with member(cfg_b, fetch=True) as b:
-            await until(lambda: b.node.lease.leading(), 3)
+            await until(b.node.lease.leading, 3)
             with pytest.raises(Fenced, match="FENCED"):
                 await a.node.publish(DRAFT)
             assert a.sample("bittrade_feed_cluster_fenced_publishes_total") == 1

@@ -150,3 +150,77 @@ async def redis_server(tmp_path: Path) -> AsyncIterator[RedisServer]:
         pytest.fail("redis-server is not installed: run scripts/test-deps.sh")
     async with running(RedisServer(tmp_path / "redis")) as server:
         yield server
+
+
+@dataclass
+class SentinelSet:
+    """One primary, one replica and three sentinels watching them as ``mymaster``."""
+
+    dir: Path
+    master_name: str = "mymaster"
+    servers: list[RedisServer] = field(default_factory=list)
+    sentinels: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def addresses(self) -> list[str]:
+        """``host:port`` of every sentinel."""
+        return [f"127.0.0.1:{s.port}" for s in self.sentinels]
+
+    async def start(self) -> None:
+        """Start the primary, its replica, then the sentinels; wait for the replica to sync."""
+        primary = RedisServer(self.dir / "primary")
+        await primary.start()
+        replica = RedisServer(
+            self.dir / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port))
+        )
+        await replica.start()
+        self.servers = [primary, replica]
+        for i in range(3):
+            sdir = self.dir / f"sentinel{i}"
+            sdir.mkdir(parents=True)
+            conf = sdir / "sentinel.conf"
+            port = free_port()
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {sdir}\n"
+                f"sentinel monitor {self.master_name} 127.0.0.1 {primary.port} 2\n"
+                f"sentinel down-after-milliseconds {self.master_name} 1000\n"
+                f"sentinel failover-timeout {self.master_name} 4000\n"
+            )
+            sentinel = _SentinelProcess(sdir, port=port, conf=conf)
+            await sentinel.start()
+            self.sentinels.append(sentinel)
+        client = replica.client()
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                while (await client.info("replication")).get("master_link_status") != "up":
+                    await asyncio.sleep(0.05)
+        finally:
+            await client.aclose()
+
+    async def primary_port(self) -> int:
+        """The port the sentinels currently name as primary."""
+        client = self.sentinels[0].client()
+        try:
+            _, port = await client.execute_command(
+                "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.master_name
+            )
+        finally:
+            await client.aclose()
+        return int(port)
+
+    async def stop(self) -> None:
+        """Kill every process."""
+        for proc in [*self.sentinels, *self.servers]:
+            await proc.stop()
+
+
+@dataclass
+class _SentinelProcess(RedisServer):
+    """``redis-server <conf> --sentinel`` (Debian ships no separate redis-sentinel)."""
+
+    conf: Path = Path()
+
+    def args(self) -> list[str]:
+        """The command line."""
+        assert REDIS_SERVER is not None
+        return [REDIS_SERVER, str(self.conf), "--sentinel", "--logfile", str(self.dir / "log")]

@@ -40,7 +40,8 @@ log = structlog.get_logger("bittrade_feed.cluster")
 
 EPOCH_GAP = 1000
 """A new epoch starts this far above the highest id the leader knows, so ids another daemon
-read but the leader had not yet committed are never handed out again for another price."""
+read but the leader had not yet committed are never handed out again for another price
+(this bounds how far the leader's replica may lag; it catches up in milliseconds)."""
 MAX_BLOCK = 2.0
 """Longest blocking read, in seconds (shorter with short leases, so health stays fresh)."""
 
@@ -123,11 +124,16 @@ class ClusterNode:
         token = self.lease.token
         if token is None:
             raise Fenced(f"{self.name} is not the cluster leader; the price was not published")
-        floor = max(self.highest, self.follower.position) + EPOCH_GAP
+        known = max(self.highest, self.follower.position)
         started = time.perf_counter()
         try:
             seq, _epoch = await self.scripts.publish(
-                token, floor, self.config.stream_maxlen, secrets.token_hex(6), encode(draft)
+                token,
+                known,
+                EPOCH_GAP,
+                self.config.stream_maxlen,
+                secrets.token_hex(6),
+                encode(draft),
             )
         except ResponseError as exc:
             self.metrics.redis_errors.labels("publish").inc()

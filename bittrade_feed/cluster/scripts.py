@@ -50,20 +50,22 @@ return 0
 """
 
 PUBLISH = """
--- KEYS: leader, meta, stream. ARGV: token, floor, maxlen, new epoch name, field, value, ...
+-- KEYS: leader, meta, stream. ARGV: token, the highest id the caller knows was assigned,
+-- the epoch gap, maxlen, a new epoch name, then field, value, ...
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('FENCED the lease is not held by ' .. ARGV[1])
 end
+local known = tonumber(ARGV[2])
 local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local last_n = 0
 if #last > 0 then last_n = tonumber(string.match(last[1][1], '^(%d+)')) end
 local epoch = redis.call('HGET', KEYS[2], 'epoch')
-if not epoch then
-  -- Redis lost the id authority: start a new epoch above every id the caller knows of.
-  local floor = tonumber(ARGV[2])
-  if last_n > floor then floor = last_n end
-  epoch = ARGV[4]
-  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', floor)
+if (not epoch) or last_n < known then
+  -- Redis lost the id authority (restart without persistence) or acknowledged entries (a
+  -- failover): start a new epoch well above every id the caller knows of, so no id that
+  -- some daemon may already hold is ever handed out again for another price.
+  epoch = ARGV[5]
+  redis.call('HSET', KEYS[2], 'epoch', epoch, 'seq', math.max(known, last_n) + tonumber(ARGV[3]))
 end
 local seq = redis.call('HINCRBY', KEYS[2], 'seq', 1)
 if seq <= last_n then
@@ -72,8 +74,8 @@ if seq <= last_n then
   redis.call('HSET', KEYS[2], 'seq', seq)
 end
 local fields = {'e', epoch}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], seq .. '-0', unpack(fields))
+for i = 6, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], seq .. '-0', unpack(fields))
 return {seq, epoch}
 """
 
@@ -115,12 +117,13 @@ class Scripts:
         return bool(await self._release(keys=[self.keys.leader], args=[token]))
 
     async def publish(
-        self, token: str, floor: int, maxlen: int, new_epoch: str, fields: list[str]
+        self, token: str, known: int, gap: int, maxlen: int, new_epoch: str, fields: list[str]
     ) -> tuple[int, str]:
         """Append one entry under the next id; ``ResponseError('FENCED ...')`` if not leader."""
         k = self.keys
         reply: Any = await self._publish(
-            keys=[k.leader, k.meta, k.stream], args=[token, floor, maxlen, new_epoch, *fields]
+            keys=[k.leader, k.meta, k.stream],
+            args=[token, known, gap, maxlen, new_epoch, *fields],
         )
         seq, epoch = reply
         return int(seq), str(epoch)

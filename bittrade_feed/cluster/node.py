@@ -23,7 +23,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from bittrade_feed.clock import Clock
 from bittrade_feed.cluster.codec import draft_tick, encode
-from bittrade_feed.cluster.connect import connect
+from bittrade_feed.cluster.connect import Connector
 from bittrade_feed.cluster.errors import ClusterUnavailable, Fenced
 from bittrade_feed.cluster.follower import Follower, LocalLog, Replica
 from bittrade_feed.cluster.health import Health
@@ -78,8 +78,11 @@ class ClusterNode:
             poll_window=ttl * 0.75, read_window=block + read_timeout, lag_window=ttl
         )
         self.keys = Keys.for_prefix(c.feed_key)
-        self.redis = connect(c, timeout=self.period, name=f"bittrade-feed:{self.name}")
-        self.reader = connect(c, timeout=read_timeout, name=f"bittrade-feed:{self.name}:log")
+        self.connector = Connector(c, self.period)
+        self.redis = self.connector.client(timeout=self.period, name=f"bittrade-feed:{self.name}")
+        self.reader = self.connector.client(
+            timeout=read_timeout, name=f"bittrade-feed:{self.name}:log"
+        )
         self.scripts = Scripts(self.redis, self.keys)
         self.lease = Lease(self.scripts, self.name, c.lease_ms, clock, self.metrics, self.health)
         self.status = FollowerStatus(fetcher, clock, metrics, on_status)
@@ -151,6 +154,10 @@ class ClusterNode:
 
     async def _role(self, fetch: bool) -> None:
         while True:
+            if await self.connector.primary_moved():
+                log.warning("Sentinel names a new primary: reconnecting", node=self.name)
+                await self.redis.connection_pool.disconnect()
+                await self.reader.connection_pool.disconnect()
             obs = await self.lease.poll() if fetch else None
             if not fetch:
                 await self._observe()

@@ -189,11 +189,13 @@ class ClusterNode:
         self.health.poll_ok(self.clock.monotonic(), obs.last_id)
 
     def _mark_progress(self) -> None:
-        # The daemon's stall check and first-cycle wait watch the fetch loop; on a daemon
-        # that does not fetch, a healthy follower is the progress they should see.
+        # The daemon's stall check (the systemd watchdog) and its first-cycle wait watch the
+        # fetch loop. On a daemon that does not fetch, this loop turning is the progress the
+        # watchdog should see (a Redis outage is for /readyz, not a reason to be killed), and
+        # being caught up with the log is what READY=1 should wait for.
         now = self.clock.monotonic()
+        self.fetcher.last_cycle_mono = now
         if self.health.ready(now):
-            self.fetcher.last_cycle_mono = now
             self.fetcher.cycles = max(self.fetcher.cycles, 1)
 
     async def _stop_fetching(self) -> None:

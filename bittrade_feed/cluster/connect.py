@@ -60,9 +60,7 @@ class Connector:
         if self.sentinel is None:
             return False
         try:
-            primary: tuple[str, int] = await self.sentinel.discover_master(
-                self.config.master_name
-            )
+            primary: tuple[str, int] = await self.sentinel.discover_master(self.config.master_name)
         except (RedisError, OSError):
             return False  # no sentinel answers: the lease round trip tells the rest
         moved = self.primary is not None and primary != self.primary

@@ -46,6 +46,8 @@ class Lease:
         self.term = 0
         self.last: Observation | None = None
         self._failing = False
+        self._holder = ""
+        """The last holder seen (an empty lease between two holders is not a change)."""
 
     def leading(self) -> bool:
         """Whether to act as leader now: we hold the lease and renewed it recently enough."""
@@ -80,10 +82,11 @@ class Lease:
         elif self.token is not None:
             log.warning("lease lost", node=self.node, token=self.token, now_held_by=obs.leader)
             self.token = None
-        if obs.leader != self.leader:
-            if self.leader:
+        if obs.leader and obs.leader != self._holder:
+            if self._holder:
                 self.metrics.leader_changes.inc()
-            self.leader = obs.leader
+            self._holder = obs.leader
+        self.leader = obs.leader
         self.term = max(self.term, token_term(obs.leader))
         self.metrics.term.set(token_term(obs.leader))
         self.metrics.leader.set(1 if self.token else 0)

@@ -147,7 +147,9 @@ class ClusterNode:
             raise ClusterUnavailable(f"Redis refused the publish: {exc}") from None
         except (RedisError, OSError) as exc:
             self.metrics.redis_errors.labels("publish").inc()
-            raise ClusterUnavailable(f"Redis did not take the publish: {exc!r}") from None
+            raise ClusterUnavailable(
+                f"Redis did not take the publish: {type(exc).__name__}: {exc}"
+            ) from None
         self.metrics.redis_duration.labels("publish").observe(time.perf_counter() - started)
         self.highest = max(self.highest, seq)
         return draft_tick(seq, draft)
@@ -163,7 +165,7 @@ class ClusterNode:
                 await self._observe()
             elif obs is not None:
                 self.highest = max(self.highest, obs.last_id)
-            leading = self.lease.leading()
+            leading = fetch and self.lease.leading()
             if leading and self._fetch_task is None:
                 log.info("leading: fetching", node=self.name, term=token_term(self.lease.leader))
                 self._fetch_task = asyncio.create_task(self.fetcher.run(), name="fetch-loop")
@@ -181,7 +183,7 @@ class ClusterNode:
     async def _observe(self) -> None:
         """Without fetching, still look at the log head, so health sees a stuck follower."""
         try:
-            obs = await self.scripts.lease(self.name, "", self.config.lease_ms, 0)
+            obs = await self.scripts.lease(self.name, "", self.config.lease_ms, 0, acquire=False)
         except (RedisError, OSError) as exc:
             self.metrics.redis_errors.labels("lease").inc()
             self.health.last_poll_error = str(exc)

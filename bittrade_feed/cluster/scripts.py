@@ -18,12 +18,13 @@ if TYPE_CHECKING:
 
 LEASE = """
 -- KEYS: leader, term, stream, meta. ARGV: node, the caller's token (or ""), ttl ms, the
--- lowest acceptable term (terms keep growing even if Redis lost the counter).
+-- lowest acceptable term (terms keep growing even if Redis lost the counter), and "1" if
+-- the caller may take a free lease ("0": only look).
 -- Acquire a free lease under a new term, renew our own, or just look; then report what
 -- the log looks like from this server, so a node connected to a stale server notices.
 local cur = redis.call('GET', KEYS[1])
 local role = 0
-if not cur then
+if (not cur) and ARGV[5] == '1' then
   local term = redis.call('INCR', KEYS[2])
   if term < tonumber(ARGV[4]) then
     term = tonumber(ARGV[4])
@@ -40,7 +41,7 @@ local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
 local last_id = '0-0'
 if #last > 0 then last_id = last[1][1] end
 local epoch = redis.call('HGET', KEYS[4], 'epoch') or ''
-return {role, cur, last_id, epoch}
+return {role, cur or '', last_id, epoch}
 """
 
 RELEASE = """
@@ -103,11 +104,14 @@ class Scripts:
         self._release = redis.register_script(RELEASE)
         self._publish = redis.register_script(PUBLISH)
 
-    async def lease(self, node: str, token: str, ttl_ms: int, min_term: int) -> Observation:
-        """Acquire, renew or observe the lease in one round trip."""
+    async def lease(
+        self, node: str, token: str, ttl_ms: int, min_term: int, *, acquire: bool = True
+    ) -> Observation:
+        """Acquire (if ``acquire``), renew or observe the lease in one round trip."""
         k = self.keys
         reply: Any = await self._lease(
-            keys=[k.leader, k.term, k.stream, k.meta], args=[node, token, ttl_ms, min_term]
+            keys=[k.leader, k.term, k.stream, k.meta],
+            args=[node, token, ttl_ms, min_term, "1" if acquire else "0"],
         )
         role, leader, last_id, epoch = reply
         return Observation(int(role), str(leader), entry_seq(str(last_id)), str(epoch))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 REDIS_SERVER = shutil.which("redis-server")
 START_TIMEOUT = 10.0
@@ -93,7 +95,9 @@ class RedisServer:
 
     def client(self) -> Redis:
         """A fresh client (close it)."""
-        return Redis(port=self.port, decode_responses=True, socket_timeout=2.0)
+        return Redis(
+            port=self.port, decode_responses=True, socket_timeout=2.0, retry=Retry(NoBackoff(), 0)
+        )
 
     def log(self) -> str:
         """Its log file."""

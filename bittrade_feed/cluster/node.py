@@ -15,7 +15,6 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -33,8 +32,9 @@ from bittrade_feed.cluster.scripts import FENCED, Scripts, token_term
 from bittrade_feed.cluster.status import FollowerStatus
 from bittrade_feed.config import Config
 from bittrade_feed.feed.fetcher import Fetcher
-from bittrade_feed.models import FeedStatus, Tick, TickDraft
+from bittrade_feed.models import Tick, TickDraft
 from bittrade_feed.ops.metrics import ClusterMetrics, Metrics
+from bittrade_feed.ops.supervise import Supervisor
 
 log = structlog.get_logger("bittrade_feed.cluster")
 
@@ -62,13 +62,14 @@ class ClusterNode:
         ticklog: LocalLog,
         replica: Replica,
         fetcher: Fetcher,
-        on_status: Callable[[FeedStatus], None],
+        supervisor: Supervisor,
     ) -> None:
         c = config.cluster
         self.config = c
         self.name = c.node_name or default_node_name()
         self.clock = clock
         self.fetcher = fetcher
+        self.supervisor = supervisor
         self.metrics = ClusterMetrics(metrics.registry)
         ttl = c.lease_ms / 1000
         self.period = ttl / 4
@@ -85,7 +86,7 @@ class ClusterNode:
         )
         self.scripts = Scripts(self.redis, self.keys)
         self.lease = Lease(self.scripts, self.name, c.lease_ms, clock, self.metrics, self.health)
-        self.status = FollowerStatus(fetcher, clock, metrics, on_status)
+        self.status = FollowerStatus(fetcher, clock, metrics)
         self.follower = Follower(
             self.reader,
             self.keys,
@@ -102,21 +103,20 @@ class ClusterNode:
         self.tasks: list[asyncio.Task[None]] = []
         self._fetch_task: asyncio.Task[None] | None = None
 
-    def start(self, *, fetch: bool = True) -> asyncio.Task[None]:
-        """Start following (and, when ``fetch``, competing for the lease); returns the role task."""
+    def start(self, *, fetch: bool = True) -> None:
+        """Start following and, when ``fetch``, competing for the lease (supervised tasks)."""
         self.fetcher.sink = self.publish
-        follower = asyncio.create_task(self.follower.run(), name="cluster-follower")
-        role = asyncio.create_task(self._role(fetch), name="cluster-role")
-        self.tasks = [follower, role]
-        # The follower must never end by itself; if it does, the role task ends with it.
-        follower.add_done_callback(lambda t: None if t.cancelled() else role.cancel())
-        return role
+        # Both only keep state that survives a restart: the follower re-reads from the
+        # replica's newest id, the role loop re-renews its lease.
+        self.tasks = [
+            self.supervisor.spawn("cluster-follower", self.follower.run, restart=True),
+            self.supervisor.spawn("cluster-role", lambda: self._role(fetch), restart=True),
+        ]
 
     async def stop(self) -> None:
         """Stop fetching and following, give the lease back, close the connections."""
         for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.supervisor.cancel(task)
         await self._stop_fetching()
         await self.lease.release()
         await self.redis.aclose()
@@ -168,12 +168,13 @@ class ClusterNode:
             leading = fetch and self.lease.leading()
             if leading and self._fetch_task is None:
                 log.info("leading: fetching", node=self.name, term=token_term(self.lease.leader))
-                self._fetch_task = asyncio.create_task(self.fetcher.run(), name="fetch-loop")
+                # Fatal when it crashes, as on a single daemon.
+                self._fetch_task = self.supervisor.spawn(
+                    "fetch-loop", self.fetcher.run, restart=False
+                )
             elif not leading and self._fetch_task is not None:
                 log.warning("stepping down: fetch loop stopped", node=self.name)
                 await self._stop_fetching()
-            if self._fetch_task is not None and self._fetch_task.done():
-                self._fetch_task.result()  # a fetch loop that died ends the daemon
             if not leading:
                 self.status.check()
                 self._mark_progress()
@@ -191,20 +192,21 @@ class ClusterNode:
         self.health.poll_ok(self.clock.monotonic(), obs.last_id)
 
     def _mark_progress(self) -> None:
-        # The daemon's stall check (the systemd watchdog) and its first-cycle wait watch the
-        # fetch loop. On a daemon that does not fetch, this loop turning is the progress the
-        # watchdog should see (a Redis outage is for /readyz, not a reason to be killed), and
-        # being caught up with the log is what READY=1 should wait for.
+        # The watchdog judges the fetch loop's promise (schedule.progress_deadline) and
+        # READY=1 waits for its first cycle. On a daemon that does not fetch, this loop
+        # turning is the progress to promise (a Redis outage is for /readyz, not a reason
+        # for systemd to kill every daemon), and being caught up is its first "cycle".
         now = self.clock.monotonic()
-        self.fetcher.last_cycle_mono = now
+        schedule = self.fetcher.schedule
+        schedule.progress_since = now
+        schedule.progress_deadline = now + 2 * self.period + self.config.lease_ms / 1000
         if self.health.ready(now):
             self.fetcher.cycles = max(self.fetcher.cycles, 1)
 
     async def _stop_fetching(self) -> None:
         task, self._fetch_task = self._fetch_task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await self.supervisor.cancel(task)
 
     def checks(self) -> dict[str, dict[str, Any]]:
         """The cluster entries of ``/readyz``."""

@@ -16,6 +16,7 @@ from bittrade_feed.config import Config
 from bittrade_feed.feed.fetcher import Fetcher
 from bittrade_feed.models import FeedStatus
 from bittrade_feed.ops.metrics import Metrics, new_registry
+from bittrade_feed.ops.supervise import Supervisor
 from tests.cluster.standin import MemoryLog
 
 LEASE_MS = 1000
@@ -52,14 +53,19 @@ async def member(config: Config, *, fetch: bool = True) -> AsyncIterator[Member]
     log = MemoryLog()
     async with aiohttp.ClientSession() as session:
         statuses: list[FeedStatus] = []
-        fetcher = Fetcher(config, session, SystemClock(), metrics, _no_sink, statuses.append)
-        node = ClusterNode(config, SystemClock(), metrics, log, log, fetcher, statuses.append)
+        clock = SystemClock()
+        fetcher = Fetcher(config, session, clock, metrics, _no_sink, statuses.append)
+        supervisor = Supervisor(metrics.task_crashes, clock.sleep, clock.monotonic)
+        node = ClusterNode(config, clock, metrics, log, log, fetcher, supervisor)
         m = Member(node, log, metrics, statuses)
-        m.role = node.start(fetch=fetch)
+        node.start(fetch=fetch)
+        m.role = node.tasks[1]
         try:
             yield m
         finally:
             await node.stop()
+            await supervisor.stop()
+            assert supervisor.failed is None, supervisor.failed
 
 
 async def _no_sink(draft: object) -> Any:

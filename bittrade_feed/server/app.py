@@ -28,6 +28,7 @@ from bittrade_feed.models import SIMULATED_SOURCE, FeedStatus, format_ts
 from bittrade_feed.ops.metrics import Metrics, new_registry
 from bittrade_feed.ops.supervise import Supervisor
 from bittrade_feed.server.badinput import install as install_bad_input_log
+from bittrade_feed.server.cluster import CLUSTER_FETCH, cluster_checks, cluster_ctx, get_cluster
 from bittrade_feed.server.dashboard import add_dashboard_routes
 from bittrade_feed.server.pairs import apply_pair_changes
 from bittrade_feed.server.params import int_param, requested_pairs, time_param
@@ -70,13 +71,23 @@ def create_app(
     app[CONFIG] = config
     app[CLOCK] = clock = clock or SystemClock()
     app[METRICS] = Metrics(registry if registry is not None else new_registry())
-    app[FETCH_ENABLED] = fetch
+    # In a cluster the fetch loop runs only on the leader, started by cluster_ctx.
+    app[FETCH_ENABLED] = fetch and not config.cluster.enabled
+    app[CLUSTER_FETCH] = fetch
     # Every background task starts through it; the CLI sets its on_fatal to exit 1.
     app[SUPERVISOR] = Supervisor(app[METRICS].task_crashes, clock.sleep, clock.monotonic)
 
     install_bad_input_log(app)
     app.cleanup_ctx.extend(
-        [_session_ctx, _store_ctx, _hub_ctx, _ticklog_ctx, _fetcher_ctx, _retention_ctx]
+        [
+            _session_ctx,
+            _store_ctx,
+            _hub_ctx,
+            _ticklog_ctx,
+            _fetcher_ctx,
+            cluster_ctx,
+            _retention_ctx,
+        ]
     )
     app.on_shutdown.append(_on_shutdown)
     app.add_routes(
@@ -89,6 +100,7 @@ def create_app(
             web.get("/healthz", healthz),
             web.get("/readyz", readyz),
             web.get("/metrics", metrics_handler),
+            web.get("/api/cluster", get_cluster),
         ]
     )
     add_dashboard_routes(app)
@@ -306,6 +318,7 @@ async def readyz(request: web.Request) -> web.Response:
         }
     status = request.app[STORE].write_status()
     checks["database"] = {"ok": status.ok, "detail": status.detail}
+    checks.update(cluster_checks(request.app))
     failed = request.app[SUPERVISOR].failed
     if failed is not None:
         checks["tasks"] = {"ok": False, "detail": failed}

@@ -63,8 +63,10 @@ async def member(config: Config, *, fetch: bool = True) -> AsyncIterator[Member]
         try:
             yield m
         finally:
-            await node.stop()
-            await supervisor.stop()
+            # Bounded, so a stop that hangs fails the test with a traceback instead.
+            async with asyncio.timeout(10):
+                await node.stop()
+                await supervisor.stop()
             assert supervisor.failed is None, supervisor.failed
 
 

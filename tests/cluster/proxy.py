@@ -17,6 +17,7 @@ class BlackholeProxy:
         self.port = free_port()
         self.flowing = True
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -40,6 +41,7 @@ class BlackholeProxy:
         writer.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         if not self.flowing:
             return  # hold the connection open and silent, like a dead route
         try:
@@ -47,6 +49,7 @@ class BlackholeProxy:
         except OSError:
             writer.close()
             return
+        self._writers.add(up_writer)
         for task in (
             asyncio.create_task(self._pump(reader, up_writer)),
             asyncio.create_task(self._pump(up_reader, writer)),
@@ -65,3 +68,8 @@ class BlackholeProxy:
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            for writer in self._writers:
+                writer.close()
+                with contextlib.suppress(ConnectionError, OSError):
+                    await writer.wait_closed()
+            await server.wait_closed()

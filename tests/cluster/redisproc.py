@@ -129,7 +129,8 @@ class RedisServer:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.proc.pid, signal.SIGCONT)
             self.proc.kill()
-            await self.proc.wait()
+            async with asyncio.timeout(10):
+                await self.proc.wait()
 
 
 @contextlib.asynccontextmanager

@@ -566,3 +566,27 @@ async def test_heartbeat_within_a_second_of_the_setting(
             await clock.advance(1.1)  # 16 s idle at most
             (beat,) = await frames(resp, 1)
             assert beat == b": keep-alive\n\n"
+
+
+async def test_resumes_are_counted_by_what_answered_them(
+    aiohttp_client: AiohttpClient, daemon_config
+) -> None:
+    """A resume from the ring, one from SQLite and one past the feed each count once."""
+    config = sim_config(daemon_config, stream={"replay_limit": 3})
+    client = await aiohttp_client(create_app(config, fetch=False))
+    await _ticks(client, 3)  # six ids: the ring keeps the last three
+
+    async def resume(last_id: int) -> None:
+        headers = {"Last-Event-ID": str(last_id)}
+        async with client.get("/api/price-stream?pairs=BTC-USD", headers=headers) as r:
+            await frames(r, 1)
+
+    # Ring; SQLite (below the ring, but only two BTC-USD prices missed); ahead of the feed.
+    for last_id in (5, 1, 99):
+        await resume(last_id)
+    metrics = client.app[METRICS]
+    counts = {
+        source: metrics.registry.get_sample_value("bittrade_feed_resumes_total", {"source": source})
+        for source in ("ring", "sqlite", "resync")
+    }
+    assert counts == {"ring": 1.0, "sqlite": 1.0, "resync": 1.0}

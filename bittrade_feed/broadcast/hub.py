@@ -288,14 +288,18 @@ class Hub:
             self._open(sub, self._known.snapshot(pairs) + self._known.status_events(pairs))
         elif plan is Need.STORE:
             assert last_id is not None
-            await self._open_from_store(sub, last_id)
+            resync = await self._open_from_store(sub, last_id)
+            self.metrics.resumes.labels("resync" if resync else "sqlite").inc()
         elif isinstance(plan, Resync):
             self._open(sub, self._resync_events(sub, plan) + self._known.status_events(pairs))
+            self.metrics.resumes.labels("resync").inc()
         else:
             self._open(sub, plan + self._known.status_events(pairs))
+            self.metrics.resumes.labels("ring").inc()
         return sub
 
-    async def _open_from_store(self, sub: Subscriber, last_id: int) -> None:
+    async def _open_from_store(self, sub: Subscriber, last_id: int) -> bool:
+        """Replay from the store, or resync; ``True`` if it had to resync."""
         sub.buffer = []
         statuses = self._known.status_events(sub.pairs)
         limit = self.config.replay_limit
@@ -306,14 +310,15 @@ class Hub:
             raise
         held, sub.buffer = sub.buffer, None
         if sub not in self._subs:
-            return  # closed while the query ran (shutdown)
+            return False  # closed while the query ran (shutdown)
         plan = from_store(last_id, rows, self.replay.history_floor, limit)
         if sub.gap is not None or isinstance(plan, Resync):
             why = plan if isinstance(plan, Resync) else Resync("gap", sub.gap or "")
             self._open(sub, self._resync_events(sub, why) + self._known.status_events(sub.pairs))
-            return
+            return True
         after = plan[-1][0] if plan else last_id
         self._open(sub, plan + statuses + [(i, f) for i, f in held if not i or i > after])
+        return False
 
     def _open(self, sub: Subscriber, events: Events) -> None:
         """Write the opening as one write, the retry line first on SSE."""

@@ -42,6 +42,7 @@ SKIP_REASONS = ("no_quorum", "jump_held", "store_error")
 JUMP_OUTCOMES = ("held", "confirmed", "rejected")
 DROP_STAGES = ("publish", "subscriber")
 RESYNC_REASONS = ("gap", "ahead", "replay_limit", "retention")
+RESUME_SOURCES = ("ring", "sqlite", "resync")
 
 
 def new_registry() -> CollectorRegistry:
@@ -186,6 +187,14 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.resumes = Counter(
+            "bittrade_feed_resumes",
+            "Streams opened with a resume point, by what answered it: the in-memory ring, "
+            "this node's SQLite, or a resync (in a cluster each node replays from its own "
+            "replica of the log).",
+            ["source"],
+            registry=r,
+        )
         self.store_write_duration = Histogram(
             "bittrade_feed_store_write_duration_seconds",
             "Time to commit one price to SQLite.",
@@ -222,6 +231,8 @@ class Metrics:
             self.events_dropped.labels(stage)
         for reason in RESYNC_REASONS:
             self.resyncs.labels(reason)
+        for source in RESUME_SOURCES:
+            self.resumes.labels(source)
         for transport in TRANSPORTS:
             self.subscribers.labels(transport)
             self.connections_opened.labels(transport)

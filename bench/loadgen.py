@@ -64,21 +64,25 @@ def raise_nofile() -> int:
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def proc_cpu(pid: int) -> float:
-    """utime+stime of a process (all its threads), seconds."""
-    with open(f"/proc/{pid}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def proc_cpu(pids: int | list[int]) -> float:
+    """utime+stime of a process (all its threads), or summed over several, seconds."""
+    total = 0
+    for pid in [pids] if isinstance(pids, int) else pids:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
-def proc_mem(pid: int) -> dict[str, int]:
-    """Rss and Pss (bytes) from ``/proc/PID/smaps_rollup``."""
+def proc_mem(pids: int | list[int]) -> dict[str, int]:
+    """Rss and Pss (bytes) from ``/proc/PID/smaps_rollup``, summed over several PIDs."""
     out: dict[str, int] = {}
-    with open(f"/proc/{pid}/smaps_rollup") as fh:
-        for line in fh:
-            key, _, rest = line.partition(":")
-            if key in ("Rss", "Pss", "Pss_Anon", "Anonymous"):
-                out[key.lower()] = int(rest.split()[0]) * 1024
+    for pid in [pids] if isinstance(pids, int) else pids:
+        with open(f"/proc/{pid}/smaps_rollup") as fh:
+            for line in fh:
+                key, _, rest = line.partition(":")
+                if key in ("Rss", "Pss", "Pss_Anon", "Anonymous"):
+                    out[key.lower()] = out.get(key.lower(), 0) + int(rest.split()[0]) * 1024
     return out
 
 
@@ -314,9 +318,10 @@ class SSEProtocol(asyncio.Protocol):
         ticks = TICKS
         prev = client.last
         events = others = 0
-        for event in sse[:cut].split(b"\n\n"):
-            if not event:
+        for block in sse[:cut].split(b"\n\n"):
+            if not block:
                 continue
+            event = block
             # Fast paths: the daemon's "id: N\nevent: price\ndata: {...}" and nchan's
             # "event: price\nid: X\ndata: {...}"; anything else takes the general parser.
             data_line = None
@@ -332,7 +337,12 @@ class SSEProtocol(asyncio.Protocol):
                     data_line = event[j + 7 :]
             elif event[0] == 58:  # ":" a comment (heartbeat, nchan's ": hi")
                 group.comments += 1
-                continue
+                nl = event.find(b"\n")
+                if nl < 0:
+                    continue
+                # More fields after the comment (the daemon's ": hello\nretry: ...\nid: ..."
+                # on a resume): per WHATWG the comment line is ignored, the rest is an event.
+                event = event[nl + 1 :]
             if data_line is None:
                 etype, data_line, raw_id = parse_event(event)
                 if raw_id is not None:
@@ -878,7 +888,12 @@ def main(argv: list[str] | None = None) -> int:
         help="s between the drop and the reconnect (so ticks are missed)",
     )
     s.add_argument("--tail-wait", type=float, default=5.0)
-    s.add_argument("--server-pid", type=int, default=0, help="sample /proc of this PID")
+    s.add_argument(
+        "--server-pid",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="sample /proc of this PID (comma-separated: summed over them)",
+    )
     s.add_argument("--label", default="")
     s.add_argument("--mark", help="file written when the measured window starts")
     s.add_argument("--out", help="write the JSON report here (default: stdout)")

@@ -147,6 +147,7 @@ class Server:
     name: str
     url: str
     pid: int  # the process whose CPU and memory are measured
+    pids: list[int]  # every such process (summed); [pid] but for bench/cluster.py
 
     def __enter__(self) -> Server:
         return self
@@ -164,10 +165,21 @@ class Daemon(Server):
     name = "daemon"
 
     def __init__(
-        self, opts: argparse.Namespace, workdir: Path, interval: float, coalesce_ms: int = 0
+        self,
+        opts: argparse.Namespace,
+        workdir: Path,
+        interval: float,
+        coalesce_ms: int = 0,
+        *,
+        port: int = 0,
+        extra: str = "",
+        core: str = "",
+        ready: bool = True,
+        reuse_port: bool = False,
     ) -> None:
+        # port/extra/core/ready let bench/cluster.py start several daemons on one port.
         self.dir = Path(tempfile.mkdtemp(prefix="daemon-", dir=workdir))
-        port = free_port()
+        port = port or free_port()
         config = self.dir / "bench.toml"
         config.write_text(
             "[feed]\n"
@@ -180,8 +192,9 @@ class Daemon(Server):
             "[stream]\nmax_subscribers = 30000\nheartbeat = 15\n"
             + (f"coalesce_ms = {coalesce_ms}\n" if coalesce_ms else "")
             + f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
-            f'[database]\npath = "{self.dir / "feed.sqlite3"}"\n'
-            '[log]\nlevel = "warning"\n'
+            + ("reuse_port = true\n" if reuse_port else "")
+            + f'[database]\npath = "{self.dir / "feed.sqlite3"}"\n'
+            '[log]\nlevel = "warning"\n' + extra
         )
         self.url = f"http://127.0.0.1:{port}/api/price-stream"
         self.logfile = (self.dir / "daemon.log").open("wb")
@@ -189,7 +202,7 @@ class Daemon(Server):
             [
                 "taskset",
                 "-c",
-                str(opts.server_core),
+                core or str(opts.server_core),
                 str(opts.daemon),
                 "serve",
                 "--config",
@@ -202,10 +215,15 @@ class Daemon(Server):
             env={**os.environ, "BITTRADE_FEED_LOOP": opts.loop},
         )
         self.pid = self.proc.pid  # taskset execs the daemon: same PID
-        base = f"http://127.0.0.1:{port}"
+        self.pids = [self.pid]
+        self.base = base = f"http://127.0.0.1:{port}"
         try:
             wait_for(
-                lambda: self.proc.poll() is not None or http_status(base + "/readyz") == 200,
+                lambda: (
+                    self.proc.poll() is not None
+                    or not ready
+                    or http_status(base + "/readyz") == 200
+                ),
                 20,
                 "the daemon to be ready",
             )
@@ -269,6 +287,7 @@ class Nchan(Server):
                 lambda: self.proc.poll() is None and children(self.proc.pid), 10, "the nginx worker"
             )
             self.pid = children(self.proc.pid)[0]
+            self.pids = [self.pid]
             wait_for(lambda: _port_open(port), 10, "nginx to listen")
             self.pub_out = self.dir / "publisher.json"
             self.publisher = subprocess.Popen(
@@ -354,7 +373,7 @@ def loadgen(
         "--settle",
         str(settle),
         "--server-pid",
-        str(server.pid),
+        ",".join(map(str, server.pids)),
         "--label",
         f"{server.name}-{tag}",
         "--out",

@@ -166,16 +166,27 @@ def sharded_loadgen(
     sizes = [n // shards + (1 if i < n % shards else 0) for i in range(shards)]
     if shards == 1:
         return run.loadgen(opts, srv, workdir, tag, n, window, 1.0, opts.params["settle"])
-    with concurrent.futures.ThreadPoolExecutor(shards) as pool:
-        parts = list(
-            pool.map(
-                lambda i: run.loadgen(
-                    opts, srv, workdir, f"{tag}{i}", sizes[i], window, 1.0, opts.params["settle"]
-                ),
-                range(shards),
+
+    def shard(i: int) -> dict[str, Any]:
+        if not opts.stagger or i == 0:
+            return run.loadgen(
+                opts, srv, workdir, f"{tag}{i}", sizes[i], window + lead(i), 1.0, settle
             )
-        )
-    return {"shards": parts, "summary": merge_hold(parts)}
+        # Staggered: connect only once the previous shard holds all of its subscribers
+        # (its measured window has begun), so connects do not compete with each other.
+        mark = workdir / f"{srv.name}-{tag}{i - 1}.mark"
+        run.wait_for(mark.exists, 120 + sizes[i - 1] / 200, f"shard {i - 1}'s window")
+        return run.loadgen(opts, srv, workdir, f"{tag}{i}", sizes[i], window + lead(i), 1.0, settle)
+
+    def lead(i: int) -> float:
+        # Earlier shards keep measuring while later ones connect: every window then
+        # covers the last shard's whole window, when all n subscribers are held.
+        return opts.stagger * (shards - 1 - i)
+
+    settle = opts.params["settle"]
+    with concurrent.futures.ThreadPoolExecutor(shards) as pool:
+        parts = list(pool.map(shard, range(shards)))
+    return {"shards": parts, "summary": merge_hold(parts), "stagger": opts.stagger}
 
 
 def merge_hold(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -215,25 +226,32 @@ def phases(opts: argparse.Namespace, workdir: Path, processes: int) -> dict[str,
         with Cluster(opts, workdir, processes) as srv:
             res["hold"] = sharded_loadgen(opts, srv, workdir, "hold", n, p["hold"])
     if "e" in scen:
-        n = p["n_storm"] + p["n_storm_steady"]
         with Cluster(opts, workdir, processes) as srv:
-            res["storm"] = run.loadgen(
-                opts,
-                srv,
-                workdir,
-                "storm",
-                n,
-                p["storm_window"],
-                1.0,
-                p["settle"],
-                storm=p["n_storm"],
-            )
+            res["storm"] = storm(opts, srv, workdir)
     return res
+
+
+def storm(opts: argparse.Namespace, srv: run.Server, workdir: Path) -> dict[str, Any]:
+    """Scenario e against ``srv``: the storm clients drop and reconnect with Last-Event-ID."""
+    p = opts.params
+    n = p["n_storm"] + p["n_storm_steady"]
+    return run.loadgen(
+        opts, srv, workdir, "storm", n, p["storm_window"], 1.0, p["settle"], storm=p["n_storm"]
+    )
+
+
+def nchan_storm(opts: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """The same storm against nginx+nchan (one worker, on the first daemon's core)."""
+    p = opts.params
+    bound = p["storm_window"] + (p["n_storm"] + p["n_storm_steady"]) / 200 + 120
+    opts.client_core = opts.single_client_core
+    with run.Nchan(opts, workdir, 1.0, bound=bound) as srv:
+        return {"storm": storm(opts, srv, workdir)}
 
 
 def summary(results: dict[str, Any]) -> list[list[Any]]:
     """Rows of the comparison table: metric, then one value per process count."""
-    counts = [k for k in results if k.startswith("processes_")]
+    counts = [k for k in results if k.startswith("processes_") or k == "nchan"]
 
     def col(*path: str) -> list[Any]:
         return [run.g(results, k, *path) for k in counts]
@@ -281,6 +299,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--processes", default="1,2", help="daemon counts to run, e.g. 1,2")
     ap.add_argument("--out", type=Path, default=run.BENCH / "results" / "issue12" / "latest.json")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument(
+        "--stagger",
+        type=float,
+        default=0.0,
+        help="a: start each load-generator shard once the previous one holds its clients;"
+        " earlier shards measure this many seconds longer (0: all shards at once)",
+    )
+    ap.add_argument("--nchan", action="store_true", help="e: the storm against nginx+nchan too")
     for key, value in FULL.items():
         ap.add_argument("--" + key.replace("_", "-"), type=type(value), default=None)
     opts, rest = ap.parse_known_args(argv)
@@ -317,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for count in opts.counts:
             results[f"processes_{count}"] = phases(opts, workdir, count)
+        if opts.nchan and "e" in opts.scen:
+            results["nchan"] = nchan_storm(opts, workdir)
     except KeyboardInterrupt:
         run.log("interrupted; partial results follow")
     finally:

@@ -469,8 +469,10 @@ def parse_event(event: bytes) -> tuple[bytes, bytes, bytes | None]:
 class Subscribers:
     """Connects, holds and (for the storm) reconnects many clients."""
 
-    def __init__(self, url: str, timeout: float) -> None:
+    def __init__(self, url: str, timeout: float, headers: list[str] | None = None) -> None:
         parts = urlsplit(url)
+        # Extra request lines (e.g. an Authorization header for the auth-on benchmark).
+        self.headers = b"".join(h.encode() + b"\r\n" for h in headers or [])
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.path = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -488,6 +490,7 @@ class Subscribers:
             + b" HTTP/1.1\r\nHost: "
             + self.host.encode()
             + b"\r\nAccept: text/event-stream\r\nCache-Control: no-store\r\n"
+            + self.headers
             + extra
             + b"\r\n"
         )
@@ -578,7 +581,7 @@ async def run_subscribe(args: argparse.Namespace) -> dict[str, Any]:
     if args.n + 64 > nofile:
         raise SystemExit(f"loadgen: {args.n} clients need more than RLIMIT_NOFILE={nofile}")
     pid = args.server_pid
-    subs = Subscribers(args.url, args.connect_timeout)
+    subs = Subscribers(args.url, args.connect_timeout, args.header)
     steady, storm = Group("steady"), Group("storm")
     clients: list[Client] = []
     for i in range(args.n):
@@ -876,6 +879,9 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--n", type=int, default=1000, help="subscribers")
     s.add_argument("--concurrency", type=int, default=512, help="connects in flight")
     s.add_argument("--connect-timeout", type=float, default=10.0)
+    s.add_argument(
+        "--header", action="append", default=[], help="extra request header, 'Name: value'"
+    )
     s.add_argument("--settle", type=float, default=3.0, help="s after connecting (memory)")
     s.add_argument("--window", type=float, default=20.0, help="measured seconds")
     s.add_argument("--interval", type=float, default=1.0, help="tick interval (s)")

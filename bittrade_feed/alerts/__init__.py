@@ -1,0 +1,1 @@
+"""Price alerts (issue 14): rules, their store, the engine that evaluates them."""

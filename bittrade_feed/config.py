@@ -167,6 +167,22 @@ class ClusterConfig:
 # --- end [cluster] ------------------------------------------------------------------------
 
 
+# --- [alerts] (issue 14) ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """Price alert rules evaluated on every committed tick (off while delivery is built)."""
+
+    enabled: bool = False
+    """Off by default: until stream and webhook delivery land, a firing is only recorded."""
+    max_rules_per_owner: int = 100
+    checkpoint_seconds: float = 10.0
+    """How often rule states changed by ticks that fired nothing are saved; a restart
+    replays the stored ticks since the last save, so this only bounds that replay."""
+
+
+# --- end [alerts] -------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole daemon configuration."""
@@ -179,6 +195,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     log: LogConfig = field(default_factory=LogConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def sources_for(self, pair: str) -> tuple[str, ...]:
         """The enabled sources of ``pair`` in priority order."""
@@ -297,6 +314,7 @@ def _build(r: Reader) -> Config:
         stream,
         log,
         cluster=_build_cluster(r),
+        alerts=_build_alerts(r),
     )
 
 
@@ -322,6 +340,18 @@ def _build_cluster(r: Reader) -> ClusterConfig:
 
 
 # --- end [cluster] ------------------------------------------------------------------------
+
+
+# --- [alerts] (issue 14) ----------------------------------------------------------------
+def _build_alerts(r: Reader) -> AlertsConfig:
+    return AlertsConfig(
+        enabled=r.get("alerts.enabled", False, boolean),
+        max_rules_per_owner=r.get("alerts.max_rules_per_owner", 100, integer(1, 100_000)),
+        checkpoint_seconds=r.get("alerts.checkpoint_seconds", 10.0, number(0.1, 3600)),
+    )
+
+
+# --- end [alerts] -------------------------------------------------------------------------
 
 
 def _check_metrics_listener(r: Reader, server: ServerConfig) -> None:

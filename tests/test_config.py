@@ -190,6 +190,9 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("cluster.feed_key", "", "must be 1 to 64 letters"),
     ("cluster.feed_key", "b{t}", "must be 1 to 64 letters"),
     ("cluster.stream_maxlen", 10, "10 is out of range: must be from 100 to 100000000"),
+    ("alerts.enabled", "yes", "must be true or false"),
+    ("alerts.max_rules_per_owner", 0, "0 is out of range: must be from 1 to 100000"),
+    ("alerts.checkpoint_seconds", 0, "out of range"),
 ]
 
 
@@ -275,8 +278,8 @@ def test_unknown_section_lists_the_known_ones() -> None:
     """A section nothing resembles gets the list of sections there are."""
     [(_, problem)] = faults({"tls": {}})
     assert problem == (
-        "unknown key (expected one of: aggregation, cluster, database, exchanges, feed, log, "
-        "server, stream)"
+        "unknown key (expected one of: aggregation, alerts, cluster, database, exchanges, feed, "
+        "log, server, stream)"
     )
 
 

@@ -341,3 +341,26 @@ class ClusterMetrics:
 
 
 # --- end cluster --------------------------------------------------------------------------
+
+
+# --- alerts (issue 14) --------------------------------------------------------------------
+class AlertMetrics:
+    """The ``bittrade_feed_alert_*`` series; registered only when ``alerts.enabled``."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.rules = Gauge("bittrade_feed_alert_rules", "Alert rules loaded.", registry=r)
+        self.firings = Counter("bittrade_feed_alert_firings", "Alert firings recorded.", registry=r)
+        self.commit_errors = Counter(
+            "bittrade_feed_alert_commit_errors",
+            "Attempts to save alert firings and states that failed (retried).",
+            registry=r,
+        )
+        self.lag = Gauge(
+            "bittrade_feed_alert_lag_ticks",
+            "Committed ticks the alert engine has not evaluated yet.",
+            registry=r,
+        )
+
+
+# --- end alerts ---------------------------------------------------------------------------

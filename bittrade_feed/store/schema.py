@@ -37,6 +37,45 @@ MIGRATIONS: tuple[str, ...] = (
                   AND seq NOT IN (SELECT id FROM ticks)), 0)
     );
     """,
+    # Price alerts (issue 14). A firing is unique per (rule, tick), so evaluating a tick
+    # twice cannot record it twice; an outbox row's id is its idempotency id (the same
+    # on every delivery attempt). Rows go with their rule: the alerts store deletes them
+    # explicitly (foreign keys are not enforced by this connection).
+    """
+    CREATE TABLE alert_rules (
+        id           INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner        TEXT    NOT NULL,
+        pair         TEXT    NOT NULL,
+        kind         TEXT    NOT NULL,
+        params       TEXT    NOT NULL,
+        frequency    TEXT    NOT NULL,
+        state        TEXT    NOT NULL,
+        last_tick_id INTEGER NOT NULL,
+        version      INTEGER NOT NULL,
+        created_ms   INTEGER NOT NULL,
+        expires_ms   INTEGER
+    );
+    CREATE INDEX alert_rules_owner ON alert_rules (owner, id);
+    CREATE TABLE alert_firings (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        rule_id INTEGER NOT NULL REFERENCES alert_rules (id),
+        tick_id INTEGER,
+        at_ms   INTEGER NOT NULL,
+        payload TEXT    NOT NULL,
+        UNIQUE (rule_id, tick_id)
+    );
+    CREATE TABLE alert_outbox (
+        id          TEXT    PRIMARY KEY,
+        firing_id   INTEGER NOT NULL REFERENCES alert_firings (id),
+        channel     TEXT    NOT NULL CHECK (channel IN ('stream', 'webhook')),
+        endpoint_id TEXT,
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_at_ms  INTEGER NOT NULL,
+        state       TEXT    NOT NULL DEFAULT 'pending',
+        last_error  TEXT
+    );
+    CREATE INDEX alert_outbox_due ON alert_outbox (state, next_at_ms);
+    """,
 )
 
 COLUMNS = "id, pair, price, ts_ms, sources"

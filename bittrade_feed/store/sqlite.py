@@ -262,6 +262,19 @@ class Store:
         """Commit one price and return it with its id (the tick log uses ``append``)."""
         return await self._write(partial(insert, draft=draft), f"cannot store {draft.pair}", _one)
 
+    async def transact(self, body: Callable[[aiosqlite.Connection], Awaitable[T]], what: str) -> T:
+        """Run ``body`` as one writer transaction (``BEGIN IMMEDIATE`` to ``COMMIT``).
+
+        For tables other than ticks (alerts): it shares the writer lane, so its statements
+        never interleave with a tick's, and it runs to its end even if the caller leaves.
+        ``StoreError`` naming ``what`` on failure; nothing is committed then.
+        """
+        return await self._write(body, what, lambda _: 0)
+
+    async def query(self, fn: Callable[[aiosqlite.Connection], Awaitable[T]], what: str) -> T:
+        """Run the read-only ``fn`` on the reader connection; ``StoreError`` naming ``what``."""
+        return await self._read(fn, what)
+
     async def delete_older_than(self, cutoff_ms: int) -> int:
         """Delete ticks older than ``cutoff_ms``, always keeping each pair's latest."""
         total = 0

@@ -40,9 +40,10 @@ MIGRATIONS: tuple[str, ...] = (
     # Price alerts (issue 14). A firing is unique per (rule, tick), so evaluating a tick
     # twice cannot record it twice; an outbox row's id is its idempotency id (the same
     # on every delivery attempt). Rows go with their rule: the alerts store deletes them
-    # explicitly (foreign keys are not enforced by this connection).
+    # explicitly (foreign keys are not enforced by this connection). IF NOT EXISTS: a
+    # database whose user_version was set back by hand can run this step again.
     """
-    CREATE TABLE alert_rules (
+    CREATE TABLE IF NOT EXISTS alert_rules (
         id           INTEGER PRIMARY KEY AUTOINCREMENT,
         owner        TEXT    NOT NULL,
         pair         TEXT    NOT NULL,
@@ -55,8 +56,8 @@ MIGRATIONS: tuple[str, ...] = (
         created_ms   INTEGER NOT NULL,
         expires_ms   INTEGER
     );
-    CREATE INDEX alert_rules_owner ON alert_rules (owner, id);
-    CREATE TABLE alert_firings (
+    CREATE INDEX IF NOT EXISTS alert_rules_owner ON alert_rules (owner, id);
+    CREATE TABLE IF NOT EXISTS alert_firings (
         id      INTEGER PRIMARY KEY AUTOINCREMENT,
         rule_id INTEGER NOT NULL REFERENCES alert_rules (id),
         tick_id INTEGER,
@@ -64,7 +65,7 @@ MIGRATIONS: tuple[str, ...] = (
         payload TEXT    NOT NULL,
         UNIQUE (rule_id, tick_id)
     );
-    CREATE TABLE alert_outbox (
+    CREATE TABLE IF NOT EXISTS alert_outbox (
         id          TEXT    PRIMARY KEY,
         firing_id   INTEGER NOT NULL REFERENCES alert_firings (id),
         channel     TEXT    NOT NULL CHECK (channel IN ('stream', 'webhook')),
@@ -74,7 +75,7 @@ MIGRATIONS: tuple[str, ...] = (
         state       TEXT    NOT NULL DEFAULT 'pending',
         last_error  TEXT
     );
-    CREATE INDEX alert_outbox_due ON alert_outbox (state, next_at_ms);
+    CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (state, next_at_ms);
     """,
 )
 

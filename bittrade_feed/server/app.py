@@ -27,6 +27,7 @@ from bittrade_feed.feed.ticklog import TickLog
 from bittrade_feed.models import SIMULATED_SOURCE, FeedStatus, format_ts
 from bittrade_feed.ops.metrics import Metrics, new_registry
 from bittrade_feed.ops.supervise import Supervisor
+from bittrade_feed.server.alerts import add_alert_routes, alerts_ctx
 from bittrade_feed.server.badinput import install as install_bad_input_log
 from bittrade_feed.server.cluster import CLUSTER_FETCH, cluster_checks, cluster_ctx, get_cluster
 from bittrade_feed.server.dashboard import add_dashboard_routes
@@ -84,6 +85,7 @@ def create_app(
             _store_ctx,
             _hub_ctx,
             _ticklog_ctx,
+            alerts_ctx,
             _fetcher_ctx,
             cluster_ctx,
             _retention_ctx,
@@ -103,6 +105,7 @@ def create_app(
             web.get("/api/cluster", get_cluster),
         ]
     )
+    add_alert_routes(app)
     add_dashboard_routes(app)
     return app
 

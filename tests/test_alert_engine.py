@@ -324,3 +324,22 @@ async def test_a_rule_created_during_a_commit_still_sees_the_ticks_after_it(rig:
         pass
     assert [f.tick_id for f in await gated.firings("local", first.id, 10)] == [2]
     assert [f.tick_id for f in await gated.firings("local", second.id, 10)] == [2]
+
+
+async def test_a_move_window_is_refilled_from_stored_ticks_at_start(rig: Rig) -> None:
+    move = Rule(PAIR, Kind.PCT_MOVE, pct=Decimal(3), window_s=60)
+    stored = await rig.engine.create("local", move, max_rules=10)
+    await rig.tick(100)
+    rig.clock.jump(10.0)
+    await rig.tick(101)
+    await rig.drain()
+    rig.clock.jump(10.0)  # due: the checkpoint saves last_tick_id = 3
+    await rig.tick(101)
+    await rig.drain()
+    again = Rig(rig.path, rig.store, rig.clock)
+    await again.start()  # its window holds 100 and 101 again, from the store
+    await again.tick(103)
+    await again.drain()
+    (firing,) = await again.alerts.firings("local", stored.id, 10)
+    assert firing.tick_id == 4
+    assert firing.payload["reference"] == "100"

@@ -779,3 +779,13 @@ def test_values_that_crashed_the_checker_are_named_errors(
     assert problem in lines[1]
     assert all(len(line) < 400 for line in lines)
     assert "Traceback" not in err
+
+
+def test_alerts_are_off_by_default_and_refused_with_a_cluster() -> None:
+    """Alerts stay off unless asked for; with [cluster] every node would notify on its own."""
+    assert not load_config(None).alerts.enabled
+    assert parse_config({"alerts": {"enabled": True}}).alerts.enabled
+    both = {"alerts": {"enabled": True}, "cluster": {"redis_url": "redis://127.0.0.1:6379/0"}}
+    [(where, message)] = faults(both)
+    assert where == "alerts.enabled"
+    assert "not supported with [cluster]" in message

@@ -22,6 +22,7 @@ from bittrade_feed.alerts.store import (
     VersionMismatch,
     outbox_id,
 )
+from bittrade_feed.errors import StoreError
 from bittrade_feed.feed.ticklog import TickLog
 from bittrade_feed.models import Tick, TickDraft
 from bittrade_feed.ops.metrics import AlertMetrics, Metrics, new_registry
@@ -343,3 +344,27 @@ async def test_a_move_window_is_refilled_from_stored_ticks_at_start(rig: Rig) ->
     (firing,) = await again.alerts.firings("local", stored.id, 10)
     assert firing.tick_id == 4
     assert firing.payload["reference"] == "100"
+
+
+async def test_a_failed_replay_read_is_retried(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    stored = await rig.engine.create("local", UP, max_rules=10)
+    await rig.tick(99)
+    await rig.tick(101)
+    real = rig.store.since_id
+    calls: list[int] = []
+
+    async def flaky(after: int, pairs: Sequence[str], limit: int) -> list[Tick]:
+        calls.append(after)
+        if len(calls) == 1:
+            raise StoreError("database read failed: disk I/O error")
+        return await real(after, pairs, limit)
+
+    monkeypatch.setattr(rig.store, "since_id", flaky)
+    rig.engine._rewind(0)  # as a new rule would: read the store from the start
+    step = asyncio.create_task(rig.engine.step())
+    await asyncio.sleep(0.01)
+    await rig.clock.advance(1.0)
+    assert await step == 0
+    await rig.drain()
+    assert calls == [0, 0]
+    assert len(await rig.alerts.firings("local", stored.id, 10)) == 1

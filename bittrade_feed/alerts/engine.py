@@ -189,6 +189,7 @@ class AlertEngine:
             log.error("alerts cannot read stored ticks", reason=str(exc))
             self._resync = True
             await self._clock.sleep(RETRY_FIRST)
+            self._wake.set()  # try again at once, not at the next tick or checkpoint
             return []
         if len(ticks) == REPLAY_PAGE:
             self._resync = True  # more to read: the next step goes on from here

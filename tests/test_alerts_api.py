@@ -213,6 +213,12 @@ async def test_owner_is_the_principal_and_scope_is_required(
             "expires",
         ),
         ('{"kind": "crosses", "pair": "BTC-USD", "level": "1", "expires": "soon"}', 422, "expires"),
+        (
+            '{"kind": "crosses", "pair": "BTC-USD", "level": "1", '
+            '"expires": "9999-12-31T23:59:59-23:59"}',
+            422,
+            "expires",
+        ),
     ],
 )
 async def test_bad_bodies_name_the_field(
@@ -286,7 +292,10 @@ json_values = st.recursive(
 )
 field_values = st.one_of(
     json_values,
-    st.sampled_from(["BTC-USD", "ETH-USD", "100", "0", "-1", "1e30", "2030-01-01T00:00:00Z"]),
+    st.sampled_from(
+        ["BTC-USD", "ETH-USD", "100", "0", "-1", "1e30", "2030-01-01T00:00:00Z", "1_0", " 5 "]
+    ),
+    st.datetimes(timezones=st.timezones()).map(lambda d: d.isoformat()),
     st.sampled_from(["above", "below", "crosses", "crosses_up", "crosses_down", "pct_move"]),
 )
 rule_like = st.dictionaries(

@@ -32,6 +32,7 @@ on them stays exact within the default 28-digit context."""
 MAX_COOLDOWN_S = 366 * 86_400
 MAX_COUNT = 1_000_000
 MAX_PCT = Decimal(1000)
+MAX_EXPIRES_MS = parse_ts("9999-12-31T23:59:59.999Z")
 
 COMMON = frozenset({"pair", "kind", "frequency", "expires"})
 FIELDS: dict[Kind, frozenset[str]] = {
@@ -246,6 +247,9 @@ def _expires(value: object, now_ms: int | None) -> int | None:
         expires_ms = parse_ts(value)
     except (ValueError, OverflowError):
         raise Invalid("expires", f"{value!r} is not an RFC 3339 time") from None
+    if not 0 < expires_ms <= MAX_EXPIRES_MS:
+        # format_ts must be able to write it back (years 1970 to 9999).
+        raise Invalid("expires", "must be between 1970 and 9999")
     if now_ms is not None and expires_ms <= now_ms:
         raise Invalid("expires", "is not in the future")
     return expires_ms

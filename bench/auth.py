@@ -78,7 +78,9 @@ def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         ]
 
     def connect(auth: bool) -> list[Any]:
-        return [run.g(r["result"], "server", "cpu_us_per_connect") for r in rounds if r["auth"] == auth]
+        return [
+            run.g(r["result"], "server", "cpu_us_per_connect") for r in rounds if r["auth"] == auth
+        ]
 
     off, on = per(False), per(True)
     out: dict[str, Any] = {

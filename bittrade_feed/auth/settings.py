@@ -112,8 +112,10 @@ def read_public_key(path: Path) -> PublicKey:
     return key
 
 
-def _file(value: Any) -> Path:
+def _file(value: Any) -> Path | None:
     text = string(value)
+    if not text:
+        return None  # "" is the example file's way of saying "none"
     if not text.strip() or "\0" in text:
         raise Bad("must be a file path")
     try:

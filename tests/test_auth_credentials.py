@@ -68,10 +68,7 @@ def test_a_pattern_matches_only_what_it_reads_as(pair: str, pattern: str) -> Non
     """``BTC-*`` is the base, ``*-USD`` the quote, ``*`` everything, else the exact pair."""
     base, quote = pair.split("-")
     expected = (
-        pattern == "*"
-        or pattern == pair
-        or pattern == f"{base}-*"
-        or pattern == f"*-{quote}"
+        pattern == "*" or pattern == pair or pattern == f"{base}-*" or pattern == f"*-{quote}"
     )
     assert matches(pattern, pair) == expected
 

@@ -6,9 +6,6 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-PRINCIPAL = "principal"
-"""The request key the auth middleware sets (aiohttp requests are mutable mappings)."""
-
 
 @dataclass(frozen=True, slots=True)
 class Principal:
@@ -30,6 +27,9 @@ class Principal:
     """Wall-clock unix seconds; ``None`` = never."""
 
 
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Where the auth middleware puts the request's principal (``request[PRINCIPAL]``)."""
+
 ANONYMOUS = Principal("anonymous", "local", "", ("*",), True, True, None)
 """Everyone when auth is off, and callers of public endpoints when it is on."""
 
@@ -37,7 +37,7 @@ ANONYMOUS = Principal("anonymous", "local", "", ("*",), True, True, None)
 def principal_of(request: web.Request) -> Principal:
     """The principal the auth middleware set, else ``ANONYMOUS`` (auth off)."""
     found = request.get(PRINCIPAL)
-    return found if isinstance(found, Principal) else ANONYMOUS
+    return ANONYMOUS if found is None else found
 
 
 class AuthFailure(Exception):

@@ -17,7 +17,16 @@ from bittrade_feed.config import Config
 from bittrade_feed.server.app import create_app
 from bittrade_feed.server.reload import reload_keys
 from bittrade_feed.server.state import FETCHER, HUB, METRICS
-from tests.authutil import make_key, write_keys
+from tests.authutil import (
+    AUDIENCE,
+    ISSUER,
+    RSA_KEY,
+    JwksServer,
+    jwk_of,
+    make_key,
+    token,
+    write_keys,
+)
 from tests.fakeclock import FakeClock
 from tests.streamcheck import check_stream, stored_ticks
 from tests.streamutil import events, frames, parse
@@ -370,3 +379,44 @@ async def test_revocation_racing_new_streams_leaves_none_open(
     outcomes = await asyncio.gather(*(open_stream() for _ in range(12)))
     assert "reauth" in outcomes
     assert hub.count == 0
+
+
+async def test_jwt_from_a_jwks_url_through_the_middleware_and_login(
+    aiohttp_client: AiohttpClient,
+    aiohttp_server: Any,
+    daemon_config,
+    tmp_path: Path,
+    clock: FakeClock,
+) -> None:
+    """A stream and a login with an RS256 token whose key is fetched from a local JWKS;
+    the JWT's scopes apply; an unknown kid is 401 and costs at most one refetch."""
+    jwks = JwksServer()
+    jwks.keys = [jwk_of(RSA_KEY, "k1")]
+    server = await aiohttp_server(jwks.app())
+    issuer = {"issuer": ISSUER, "audience": AUDIENCE, "algorithms": ["RS256"],
+              "jwks_url": str(server.make_url("/jwks.json"))}  # fmt: skip
+    config = auth_config(daemon_config, tmp_path, jwt=[issuer])
+    client = await aiohttp_client(create_app(config, clock=clock, fetch=False))
+    await client.app[FETCHER].run_cycle()
+    good = token(RSA_KEY, "RS256", headers={"kid": "k1"}, scope="pairs:ETH-USD")
+    async with client.get("/api/price-stream", headers=bearer(good)) as resp:
+        assert resp.status == 200
+        got = await events(resp, 2)
+    assert [d["pair"] for _, _, d in got] == ["ETH-USD", "ETH-USD"]
+    assert (await client.get("/api/prices?pair=ETH-USD", headers=bearer(good))).status == 403
+    unknown = token(RSA_KEY, "RS256", headers={"kid": "k9"})
+    for _ in range(3):
+        resp = await client.get("/api/sources", headers=bearer(unknown))
+        assert resp.status == 401 and "k9" in (await resp.json())["detail"]
+    assert jwks.fetches == 1  # within jwks_min_refetch of the first fetch: no refetch
+    await clock.advance(31)
+    for _ in range(3):
+        assert (await client.get("/api/sources", headers=bearer(unknown))).status == 401
+    assert jwks.fetches == 2  # one refetch for k9, then rate-limited again
+    assert (await client.post("/api/login", json={"key": good})).status == 204
+    who = await (await client.get("/api/whoami")).json()
+    assert who["kind"] == "jwt" and who["subject"] == f"{ISSUER}|alice"
+    opened = client.app[METRICS].registry.get_sample_value(
+        "bittrade_feed_streams_opened_total", {"transport": "sse", "auth": "jwt"}
+    )
+    assert opened == 1

@@ -239,8 +239,8 @@ def rsa_verifier(tmp_path: Path) -> TokenVerifier:
 def test_valid_tokens_give_their_principal(tmp_path: Path) -> None:
     hs = verifier(tmp_path).verify(token(), NOW)
     assert hs == Principal(
-        "jwt", f"{ISSUER}|alice", f"jwt:{ISSUER}|alice", ("BTC-*",), True, False, NOW + 3600
-    )
+        "jwt", f"{ISSUER}|alice", f"jwt:{ISSUER}|alice", ("BTC-*",), True, False, NOW + 3630
+    )  # expires: exp plus the leeway, when it stops being accepted
     rs = rsa_verifier(tmp_path).verify(token(RSA_KEY, "RS256", scope=["pairs:*", "alerts"]), NOW)
     assert (rs.pairs, rs.alerts, rs.history) == (("*",), True, False)
 

@@ -252,8 +252,17 @@ def write_key_file(path: Path, records: Sequence[KeyRecord]) -> None:
     """Replace the key file atomically, mode 0600: a reader sees the old or the new file."""
     text = render(records, as_json=path.suffix == ".json")
     directory = path.parent if str(path.parent) else Path(".")
+    try:
+        owner = path.stat()
+    except FileNotFoundError:
+        owner = None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)  # mode 0600
     try:
+        if owner is not None:
+            # Root editing the service user's file keeps it the service's (else it could no
+            # longer read it); anyone else cannot chown and keeps their own.
+            with contextlib.suppress(PermissionError):
+                os.fchown(fd, owner.st_uid, owner.st_gid)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()

@@ -202,7 +202,9 @@ class TokenVerifier:
             scopes.pairs,
             scopes.history,
             scopes.alerts,
-            exp,
+            # Accepted until exp + leeway, so that is when its streams end: ending them at
+            # exp would let the client reconnect with the same token, again and again.
+            exp + self.leeway,
         )
 
 

@@ -365,3 +365,20 @@ async def test_jwks_fetched_cached_and_unknown_kid_refetch_rate_limited(
         now[0] = 400.0  # past the TTL: the refetch fails, the cached keys still serve
         assert (await verify(good)).kind == "jwt"
         assert jwks.fetches == 3
+
+
+def test_rewriting_the_key_file_keeps_its_owner(tmp_path: Path) -> None:
+    """Root running `keys` on the service user's file leaves it the service user's."""
+    import os  # noqa: PLC0415
+
+    _, first = make_key()
+    _, second = make_key()
+    path = write_keys(tmp_path / "keys.toml", first)
+    root = os.geteuid() == 0
+    if root:
+        os.chown(path, 12345, 12346)
+    write_keys(path, first, second)
+    st = path.stat()
+    assert (st.st_uid, st.st_gid) == ((12345, 12346) if root else (os.getuid(), os.getgid()))
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert set(load_key_file(path).records) == {first.id, second.id}

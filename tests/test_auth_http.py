@@ -420,3 +420,28 @@ async def test_jwt_from_a_jwks_url_through_the_middleware_and_login(
         "bittrade_feed_streams_opened_total", {"transport": "sse", "auth": "jwt"}
     )
     assert opened == 1
+
+
+async def test_login_body_limits_and_kinds(
+    aiohttp_client: AiohttpClient, daemon_config, tmp_path: Path
+) -> None:
+    """A login body that is too big, of another type, or chunked in pieces is handled."""
+    key, record = make_key()
+    client = await aiohttp_client(
+        create_app(auth_config(daemon_config, tmp_path, record), fetch=False)
+    )
+    big = await client.post("/api/login", json={"key": "x" * 20_000})
+    assert big.status == 413
+    text = await client.post("/api/login", data=key, headers={"Content-Type": "text/plain"})
+    assert text.status == 415
+
+    async def pieces() -> Any:
+        body = ('{"key": "' + key + '"}').encode()
+        for i in range(0, len(body), 7):
+            yield body[i : i + 7]
+            await asyncio.sleep(0.01)
+
+    chunked = await client.post(
+        "/api/login", data=pieces(), headers={"Content-Type": "application/json"}
+    )
+    assert chunked.status == 204

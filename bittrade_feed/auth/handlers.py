@@ -84,7 +84,9 @@ async def _verify(request: web.Request, auth: Authenticator, presented: str) -> 
 async def _presented_key(request: web.Request) -> str:
     if request.content_length is not None and request.content_length > MAX_LOGIN_BODY:
         raise Problem(413, f"a login body is at most {MAX_LOGIN_BODY} bytes")
-    raw = await request.content.read(MAX_LOGIN_BODY + 1)
+    # read() takes the whole body (a short read could cut a JWT in two); aiohttp's
+    # client_max_size (1 MiB) bounds a chunked body that announced no length.
+    raw = await request.read()
     if len(raw) > MAX_LOGIN_BODY:
         raise Problem(413, f"a login body is at most {MAX_LOGIN_BODY} bytes")
     key: Any = None

@@ -98,14 +98,14 @@ def test_check_config_exits_78_on_an_auth_fault(tmp_path: Path, capsys: Any) -> 
 
 
 def test_keys_cli_add_list_revoke(tmp_path: Path, capsys: Any) -> None:
-    """add prints the key once (stdout) and stores its hash (0600); list and revoke."""
+    """add prints the key once (stdout) and stores its hash (0644); list and revoke."""
     path = tmp_path / "keys.toml"
     args = ["keys", "add", "--key-file", str(path), "--pairs", "btc-usd", "ETH-*", "--history",
             "--expires", "30d", "--note", "grafana"]  # fmt: skip
     assert cli.main(args) == 0
     key = capsys.readouterr().out.strip()
     assert key.startswith("btk_") and key.count("_") >= 2
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert key.split("_", 2)[2] not in path.read_text()
     store = load_key_file(path)
     principal = store.verify(key, time.time())

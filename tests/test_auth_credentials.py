@@ -138,10 +138,10 @@ def test_any_changed_key_is_refused(position: int, char: str) -> None:
 
 
 @pytest.mark.parametrize("suffix", [".toml", ".json"])
-def test_key_file_round_trip_mode_0600_and_no_secret(tmp_path: Path, suffix: str) -> None:
+def test_key_file_round_trip_mode_0644_and_no_secret(tmp_path: Path, suffix: str) -> None:
     key, record = make_key("pairs:ETH-* alerts", expires=NOW + 86400)
     path = write_keys(tmp_path / f"keys{suffix}", record)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert key.split("_", 2)[2] not in path.read_text()
     loaded = load_key_file(path)
     assert loaded.records == {record.id: record}
@@ -380,5 +380,5 @@ def test_rewriting_the_key_file_keeps_its_owner(tmp_path: Path) -> None:
     write_keys(path, first, second)
     st = path.stat()
     assert (st.st_uid, st.st_gid) == ((12345, 12346) if root else (os.getuid(), os.getgid()))
-    assert stat.S_IMODE(st.st_mode) == 0o600
+    assert stat.S_IMODE(st.st_mode) == 0o644
     assert set(load_key_file(path).records) == {first.id, second.id}

@@ -2,8 +2,8 @@
 
 ``add`` prints the new key once, on stdout (notes go to stderr, so
 ``KEY=$(bittrade-feed keys add ...)`` captures just the key); the file keeps only its hash.
-Every change rewrites the file atomically with mode 0600, under a lock so two commands
-at once cannot lose a row. The daemon applies changes on its next SIGHUP.
+Every change rewrites the file atomically with mode 0644 (it holds hashes only), under a
+lock so two commands at once cannot lose a row. The daemon applies changes on its next SIGHUP.
 """
 
 from __future__ import annotations

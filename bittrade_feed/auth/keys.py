@@ -248,8 +248,16 @@ def _row_dict(r: KeyRecord) -> dict[str, Any]:
     return row
 
 
+KEY_FILE_MODE = 0o644
+
+
 def write_key_file(path: Path, records: Sequence[KeyRecord]) -> None:
-    """Replace the key file atomically, mode 0600: a reader sees the old or the new file."""
+    """Replace the key file atomically, mode 0644: a reader sees the old or the new file.
+
+    World-readable on purpose: the file holds only SHA-256 digests of 256-bit random
+    secrets (no key can be recovered from one), and the unit's dynamic user, which has no
+    name to own a file by, must be able to reread it on every SIGHUP.
+    """
     text = render(records, as_json=path.suffix == ".json")
     directory = path.parent if str(path.parent) else Path(".")
     try:
@@ -267,7 +275,7 @@ def write_key_file(path: Path, records: Sequence[KeyRecord]) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o600)
+        os.chmod(tmp, KEY_FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

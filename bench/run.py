@@ -148,6 +148,7 @@ class Server:
     url: str
     pid: int  # the process whose CPU and memory are measured
     pids: list[int]  # every such process (summed); [pid] but for bench/cluster.py
+    headers: tuple[str, ...] = ()  # request headers every subscriber sends (bench/auth.py)
 
     def __enter__(self) -> Server:
         return self
@@ -176,8 +177,10 @@ class Daemon(Server):
         core: str = "",
         ready: bool = True,
         reuse_port: bool = False,
+        stream_extra: str = "",
     ) -> None:
-        # port/extra/core/ready let bench/cluster.py start several daemons on one port.
+        # port/extra/core/ready let bench/cluster.py start several daemons on one port;
+        # stream_extra (more [stream] keys) lets bench/auth.py turn the limits on.
         self.dir = Path(tempfile.mkdtemp(prefix="daemon-", dir=workdir))
         port = port or free_port()
         config = self.dir / "bench.toml"
@@ -191,6 +194,7 @@ class Daemon(Server):
             "[aggregation]\nquorum = 1\n"
             "[stream]\nmax_subscribers = 30000\nheartbeat = 15\n"
             + (f"coalesce_ms = {coalesce_ms}\n" if coalesce_ms else "")
+            + stream_extra
             + f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
             + ("reuse_port = true\n" if reuse_port else "")
             + f'[database]\npath = "{self.dir / "feed.sqlite3"}"\n'
@@ -381,6 +385,8 @@ def loadgen(
         "--mark",
         str(mark),
     ]
+    for header in server.headers:
+        cmd += ["--header", header]
     if storm:
         cmd += [
             "--storm",

@@ -163,4 +163,43 @@ systemctl restart "$UNIT"
 curl -sf --max-time 5 "$API/api/price" >/dev/null || fail "no price after a restart"
 ok "systemctl restart keeps the socket; backlog $(ss -Hltn 'sport = :8080' | awk '{print $3}')"
 
+step "auth under the shipped unit (README: API keys): key file 0644, LoadCredential= secret"
+AUTH=/etc/bittrade-feed/auth
+install -d -m 0755 "$AUTH"
+head -c 32 /dev/urandom | base64 | install -m 0600 /dev/stdin "$AUTH/session.secret"
+install -d "/etc/systemd/system/$UNIT.service.d"
+printf '[Service]\nLoadCredential=session.secret:%s/session.secret\n' "$AUTH" \
+    >"/etc/systemd/system/$UNIT.service.d/auth.conf"
+systemctl daemon-reload
+key=$(bittrade-feed keys add --key-file "$AUTH/keys.toml" --pairs 'BTC-*' --history)
+other=$(bittrade-feed keys add --key-file "$AUTH/keys.toml" --pairs '*')
+[[ $(stat -c %a "$AUTH/keys.toml") == 644 ]] || fail "key file mode $(stat -c %a "$AUTH/keys.toml")"
+grep -qF "${key#btk_*_}" "$AUTH/keys.toml" && fail "the key file holds a secret"
+write_config
+printf '[auth]\nenabled = true\nkey_file = "%s/keys.toml"\nsession_secret_file = "%s"\n' \
+    "$AUTH" "/run/credentials/$UNIT.service/session.secret" >>"$CONF"
+bittrade-feed check-config "$CONF"
+systemctl restart "$UNIT"
+wait_for 20 "the daemon with auth on answers /readyz" curl -sf --max-time 2 "$API/readyz"
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$API/api/price-stream")
+[[ $code == 401 ]] || fail "a stream without a credential got $code, not 401"
+curl -sN --max-time 3 -H "Authorization: Bearer $key" "$API/api/price-stream" >/tmp/keyed.sse || true
+grep -q '"pair": *"BTC-USD"' /tmp/keyed.sse || fail "no BTC-USD price with the key: $(head -c 300 /tmp/keyed.sse)"
+grep -q '"pair": *"ETH-USD"' /tmp/keyed.sse && fail "a BTC-* key was sent ETH-USD"
+code=$(curl -s -o /dev/null -w '%{http_code}' -c /tmp/jar -H 'Content-Type: application/json' \
+    -d "{\"key\": \"$other\"}" "$API/api/login")
+[[ $code == 204 ]] || fail "POST /api/login answered $code"
+curl -sN --max-time 3 -b /tmp/jar "$API/api/price-stream" >/tmp/cookie.sse || true
+grep -q '"pair": *"ETH-USD"' /tmp/cookie.sse || fail "no price over the session cookie"
+bittrade-feed keys revoke --key-file "$AUTH/keys.toml" "$(cut -d_ -f2 <<<"$key")" >/dev/null
+systemctl reload "$UNIT"
+revoked() { [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 \
+    -H "Authorization: Bearer $key" "$API/api/price-stream") == 401 ]]; }
+wait_for 10 "the revoked key refused after systemctl reload" revoked
+journalctl -q -u "$UNIT" -o cat | grep -qF -e "${key#btk_*_}" -e "${other#btk_*_}" &&
+    fail "a key's secret is in the journal"
+ok "401 without a credential; key stream BTC-USD only; login cookie stream; revoked on reload; no secret in the journal"
+rm -f "/etc/systemd/system/$UNIT.service.d/auth.conf"
+systemctl daemon-reload
+
 step "all checks inside the container passed"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
-import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from decimal import Decimal
@@ -20,17 +19,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bittrade_feed.alerts.spec import parse_rule, rule_body
-from bittrade_feed.auth.principal import ANONYMOUS
+from bittrade_feed.auth.principal import ANONYMOUS, PRINCIPAL
 from bittrade_feed.config import Config, parse_config
 from bittrade_feed.models import TickDraft
+from bittrade_feed.server.alerts import ALERT_STORE
 from bittrade_feed.server.app import create_app
 from bittrade_feed.server.state import TICKLOG
+from tests.authutil import make_key, write_keys
 from tests.fakeclock import FakeClock
 from tests.servedapp import ServedApp, captured_logs, tracebacks
 
 PAIRS = ("BTC-USD", "ETH-USD")
 RULES = "/api/alerts/rules"
 CROSS = {"pair": "BTC-USD", "kind": "crosses_up", "level": "100", "hysteresis": "1"}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 def config(db: Path, **alerts: Any) -> Config:
@@ -140,10 +145,7 @@ async def test_owner_is_the_principal_and_scope_is_required(
         who = request.headers.get("X-Test-Subject")
         if who is not None:
             scoped = request.headers.get("X-Test-Alerts", "1") == "1"
-            with warnings.catch_warnings():
-                # the contract's key is the string "principal" (auth branch's choice)
-                warnings.simplefilter("ignore", web.NotAppKeyWarning)
-                request["principal"] = replace(ANONYMOUS, kind="key", subject=who, alerts=scoped)
+            request[PRINCIPAL] = replace(ANONYMOUS, kind="key", subject=who, alerts=scoped)
         return await handler(request)
 
     client = await client_for(aiohttp_client, config(tmp_path / "f.db"), [as_header])
@@ -358,3 +360,33 @@ def test_any_json_body_is_created_or_names_a_field(served: ServedApp, body: obje
     # the field is one the body has (an unknown key, even ""), or a required one it lacks
     known = {"body", "pair", "kind", "level", "pct", "window_s", "frequency", "expires"}
     assert top in known or (isinstance(body, dict) and field in body), (field, body)
+
+
+async def test_with_auth_on_the_owner_is_the_key_and_the_scope_is_needed(
+    aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    """The real auth middleware: no credential 401, no ``alerts`` scope 403, owners apart."""
+    alice, alice_row = make_key("pairs:* alerts")
+    bob, bob_row = make_key("pairs:* alerts")
+    reader, reader_row = make_key("pairs:*")
+    keys = write_keys(tmp_path / "keys.toml", alice_row, bob_row, reader_row)
+    secret = tmp_path / "session.secret"
+    secret.write_bytes(b"x" * 32)
+    cfg = config(tmp_path / "f.db")
+    cfg = replace(
+        cfg,
+        auth=parse_config(
+            {"auth": {"enabled": True, "key_file": str(keys), "session_secret_file": str(secret)}}
+        ).auth,
+    )
+    client = await client_for(aiohttp_client, cfg)
+    assert (await client.get(RULES)).status == 401
+    refused = await client.get(RULES, headers=bearer(reader))
+    assert refused.status == 403
+    assert (await refused.json())["scope"] == "alerts"
+    made = await (await client.post(RULES, json=CROSS, headers=bearer(alice))).json()
+    assert (await client.get(f"{RULES}/{made['id']}", headers=bearer(bob))).status == 404
+    mine = await (await client.get(RULES, headers=bearer(alice))).json()
+    assert [r["id"] for r in mine["rules"]] == [made["id"]]
+    (only,) = await client.app[ALERT_STORE].all()
+    assert only.owner == alice_row.id  # the principal's subject: the key id

@@ -1,1 +1,1 @@
-"""Who is asking (issue 13); this branch carries only the contract's minimal principal."""
+"""Who may read the feed: API keys, JWTs, sessions, tickets and the endpoint policy."""

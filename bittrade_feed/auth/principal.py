@@ -1,4 +1,4 @@
-"""The authenticated caller of a request (issue 13 contract; the auth branch owns this file)."""
+"""The authenticated caller of a request, as every layer past the auth middleware sees it."""
 
 from __future__ import annotations
 
@@ -9,28 +9,59 @@ from aiohttp import web
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who made a request, and what they may do."""
+    """Who is asking and what they may read."""
 
     kind: str
-    """``anonymous`` | ``key`` | ``jwt`` (the metric label "auth kind")."""
+    """``anonymous``, ``key`` or ``jwt`` (the metric label "auth kind")."""
     subject: str
-    """The owner: key id, or ``f"{iss}|{sub}"`` for a JWT; ``local`` when auth is off."""
+    """The owner: key id, ``iss|sub`` for a JWT; ``local`` when auth is off."""
     credential: str
-    """What per-credential limits count; ``""`` for anonymous (no limit)."""
+    """What per-credential limits count and revocation matches; "" for anonymous."""
     pairs: tuple[str, ...]
-    """Granted pair patterns: exact ``BTC-USD`` or wildcard ``BTC-*``, ``*``."""
+    """Granted pair patterns: exact ``BTC-USD``, wildcard ``BTC-*`` / ``*-USD``, or ``*``."""
     history: bool
     """May read /api/prices."""
     alerts: bool
-    """May manage alerts (issue 14)."""
+    """May manage alerts."""
     expires: float | None
-    """Wall-clock unix seconds; ``None``: never."""
+    """Wall-clock unix seconds; ``None`` = never."""
 
+
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Where the auth middleware puts the request's principal (``request[PRINCIPAL]``)."""
 
 ANONYMOUS = Principal("anonymous", "local", "", ("*",), True, True, None)
+"""Everyone when auth is off, and callers of public endpoints when it is on."""
 
 
 def principal_of(request: web.Request) -> Principal:
-    """The principal the auth middleware set on ``request``, or ``ANONYMOUS``."""
-    found = request.get("principal")
-    return found if isinstance(found, Principal) else ANONYMOUS
+    """The principal the auth middleware set, else ``ANONYMOUS`` (auth off)."""
+    found = request.get(PRINCIPAL)
+    return ANONYMOUS if found is None else found
+
+
+class AuthFailure(Exception):
+    """A credential was refused: ``reason`` is a fixed word (a metric label), ``detail`` is
+    what the client is told. Neither ever contains the credential."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+FAILURE_REASONS = (
+    "missing",
+    "malformed",
+    "unknown_key",
+    "bad_secret",
+    "revoked",
+    "expired",
+    "not_yet_valid",
+    "bad_token",
+    "unknown_issuer",
+    "unknown_kid",
+    "bad_session",
+    "bad_ticket",
+)
+"""Every ``AuthFailure.reason``: the bounded label set of the auth-failure metric."""

@@ -177,7 +177,7 @@ other=$(bittrade-feed keys add --key-file "$AUTH/keys.toml" --pairs '*')
 grep -qF "${key#btk_*_}" "$AUTH/keys.toml" && fail "the key file holds a secret"
 write_config
 printf '[auth]\nenabled = true\nkey_file = "%s/keys.toml"\nsession_secret_file = "%s"\n' \
-    "$AUTH" "/run/credentials/$UNIT.service/session.secret" >>"$CONF"
+    "$AUTH" '$CREDENTIALS_DIRECTORY/session.secret' >>"$CONF"
 bittrade-feed check-config "$CONF"
 systemctl restart "$UNIT"
 wait_for 20 "the daemon with auth on answers /readyz" curl -sf --max-time 2 "$API/readyz"

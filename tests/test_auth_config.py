@@ -11,7 +11,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from bittrade_feed import cli
+from bittrade_feed.auth.authenticator import Authenticator
 from bittrade_feed.auth.keys import load_key_file
+from bittrade_feed.clock import SystemClock
 from bittrade_feed.config import parse_config
 from bittrade_feed.errors import ConfigError
 from tests.authutil import RSA_KEY, make_key, public_pem, write_keys
@@ -164,3 +166,30 @@ def test_open_listener_warning(tmp_path: Path, host: str, auth: bool, warned: bo
     assert [e["log_level"] for e in logs] == (["warning"] if warned else [])
     if warned:
         assert "AUTHENTICATION IS OFF" in logs[0]["event"]
+
+
+CREDENTIAL = "$CREDENTIALS_DIRECTORY/session.secret"
+
+
+def test_a_systemd_credential_path_is_checked_where_the_service_can_read_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`$CREDENTIALS_DIRECTORY/x` (LoadCredential=): a shell's check-config cannot see it and
+    passes; the service (the variable set) reads it, and a missing one names the key."""
+    keys = write_keys(tmp_path / "keys.toml", make_key()[1])
+    raw = {"enabled": True, "key_file": str(keys), "session_secret_file": CREDENTIAL}
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    deferred = parse_config({"auth": raw}).auth
+    assert str(deferred.session_secret_file) == CREDENTIAL
+    with pytest.raises(ConfigError) as info:  # serve outside the unit: a named fault, exit 78
+        Authenticator(deferred, SystemClock())
+    assert "auth.session_secret_file" in dict(info.value.details)
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    assert "auth.session_secret_file" in auth_faults(raw)  # set, but no such credential
+    (creds / "session.secret").write_bytes(b"s" * 32 + b"\n")
+    assert parse_config({"auth": raw}).auth.session_secret_file == creds / "session.secret"
+    braced = {**raw, "session_secret_file": "${CREDENTIALS_DIRECTORY}/session.secret"}
+    assert parse_config({"auth": braced}).auth.session_secret_file == creds / "session.secret"

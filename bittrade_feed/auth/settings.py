@@ -8,6 +8,7 @@ by its key (exit 78); the daemon reads them again when it builds its authenticat
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,28 @@ def read_public_key(path: Path) -> PublicKey:
     return key
 
 
+CREDENTIALS = ("${CREDENTIALS_DIRECTORY}/", "$CREDENTIALS_DIRECTORY/")
+"""Path prefixes naming systemd's credentials directory (``LoadCredential=``)."""
+
+
+def from_credentials(text: str) -> str:
+    """``$CREDENTIALS_DIRECTORY/name`` with the directory systemd gave the service.
+
+    Left as written when the variable is unset (``check-config`` from a shell, which
+    cannot see a unit's credentials): such a file is checked when the service starts.
+    """
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    for prefix in CREDENTIALS:
+        if text.startswith(prefix) and directory:
+            return os.path.join(directory, text[len(prefix) :])
+    return text
+
+
+def deferred(path: Path | None) -> bool:
+    """Whether ``path`` is a credential only the service itself can read."""
+    return path is not None and str(path).startswith(CREDENTIALS)
+
+
 def _file(value: Any) -> Path | None:
     text = string(value)
     if not text:
@@ -119,7 +142,7 @@ def _file(value: Any) -> Path | None:
     if not text.strip() or "\0" in text:
         raise Bad("must be a file path")
     try:
-        return Path(text).expanduser()
+        return Path(from_credentials(text)).expanduser()
     except RuntimeError:
         raise Bad(f"{text!r}: no home directory to expand ~ to; write the full path") from None
 
@@ -152,7 +175,7 @@ def build_auth(r: Reader) -> AuthConfig:
     if key_file is not None:
         _check_key_file(r, key_file)
     secret_file = r.get("auth.session_secret_file", None, _file)
-    if secret_file is not None:
+    if secret_file is not None and not deferred(secret_file):
         r.get("auth.session_secret_file", None, lambda _: read_secret(secret_file))
     issuers = tuple(
         issuer
@@ -248,7 +271,7 @@ def _check_issuer(sub: Reader, cfg: JwtIssuerConfig) -> None:
         sub.fail("algorithms", "HS* algorithms need secret_file (a shared secret)")
     elif cfg.algorithms and not hmac and cfg.secret_file is not None:
         sub.fail("secret_file", "is for HS* only; give public_key_file or jwks_url")
-    elif cfg.secret_file is not None:
+    elif cfg.secret_file is not None and not deferred(cfg.secret_file):
         sub.get("secret_file", None, lambda _: read_secret(cfg.secret_file or Path()))
     elif cfg.public_key_file is not None:
         sub.get("public_key_file", None, lambda _: read_public_key(cfg.public_key_file or Path()))

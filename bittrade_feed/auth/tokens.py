@@ -30,6 +30,8 @@ from bittrade_feed.auth.settings import (
     read_public_key,
     read_secret,
 )
+from bittrade_feed.config_checks import Bad
+from bittrade_feed.errors import ConfigError
 
 log = structlog.get_logger("bittrade_feed.auth.tokens")
 
@@ -110,7 +112,10 @@ class Issuer:
         self.static: bytes | PublicKey | None = None
         self.jwks: Jwks | None = None
         if config.secret_file is not None:
-            self.static = read_secret(config.secret_file)
+            try:
+                self.static = read_secret(config.secret_file)
+            except Bad as exc:  # a $CREDENTIALS_DIRECTORY file is first read here
+                raise ConfigError([(f"auth.jwt issuer {config.issuer!r}", str(exc))]) from None
         elif config.public_key_file is not None:
             self.static = read_public_key(config.public_key_file)
         else:

@@ -334,3 +334,36 @@ def node_name(value: Any) -> str:
 
 
 # --- end [cluster] checks ------------------------------------------------------------------
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def network(value: Any) -> IPNetwork:
+    """An IP address or CIDR block (``10.0.0.0/8``, ``::1``); a bare address is a /32 or /128."""
+    text = string(value).strip()
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise Bad(f"{text!r} is not an IP address or CIDR block (like 10.0.0.0/8)") from None
+
+
+def origin(value: Any) -> str:
+    """A browser origin: ``scheme://host[:port]``, no path, lower case, never ``*``."""
+    text = string(value).strip()
+    if text in ("*", "null"):
+        raise Bad(
+            f"{text!r} would let any site read streams with its visitors' cookies; "
+            "list each origin, like https://app.example.com"
+        )
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError as exc:
+        raise Bad(f"{text!r} is not an origin: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise Bad(f"{text!r} is not an origin like https://app.example.com")
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        raise Bad(f"{text!r}: an origin has no path, query or user (like https://app.example.com)")
+    # Browsers send the scheme and host in lower case; a default port is never sent.
+    return text.lower()

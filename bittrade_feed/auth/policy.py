@@ -26,6 +26,7 @@ from bittrade_feed.auth.sessions import COOKIE
 from bittrade_feed.auth.settings import ALWAYS_PUBLIC
 from bittrade_feed.auth.tokens import NeedKeys
 from bittrade_feed.ops.logs import RateLimitedLog
+from bittrade_feed.server.address import client_address
 from bittrade_feed.server.problems import Handler, Problem, problem_response
 from bittrade_feed.server.state import AUTH, CLOCK, METRICS, SESSION
 
@@ -177,6 +178,6 @@ def _log(request: web.Request, refusal: str, why: str) -> None:
             refusal=refusal,
             why=why,
             path=request.path,
-            peer=str(request.remote),
+            peer=client_address(request),
             held_back=held_back,
         )

@@ -498,10 +498,12 @@ def _build_exchanges(r: Reader) -> dict[str, ExchangeConfig]:
     return exchanges
 
 
-def _file_path(value: Any) -> Path:
+def _file_path(value: Any) -> Path | None:
     text = string(value)
+    if not text:
+        return None  # "" is the default: none
     if not text.strip() or "\0" in text:
-        raise Bad("must be a file path (leave the key out for none)")
+        raise Bad("must be a file path, or empty for none")
     return Path(text)
 
 

@@ -31,9 +31,10 @@ MAX_HOPS = 64
 def client_address(request: web.Request) -> str:
     """The address limits count and logs name for ``request`` ("" for a Unix socket peer)."""
     peer = request.remote or ""
-    server = request.app[CONFIG].server
-    if not server.trusted_proxies:
+    config = request.app.get(CONFIG)
+    if config is None or not config.server.trusted_proxies:
         return peer
+    server = config.server
     if server.proxy_header == "forwarded":
         hops = forwarded_hops(request.headers.getall("Forwarded", []))
     else:

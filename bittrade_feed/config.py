@@ -22,6 +22,7 @@ from bittrade_feed.config_checks import (
     Reader,
     boolean,
     choice,
+    file_path,
     host,
     host_port,
     integer,
@@ -283,8 +284,8 @@ def _build(r: Reader) -> Config:
         trusted_proxies=tuple(r.items("server.trusted_proxies", network) or ()),
         proxy_header=r.get("server.proxy_header", "x-forwarded-for", choice(PROXY_HEADERS)),
         cors_origins=tuple(r.items("server.cors_origins", origin) or ()),
-        tls_cert=r.get("server.tls_cert", None, _file_path),
-        tls_key=r.get("server.tls_key", None, _file_path),
+        tls_cert=r.get("server.tls_cert", None, file_path),
+        tls_key=r.get("server.tls_key", None, file_path),
     )
     _check_metrics_listener(r, server)
     _check_tls_pair(r, server)
@@ -496,15 +497,6 @@ def _build_exchanges(r: Reader) -> dict[str, ExchangeConfig]:
                     r.fail(f"{key}.{knob}", "only the simulated source takes this; remove it")
         exchanges[name] = exchange
     return exchanges
-
-
-def _file_path(value: Any) -> Path | None:
-    text = string(value)
-    if not text:
-        return None  # "" is the default: none
-    if not text.strip() or "\0" in text:
-        raise Bad("must be a file path, or empty for none")
-    return Path(text)
 
 
 def _db_path(value: Any) -> Path:

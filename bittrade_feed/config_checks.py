@@ -14,6 +14,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -254,6 +255,19 @@ def url(value: Any) -> str:
     return text
 
 
+def file_path(value: Any) -> Path | None:
+    """A file path, ``~`` expanded; "" (the example file's way of saying none) is ``None``."""
+    text = string(value)
+    if not text:
+        return None
+    if not text.strip() or "\0" in text:
+        raise Bad("must be a file path")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise Bad(f"{text!r}: no home directory to expand ~ to; write the full path") from None
+
+
 def pair_name(value: Any) -> str:
     """An upper-case ``BASE-QUOTE`` pair."""
     text = string(value)
@@ -357,12 +371,10 @@ def origin(value: Any) -> str:
             "list each origin, like https://app.example.com"
         )
     try:
-        parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises for a port out of range or not a number
-    except ValueError as exc:
-        raise Bad(f"{text!r} is not an origin: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise Bad(f"{text!r} is not an origin like https://app.example.com")
+        url(text)
+    except Bad:
+        raise Bad(f"{text!r} is not an origin like https://app.example.com") from None
+    parts = urlsplit(text)
     if parts.path or parts.query or parts.fragment or parts.username or parts.password:
         raise Bad(f"{text!r}: an origin has no path, query or user (like https://app.example.com)")
     # Browsers send the scheme and host in lower case; a default port is never sent.

@@ -141,21 +141,15 @@ class Registry:
                     f"{config.connect_per_second:g} per second, from {group} "
                     "(stream.connect_burst, stream.connect_per_second)",
                 )
-        held = self.by_address.get(group, 0)
-        if group and config.max_per_address and held >= config.max_per_address:
-            raise Limited(
-                "address",
-                retry_spread(),
-                f"{held} streams already open from {group} (stream.max_per_address)",
-            )
-        mine = self.by_credential.get(credential, 0)
-        if credential and config.max_per_credential and mine >= config.max_per_credential:
-            # The detail never names the credential: it may be a secret's id.
-            raise Limited(
-                "credential",
-                retry_spread(),
-                f"{mine} streams already open with this credential (stream.max_per_credential)",
-            )
+        held = _open(self.by_address, group, config.max_per_address, "address", f"from {group}")
+        # The detail never names the credential: it may be a secret's id.
+        mine = _open(
+            self.by_credential,
+            credential,
+            config.max_per_credential,
+            "credential",
+            "with this credential",
+        )
         self.admitted += 1
         if group:
             self.by_address[group] = held + 1
@@ -200,6 +194,16 @@ class Registry:
     def all(self) -> list[Subscriber]:
         """Every subscriber once (a copy, so callers may close while iterating)."""
         return list(self._all)
+
+
+def _open(counts: dict[str, int], key: str, cap: int, limit: str, where: str) -> int:
+    """How many streams ``key`` holds; ``Limited`` when that is ``cap`` already (0: none)."""
+    held = counts.get(key, 0)
+    if key and cap and held >= cap:
+        raise Limited(
+            limit, retry_spread(), f"{held} streams already open {where} (stream.max_per_{limit})"
+        )
+    return held
 
 
 def _drop(counts: dict[str, int], key: str) -> None:

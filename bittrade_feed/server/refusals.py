@@ -1,7 +1,9 @@
-"""Refused streams, counted by reason and logged in one short, rate-limited line each.
+"""Refused requests, counted by reason and logged in one short, rate-limited line each.
 
-A client that hammers a limit would otherwise write a line per attempt; the counter
-``bittrade_feed_refusals_total{reason}`` still counts every one.
+Every refusal before a request is served goes through ``note_refusal``: 401s and 403s of
+the auth layer, the stream limits, the WebSocket Origin check. A client that hammers one
+would otherwise write a line per attempt; ``bittrade_feed_refusals_total{reason}`` still
+counts every one.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def note_refusal(request: web.Request, reason: str, why: str) -> None:
     if held_back is not None:
         # The path only: a query may hold a ticket, and no header is logged.
         log.warning(
-            "stream refused",
+            "request refused",
             refusal=reason,
             why=why,
             path=request.path,

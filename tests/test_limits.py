@@ -13,6 +13,7 @@ import random
 import socket
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,7 @@ import pytest
 from aiohttp.pytest_plugin import AiohttpClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from bittrade_feed.broadcast.hub import Hub
 from bittrade_feed.broadcast.limits import ConnectRate, Limited, TokenBucket, address_group
@@ -27,8 +29,10 @@ from bittrade_feed.broadcast.registry import Full, Registry, Slot
 from bittrade_feed.config import Config, StreamConfig
 from bittrade_feed.server.app import create_app
 from bittrade_feed.server.state import HUB, METRICS
+from tests.authutil import make_key
 from tests.fakeclock import FakeClock
 from tests.streamutil import frames
+from tests.test_auth_http import auth_config, bearer
 from tests.test_metrics import until
 from tests.test_streams import sim_config
 
@@ -439,3 +443,54 @@ async def test_http_exit_paths_return_every_count_to_zero(
     await until(lambda: hub.admitted == 0)
     assert (registry_.by_address, registry_.by_credential) == ({}, {})
     assert peaks, "no stream was admitted"
+
+
+async def test_refusals_are_logged_at_most_ten_a_minute(
+    aiohttp_client: AiohttpClient, daemon_config: Callable[..., Config], clock: FakeClock
+) -> None:
+    """Every refusal is counted, but a client hammering a limit writes 10 lines a minute;
+    the next line after the minute says how many were held back."""
+    config = sim_config(daemon_config, stream={"max_subscribers": 1})
+    client = await aiohttp_client(create_app(config, clock=clock, fetch=False))
+    async with client.get("/api/price-stream") as first:
+        await frames(first, 1)
+        with capture_logs() as logs:
+            for _ in range(25):
+                assert (await client.get("/api/price-stream")).status == 503
+            clock.jump(61)
+            assert (await client.get("/api/price-stream")).status == 503
+    lines = [e for e in logs if e["event"] == "request refused"]
+    assert len(lines) == 11
+    assert {e["refusal"] for e in lines} == {"global"}
+    assert lines[0]["peer"] == "127.0.0.1"
+    assert lines[0]["path"] == "/api/price-stream"
+    assert lines[-1]["held_back"] == 15
+    value = client.app[METRICS].registry.get_sample_value(
+        "bittrade_feed_refusals_total", {"reason": "global"}
+    )
+    assert value == 26
+
+
+async def test_per_credential_limit_over_http(
+    aiohttp_client: AiohttpClient, daemon_config: Callable[..., Config], tmp_path: Path
+) -> None:
+    """With auth on, one key holds at most stream.max_per_credential streams from any
+    addresses (429 credential); another key is not affected."""
+    key_a, rec_a = make_key("pairs:*")
+    key_b, rec_b = make_key("pairs:*")
+    config = auth_config(daemon_config, tmp_path, rec_a, rec_b, stream={"max_per_credential": 2})
+    client = await aiohttp_client(create_app(config, fetch=False))
+    async with contextlib.AsyncExitStack() as stack:
+        for key in (key_a, key_a, key_b):
+            resp = await stack.enter_async_context(
+                client.get("/api/price-stream", headers=bearer(key))
+            )
+            assert resp.status == 200
+        refused = await client.get("/api/ws", headers=bearer(key_a))
+        assert refused.status == 429
+        body = await refused.json()
+        assert body["limit"] == "credential"
+        assert key_a not in body["detail"]
+        assert rec_a.id not in body["detail"]
+    await until(lambda: client.app[HUB].admitted == 0)
+    assert client.app[HUB]._subs.by_credential == {}

@@ -108,7 +108,8 @@ def _check_origin(request: web.Request) -> None:
     origin = foreign_origin(request)
     if origin is not None:
         detail = (
-            f"Origin {origin!r} may not open WebSockets here: it is neither this daemon's "
+            # Cut: the header is the client's, and it goes into the log line too.
+            f"Origin {origin[:100]!r} may not open WebSockets here: it is neither this daemon's "
             "own origin nor listed in server.cors_origins"
         )
         note_refusal(request, "origin", detail)

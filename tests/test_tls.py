@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import ipaddress
+import signal
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +27,9 @@ from bittrade_feed.server.app import create_app
 from bittrade_feed.server.reload import reload_config, reload_tls
 from bittrade_feed.server.state import TLS
 from bittrade_feed.server.tls import server_context
+from tests.childdaemon import config_dict, write_config
+from tests.fakeexchange import FakeExchanges
+from tests.test_cli import _socket_activated
 from tests.test_streams import sim_config
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -229,3 +234,39 @@ def test_app_keeps_the_context_for_reload(
     app = create_app(config, fetch=False)
     assert isinstance(app[TLS], ssl.SSLContext)
     assert reload_tls(create_app(sim_config(daemon_config), fetch=False), config) is None
+
+
+async def _serial_when_up(port: int, trust: ssl.SSLContext, timeout: float = 20.0) -> int:
+    """The served certificate's serial once the daemon answers over TLS."""
+    async with asyncio.timeout(timeout):
+        while True:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                return (await _served_serial(port, trust))[0]
+            await asyncio.sleep(0.05)
+
+
+async def test_socket_activated_daemon_serves_tls_and_sighup_renews_it(
+    tmp_path: Path, fx: FakeExchanges
+) -> None:
+    """The real daemon on a socket systemd passed (fd 3) serves HTTPS with the configured
+    pair; after the files are renewed, SIGHUP makes new connections get the new one."""
+    ca = make_ca()
+    cert, key = issue(ca, tmp_path, serial=2001)
+    raw = config_dict(
+        tmp_path, fx, unused_port(), server={"tls_cert": str(cert), "tls_key": str(key)}
+    )
+    config = write_config(tmp_path / "c.toml", raw)
+    trust = client_context(ca[1])
+    async with _socket_activated(config, tmp_path, 128) as (listener, daemon):
+        port = listener.getsockname()[1]
+        listener.close()  # only the daemon holds it now
+        assert await _serial_when_up(port, trust) == 2001
+        issue(ca, tmp_path, serial=2002)
+        daemon.signal(signal.SIGHUP)
+        async with asyncio.timeout(10):
+            while await _serial_when_up(port, trust) != 2002:
+                await asyncio.sleep(0.05)
+        daemon.signal(signal.SIGTERM)
+        assert await daemon.wait() == 0
+    events = [e["event"] for e in daemon.events()]
+    assert "TLS certificate reloaded" in events

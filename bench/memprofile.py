@@ -56,7 +56,14 @@ async def main_async(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
                 "sources": {"BTC-USD": ["simulated"]},
             },
             "aggregation": {"quorum": 1},
-            "stream": {"max_subscribers": 30000, "heartbeat": 15},
+            # Limits sized for loadgen (30,000 streams over 249 source addresses at once).
+            "stream": {
+                "max_subscribers": 30000,
+                "heartbeat": 15,
+                "max_per_address": 200,
+                "connect_burst": 200,
+                "connect_per_second": 100,
+            },
             "server": {"host": "127.0.0.1", "port": port},
             "database": {"path": str(workdir / "feed.sqlite3")},
             "log": {"level": "warning"},

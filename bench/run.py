@@ -193,6 +193,9 @@ class Daemon(Server):
             'BTC-USD = ["simulated"]\n'
             "[aggregation]\nquorum = 1\n"
             "[stream]\nmax_subscribers = 30000\nheartbeat = 15\n"
+            # Limits on, as in production, but sized for the load generator: it spreads
+            # up to 30,000 streams over 249 source addresses and opens them all at once.
+            "max_per_address = 200\nconnect_burst = 200\nconnect_per_second = 100\n"
             + (f"coalesce_ms = {coalesce_ms}\n" if coalesce_ms else "")
             + stream_extra
             + f'[server]\nhost = "127.0.0.1"\nport = {port}\n'

@@ -20,6 +20,7 @@ import ipaddress
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -38,7 +39,8 @@ from bittrade_feed.ops.watchdog import Watchdog
 from bittrade_feed.server.accesslog import runner_options
 from bittrade_feed.server.app import create_app, metrics_handler
 from bittrade_feed.server.reload import reload_config
-from bittrade_feed.server.state import CLOCK, FETCHER, HUB, METRICS, STORE, SUPERVISOR
+from bittrade_feed.server.state import CLOCK, FETCHER, HUB, METRICS, STORE, SUPERVISOR, TLS
+from bittrade_feed.server.tls import server_context
 
 EX_CONFIG = 78
 LOOP_ENV = "BITTRADE_FEED_LOOP"
@@ -73,6 +75,10 @@ def _config_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _invalid_config(args.config, exc)
     if args.command == "check-config":
+        try:
+            server_context(config.server)  # the certificate files load, too
+        except ConfigError as exc:
+            return _invalid_config(args.config, exc)
         print(f"{args.config}: configuration valid ({', '.join(config.fetch.pairs)})")
         return 0
     logs.configure(config.log.level, config.log.format)
@@ -222,13 +228,15 @@ async def _listen(
     api = [sock for name, sock in inherited if name != "metrics"]
     metrics = [sock for name, sock in inherited if name == "metrics"]
     backlog = config.server.backlog
-    sites: list[web.BaseSite] = [_inherited_site(runner, sock, backlog) for sock in api] or [
+    tls = app.get(TLS)
+    sites: list[web.BaseSite] = [_inherited_site(runner, sock, backlog, tls) for sock in api] or [
         web.TCPSite(
             runner,
             config.server.host,
             config.server.port,
             backlog=backlog,
             reuse_port=config.server.reuse_port or None,
+            ssl_context=tls,
         )
     ]
     if metrics or config.server.metrics_host:
@@ -255,13 +263,17 @@ async def _listen(
     )
 
 
-def _inherited_site(runner: web.AppRunner, sock: socket.socket, fallback: int) -> web.SockSite:
+def _inherited_site(
+    runner: web.AppRunner, sock: socket.socket, fallback: int, tls: ssl.SSLContext | None = None
+) -> web.SockSite:
     """A site on a socket-activated socket that keeps the backlog systemd gave it.
 
     asyncio calls ``listen()`` again on the socket it serves, with the site's backlog
     (aiohttp's default 128), which would shrink the unit's ``Backlog=`` (4096 by default).
+    The API's sockets get the TLS context too; /metrics stays plain (its own address).
     """
-    return web.SockSite(runner, sock, backlog=systemd.listen_backlog(sock) or fallback)
+    backlog = systemd.listen_backlog(sock) or fallback
+    return web.SockSite(runner, sock, backlog=backlog, ssl_context=tls)
 
 
 def _metrics_app(main_app: web.Application) -> web.Application:

@@ -18,15 +18,19 @@ from typing import Any
 from bittrade_feed.auth.settings import AuthConfig, build_auth
 from bittrade_feed.config_checks import (
     Bad,
+    IPNetwork,
     Reader,
     boolean,
     choice,
+    file_path,
     host,
     host_port,
     integer,
     key_prefix,
+    network,
     node_name,
     number,
+    origin,
     pair_name,
     redis_url,
     string,
@@ -39,6 +43,7 @@ DB_FILENAME = "bittrade-feed.sqlite3"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "json", "console")
 STRATEGIES = ("median", "failover")
+PROXY_HEADERS = ("x-forwarded-for", "forwarded")
 SOMAXCONN = "/proc/sys/net/core/somaxconn"
 FALLBACK_BACKLOG = 4096
 """Listen backlog when somaxconn cannot be read (Linux's default since 5.4)."""
@@ -63,6 +68,16 @@ class ServerConfig:
     """Connections the kernel queues before accepting (the TCP listener only)."""
     reuse_port: bool = False
     """Bind with SO_REUSEPORT, so several daemons on one machine share the port."""
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    """Peers whose ``proxy_header`` names the client (addresses or CIDR blocks)."""
+    proxy_header: str = "x-forwarded-for"
+    """Which header trusted proxies set: ``x-forwarded-for`` or ``forwarded`` (RFC 7239)."""
+    cors_origins: tuple[str, ...] = ()
+    """Browser origins on other sites allowed to read the API with credentials (exact)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: serve HTTPS on the API listener (with ``tls_key``)."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +145,14 @@ class StreamConfig:
     """WebSocket messages a client may send at once before the rate applies."""
     ws_ops_per_second: float = 2.0
     """WebSocket messages per second a client may send after its burst; more closes it (1008)."""
+    max_per_address: int = 20
+    """Streams open at once from one client address (IPv6: one /64); 0: no limit."""
+    max_per_credential: int = 100
+    """Streams open at once with one credential (anonymous is never counted); 0: no limit."""
+    connect_burst: int = 40
+    """New streams one address may open at once before ``connect_per_second``; 0: no limit."""
+    connect_per_second: float = 5.0
+    """New streams per second one address may open after its burst."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +298,14 @@ def _build(r: Reader) -> Config:
         shutdown_timeout=r.get("server.shutdown_timeout", 10.0, number(0.1, 300)),
         backlog=r.get("server.backlog", default_backlog(), integer(1, MAX_BACKLOG)),
         reuse_port=r.get("server.reuse_port", False, boolean),
+        trusted_proxies=tuple(r.items("server.trusted_proxies", network) or ()),
+        proxy_header=r.get("server.proxy_header", "x-forwarded-for", choice(PROXY_HEADERS)),
+        cors_origins=tuple(r.items("server.cors_origins", origin) or ()),
+        tls_cert=r.get("server.tls_cert", None, file_path),
+        tls_key=r.get("server.tls_key", None, file_path),
     )
     _check_metrics_listener(r, server)
+    _check_tls_pair(r, server)
     database = DatabaseConfig(
         path=r.get("database.path", default_db_path(), _db_path),
         retention_days=r.get("database.retention_days", 0.0, number(0)),
@@ -302,6 +331,10 @@ def _build(r: Reader) -> Config:
         coalesce_ms=r.get("stream.coalesce_ms", 0, integer(0, 1000)),
         ws_ops_burst=r.get("stream.ws_ops_burst", 10, integer(1, 10_000)),
         ws_ops_per_second=r.get("stream.ws_ops_per_second", 2.0, number(0.01, 10_000)),
+        max_per_address=r.get("stream.max_per_address", 20, integer(0, 1_000_000)),
+        max_per_credential=r.get("stream.max_per_credential", 100, integer(0, 1_000_000)),
+        connect_burst=r.get("stream.connect_burst", 40, integer(0, 1_000_000)),
+        connect_per_second=r.get("stream.connect_per_second", 5.0, number(0.01, 1_000_000)),
     )
     log = LogConfig(
         level=r.get("log.level", "info", choice(LOG_LEVELS)),
@@ -382,6 +415,15 @@ def _check_metrics_listener(r: Reader, server: ServerConfig) -> None:
             "server.metrics_port",
             f"{server.port} is already server.port on the same address; pick another port",
         )
+
+
+def _check_tls_pair(r: Reader, server: ServerConfig) -> None:
+    # Both or neither; whether the files load is checked when the listener is built
+    # (server/tls.py), where a reload can keep the old pair instead.
+    for have, need in (("tls_cert", "tls_key"), ("tls_key", "tls_cert")):
+        key = f"server.{need}"
+        if getattr(server, have) and not getattr(server, need) and not r.faulted(key):
+            r.fail(key, f"must be set when server.{have} is (a PEM file path)")
 
 
 def _build_fetch(r: Reader, aggregation: AggregationConfig) -> FetchConfig:

@@ -14,6 +14,7 @@ import math
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -254,6 +255,19 @@ def url(value: Any) -> str:
     return text
 
 
+def file_path(value: Any) -> Path | None:
+    """A file path, ``~`` expanded; "" (the example file's way of saying none) is ``None``."""
+    text = string(value)
+    if not text:
+        return None
+    if not text.strip() or "\0" in text:
+        raise Bad("must be a file path")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:
+        raise Bad(f"{text!r}: no home directory to expand ~ to; write the full path") from None
+
+
 def pair_name(value: Any) -> str:
     """An upper-case ``BASE-QUOTE`` pair."""
     text = string(value)
@@ -334,3 +348,34 @@ def node_name(value: Any) -> str:
 
 
 # --- end [cluster] checks ------------------------------------------------------------------
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def network(value: Any) -> IPNetwork:
+    """An IP address or CIDR block (``10.0.0.0/8``, ``::1``); a bare address is a /32 or /128."""
+    text = string(value).strip()
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise Bad(f"{text!r} is not an IP address or CIDR block (like 10.0.0.0/8)") from None
+
+
+def origin(value: Any) -> str:
+    """A browser origin: ``scheme://host[:port]``, no path, lower case, never ``*``."""
+    text = string(value).strip()
+    if text in ("*", "null"):
+        raise Bad(
+            f"{text!r} would let any site read streams with its visitors' cookies; "
+            "list each origin, like https://app.example.com"
+        )
+    try:
+        url(text)
+    except Bad:
+        raise Bad(f"{text!r} is not an origin like https://app.example.com") from None
+    parts = urlsplit(text)
+    if parts.path or parts.query or parts.fragment or parts.username or parts.password:
+        raise Bad(f"{text!r}: an origin has no path, query or user (like https://app.example.com)")
+    # Browsers send the scheme and host in lower case; a default port is never sent.
+    return text.lower()

@@ -202,6 +202,17 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("alerts.enabled", "yes", "must be true or false"),
     ("alerts.max_rules_per_owner", 0, "0 is out of range: must be from 1 to 100000"),
     ("alerts.checkpoint_seconds", 0, "out of range"),
+    # limits, proxies, CORS and TLS (issue 13)
+    ("stream.max_per_address", -1, "-1 is out of range: must be from 0 to 1000000"),
+    ("stream.max_per_address", "20", "must be an integer, not a string"),
+    ("stream.max_per_credential", 2.5, "must be an integer, not a number"),
+    ("stream.connect_burst", -1, "-1 is out of range: must be from 0 to 1000000"),
+    ("stream.connect_per_second", 0, "0 is out of range: must be at least 0.01"),
+    ("server.trusted_proxies", "10.0.0.1", "must be a list, not a string"),
+    ("server.proxy_header", "x-real-ip", "'x-real-ip' is not one of x-forwarded-for, forwarded"),
+    ("server.cors_origins", "https://a.example", "must be a list, not a string"),
+    ("server.tls_cert", 1, "must be a string, not an integer"),
+    ("server.tls_key", False, "must be a string, not a boolean"),
 ]
 
 
@@ -667,6 +678,45 @@ def test_cluster_absent_is_single_node() -> None:
     )
     assert sentinel.cluster.enabled
     assert sentinel.cluster.sentinels == ("[::1]:26379", "10.0.0.2:26379")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "where", "problem"),
+    [
+        ("server.trusted_proxies", ["10.0.0.0/33"], "[0]", "is not an IP address or CIDR"),
+        ("server.trusted_proxies", ["proxy.local"], "[0]", "is not an IP address or CIDR"),
+        ("server.cors_origins", ["*"], "[0]", "list each origin"),
+        ("server.cors_origins", ["https://a.example/app"], "[0]", "no path"),
+        ("server.cors_origins", ["a.example"], "[0]", "is not an origin like"),
+        ("server.tls_cert", "/etc/ssl/cert.pem", "", "server.tls_key must be set"),
+        ("server.tls_key", "/etc/ssl/key.pem", "", "server.tls_cert must be set"),
+    ],
+)
+def test_proxy_cors_and_tls_faults(key: str, value: Any, where: str, problem: str) -> None:
+    """Bad list items fault at their index; a TLS file alone faults at the missing key."""
+    [(at, message)] = faults(doc(key, value))
+    if where:
+        assert at == key + where
+    else:
+        assert at != key
+    assert problem in f"{at} {message}"
+
+
+def test_proxy_cors_and_tls_accepted() -> None:
+    """Networks are parsed (a bare address is a /32), origins lower-cased, paths kept."""
+    server = parse_config(
+        {
+            "server": {
+                "trusted_proxies": ["10.0.0.1", "fd00::/8"],
+                "cors_origins": ["HTTPS://App.Example.com:8443"],
+                "tls_cert": "/etc/c.pem",
+                "tls_key": "/etc/k.pem",
+            }
+        }
+    ).server
+    assert [str(n) for n in server.trusted_proxies] == ["10.0.0.1/32", "fd00::/8"]
+    assert server.cors_origins == ("https://app.example.com:8443",)
+    assert (str(server.tls_cert), str(server.tls_key)) == ("/etc/c.pem", "/etc/k.pem")
 
 
 def test_every_key_has_bad_value_cases() -> None:

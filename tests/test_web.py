@@ -66,7 +66,9 @@ async def test_upstream_requests_do_not_grow_with_subscribers(
     aiohttp_server, daemon_config, fx: FakeExchanges, subscribers: int
 ) -> None:
     """With 1 or 200 subscribers, each interval costs each exchange exactly one request."""
-    server = await aiohttp_server(create_app(daemon_config(), fetch=False))
+    # All 200 come from 127.0.0.1: the per-address limits are off for this test.
+    unlimited = {"max_per_address": 0, "connect_burst": 0}
+    server = await aiohttp_server(create_app(daemon_config(stream=unlimited), fetch=False))
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         streams = [

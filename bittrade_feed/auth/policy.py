@@ -25,16 +25,14 @@ from bittrade_feed.auth.scopes import grant
 from bittrade_feed.auth.sessions import COOKIE
 from bittrade_feed.auth.settings import ALWAYS_PUBLIC
 from bittrade_feed.auth.tokens import NeedKeys
-from bittrade_feed.ops.logs import RateLimitedLog
 from bittrade_feed.server.problems import Handler, Problem, problem_response
-from bittrade_feed.server.state import AUTH, CLOCK, METRICS, SESSION
+from bittrade_feed.server.refusals import note_refusal
+from bittrade_feed.server.state import AUTH, METRICS, SESSION
 
 STREAM_PATHS = ("/api/price-stream", "/api/ws")
 """The only endpoints that take ``?ticket=``."""
 HISTORY_PATHS = ("/api/prices",)
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="bittrade-feed"'}
-REFUSAL_LOG = web.AppKey("auth_refusal_log", RateLimitedLog)
-LINES_PER_MINUTE = 10
 
 log = structlog.get_logger("bittrade_feed.auth")
 
@@ -42,7 +40,6 @@ log = structlog.get_logger("bittrade_feed.auth")
 def install(app: web.Application, auth: Authenticator) -> None:
     """Protect ``app`` with ``auth``: its middleware, and the key store's SIGHUP reload."""
     app[AUTH] = auth
-    app[REFUSAL_LOG] = RateLimitedLog(LINES_PER_MINUTE, app[CLOCK].monotonic)
     app.middlewares.append(auth_middleware)
 
 
@@ -134,10 +131,8 @@ def authenticate(request: web.Request, auth: Authenticator, path: str) -> Princi
 
 def refuse_auth(request: web.Request, failure: AuthFailure) -> web.Response:
     """The 401 for a missing or refused credential, counted and (rate-limited) logged."""
-    metrics = request.app[METRICS]
-    metrics.refusals.labels("auth").inc()
-    metrics.auth_failures.labels(failure.reason).inc()
-    _log(request, "auth", failure.reason)
+    request.app[METRICS].auth_failures.labels(failure.reason).inc()
+    note_refusal(request, "auth", failure.reason)
     return problem_response(Problem(401, failure.detail, headers=CHALLENGE))
 
 
@@ -148,8 +143,7 @@ def refuse_scope(request: web.Request, detail: str, **extra: Any) -> web.Respons
 
 def scope_problem(request: web.Request, detail: str, **extra: Any) -> Problem:
     """``refuse_scope`` as a ``Problem`` to raise from a handler (counted and logged now)."""
-    request.app[METRICS].refusals.labels("scope").inc()
-    _log(request, "scope", detail)
+    note_refusal(request, "scope", detail)
     return Problem(403, detail, **extra)
 
 
@@ -166,17 +160,3 @@ def granted_pairs(
             pairs=list(refused),
         )
     return granted
-
-
-def _log(request: web.Request, refusal: str, why: str) -> None:
-    held_back = request.app[REFUSAL_LOG].allow()
-    if held_back is not None:
-        # The path only: a query may hold a ticket, and no header is ever logged.
-        log.warning(
-            "request refused",
-            refusal=refusal,
-            why=why,
-            path=request.path,
-            peer=str(request.remote),
-            held_back=held_back,
-        )

@@ -21,6 +21,7 @@ from bittrade_feed.config_checks import (
     Reader,
     boolean,
     choice,
+    file_path,
     number,
     string,
     url,
@@ -135,16 +136,10 @@ def deferred(path: Path | None) -> bool:
     return path is not None and str(path).startswith(CREDENTIALS)
 
 
-def _file(value: Any) -> Path | None:
-    text = string(value)
-    if not text:
-        return None  # "" is the example file's way of saying "none"
-    if not text.strip() or "\0" in text:
-        raise Bad("must be a file path")
-    try:
-        return Path(from_credentials(text)).expanduser()
-    except RuntimeError:
-        raise Bad(f"{text!r}: no home directory to expand ~ to; write the full path") from None
+def secret_path(value: Any) -> Path | None:
+    """A secret file's path (``file_path``), ``$CREDENTIALS_DIRECTORY/`` resolved."""
+    path = file_path(value)
+    return None if path is None else Path(from_credentials(str(path)))
 
 
 def _public_path(value: Any) -> str:
@@ -171,10 +166,10 @@ def _table(value: Any) -> dict[str, Any]:
 
 def build_auth(r: Reader) -> AuthConfig:
     """The ``[auth]`` section, every fault recorded on ``r`` under its key."""
-    key_file = r.get("auth.key_file", None, _file)
+    key_file = r.get("auth.key_file", None, file_path)
     if key_file is not None:
         _check_key_file(r, key_file)
-    secret_file = r.get("auth.session_secret_file", None, _file)
+    secret_file = r.get("auth.session_secret_file", None, secret_path)
     if secret_file is not None and not deferred(secret_file):
         r.get("auth.session_secret_file", None, lambda _: read_secret(secret_file))
     issuers = tuple(
@@ -228,8 +223,8 @@ def _issuer(r: Reader, at: str, table: dict[str, Any]) -> JwtIssuerConfig | None
     issuer = sub.get("issuer", "", string)
     audience = sub.get("audience", "", string)
     algorithms = tuple(sub.items("algorithms", _algorithm) or ())
-    secret_file = sub.get("secret_file", None, _file)
-    public_key_file = sub.get("public_key_file", None, _file)
+    secret_file = sub.get("secret_file", None, secret_path)
+    public_key_file = sub.get("public_key_file", None, file_path)
     jwks_url = sub.get("jwks_url", "", url)
     cfg = JwtIssuerConfig(
         issuer=issuer,

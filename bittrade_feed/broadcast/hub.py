@@ -21,6 +21,7 @@ import structlog
 
 from bittrade_feed.broadcast.registry import (
     Full,
+    Limited,
     Registry,
     Slot,
     Subscriber,
@@ -54,7 +55,7 @@ from bittrade_feed.config import StreamConfig
 from bittrade_feed.models import FeedStatus, Tick
 from bittrade_feed.ops.metrics import Metrics
 
-__all__ = ["Full", "Hub", "Slot", "Subscriber"]
+__all__ = ["Full", "Hub", "Limited", "Slot", "Subscriber"]
 
 log = structlog.get_logger("bittrade_feed.broadcast.hub")
 
@@ -82,7 +83,7 @@ class Hub:
         self.statuses = self._known.statuses
         self.max_id = 0
         self._ring = Ring(config.replay_limit)
-        self._subs = Registry(config.max_subscribers)
+        self._subs = Registry(config, clock.monotonic)
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._pending: list[tuple[str, int, Frames]] = []
         """The coalescing window: (pair, id or 0, frames) in publish order."""
@@ -258,9 +259,10 @@ class Hub:
         """Connections holding a slot under ``max_subscribers`` (attached or opening)."""
         return self._subs.admitted
 
-    def admit(self) -> Slot:
-        """Reserve a connection's slot, or raise ``Full``; pair with ``release`` in a finally."""
-        return self._subs.admit()
+    def admit(self, address: str = "", credential: str = "") -> Slot:
+        """Reserve a connection's slot, or raise ``Full`` or ``Limited``; pair with
+        ``release`` in a finally (``Registry.admit`` has the limits)."""
+        return self._subs.admit(address, credential)
 
     def release(self, slot: Slot) -> None:
         """Give a connection's slot back (idempotent)."""

@@ -6,9 +6,14 @@ import asyncio
 import contextlib
 import random
 import socket
+from collections.abc import Callable
 from typing import Protocol
 
+from bittrade_feed.broadcast.limits import ConnectRate, Limited, address_group
 from bittrade_feed.broadcast.wire import FORMATS, Frames, WireFormat
+from bittrade_feed.config import StreamConfig
+
+__all__ = ["Full", "Limited", "Registry", "Slot", "Subscriber", "Transport"]
 
 
 class Transport(Protocol):
@@ -25,12 +30,16 @@ class Full(Exception):
 
 
 class Slot:
-    """One admitted connection's place under ``stream.max_subscribers``."""
+    """One admitted connection's place under every limit it was counted in."""
 
-    __slots__ = ("released",)
+    __slots__ = ("credential", "group", "released")
 
-    def __init__(self) -> None:
+    def __init__(self, group: str = "", credential: str = "") -> None:
         self.released = False
+        self.group = group
+        """The address group counted under ``stream.max_per_address`` ("" if none)."""
+        self.credential = credential
+        """The credential counted under ``stream.max_per_credential`` ("" if none)."""
 
 
 class Subscriber:
@@ -91,10 +100,18 @@ def _groups() -> Groups:
 class Registry:
     """Admitted connections, and subscribers by pair and by pair set, per wire format."""
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
+    def __init__(self, config: StreamConfig, clock: Callable[[], float]) -> None:
+        self.config = config
+        self.limit = config.max_subscribers
         self.admitted = 0
         """Slots held: connections past admission, attached or still opening."""
+        self.by_address: dict[str, int] = {}
+        """Slots held per address group (groups at 0 are removed)."""
+        self.by_credential: dict[str, int] = {}
+        """Slots held per non-empty credential (at 0 removed)."""
+        self.rates: ConnectRate | None = None
+        if config.connect_burst:
+            self.rates = ConnectRate(config.connect_burst, config.connect_per_second, clock)
         self.by_pair: dict[str, Groups] = {}
         self.by_set: dict[frozenset[str], Groups] = {}
         """The same subscribers by their whole pair set (coalesced windows, resyncs)."""
@@ -102,18 +119,52 @@ class Registry:
         """Every subscriber once, for the timer (the per-pair sets repeat multi-pair ones)."""
         self._count = [0 for _ in FORMATS]
 
-    def admit(self) -> Slot:
-        """Take a slot, or raise ``Full``; synchronous, so no await splits check and act."""
+    def admit(self, address: str = "", credential: str = "") -> Slot:
+        """Take a slot, or raise ``Full`` (global cap) or ``Limited`` (429).
+
+        Synchronous, so no await splits a check from its count. ``address`` "" (an
+        internal caller) skips the per-address limits, ``credential`` "" (anonymous) the
+        per-credential one. Every attempt past the global cap spends a token of its
+        address's bucket, refused or not: a client retrying in a loop slows itself down.
+        """
         if self.admitted >= self.limit:
             raise Full
+        config = self.config
+        group = address_group(address) if address else ""
+        if group and self.rates is not None:
+            wait = self.rates.take(group)
+            if wait:
+                raise Limited(
+                    "rate",
+                    wait,
+                    f"more than {config.connect_burst} new streams at once, then "
+                    f"{config.connect_per_second:g} per second, from {group} "
+                    "(stream.connect_burst, stream.connect_per_second)",
+                )
+        held = _open(self.by_address, group, config.max_per_address, "address", f"from {group}")
+        # The detail never names the credential: it may be a secret's id.
+        mine = _open(
+            self.by_credential,
+            credential,
+            config.max_per_credential,
+            "credential",
+            "with this credential",
+        )
         self.admitted += 1
-        return Slot()
+        if group:
+            self.by_address[group] = held + 1
+        if credential:
+            self.by_credential[credential] = mine + 1
+        return Slot(group, credential)
 
     def release(self, slot: Slot) -> None:
-        """Give a slot back (idempotent)."""
-        if not slot.released:
-            slot.released = True
-            self.admitted -= 1
+        """Give a slot back, and its address and credential counts (idempotent)."""
+        if slot.released:
+            return
+        slot.released = True
+        self.admitted -= 1
+        _drop(self.by_address, slot.group)
+        _drop(self.by_credential, slot.credential)
 
     def __len__(self) -> int:
         return sum(self._count)
@@ -143,6 +194,33 @@ class Registry:
     def all(self) -> list[Subscriber]:
         """Every subscriber once (a copy, so callers may close while iterating)."""
         return list(self._all)
+
+
+def _open(counts: dict[str, int], key: str, cap: int, limit: str, where: str) -> int:
+    """How many streams ``key`` holds; ``Limited`` when that is ``cap`` already (0: none)."""
+    held = counts.get(key, 0)
+    if key and cap and held >= cap:
+        raise Limited(
+            limit, retry_spread(), f"{held} streams already open {where} (stream.max_per_{limit})"
+        )
+    return held
+
+
+def _drop(counts: dict[str, int], key: str) -> None:
+    """One less under ``key``; a key at 0 is removed, so the dict holds only live ones."""
+    if not key:
+        return
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
+def retry_spread() -> int:
+    """A ``Retry-After`` for a full limit: a spread keeps refused clients from returning
+    in one wave."""
+    return random.randint(2, 10)
 
 
 def expiry(now: float, lifetime: float) -> float:

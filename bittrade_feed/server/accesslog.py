@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from bittrade_feed.server.address import client_address
+
 ACCESS_LOGGER = logging.getLogger("aiohttp.access")
 
 
@@ -23,7 +25,7 @@ class SafeAccessLogger(AbstractAccessLogger):
         """Write one line for a finished request."""
         self.logger.info(
             '%s "%s %s" %d %d %.3f',
-            request.remote,
+            client_address(request) if isinstance(request, web.Request) else request.remote,
             request.method,
             request.rel_url.raw_path,  # percent-encoded: no newline can forge a line
             response.status,

@@ -35,10 +35,13 @@ from bittrade_feed.ops.supervise import Supervisor
 from bittrade_feed.server.alerts import add_alert_routes, alerts_ctx
 from bittrade_feed.server.badinput import install as install_bad_input_log
 from bittrade_feed.server.cluster import CLUSTER_FETCH, cluster_checks, cluster_ctx, get_cluster
+from bittrade_feed.server.cors import install as install_cors
+from bittrade_feed.server.cors import preflight_middleware
 from bittrade_feed.server.dashboard import add_dashboard_routes
 from bittrade_feed.server.pairs import apply_pair_changes
 from bittrade_feed.server.params import int_param, requested_pairs, time_param
 from bittrade_feed.server.problems import Problem, problem_middleware
+from bittrade_feed.server.refusals import install as install_refusals_log
 from bittrade_feed.server.state import (
     AUTH,
     CLOCK,
@@ -51,9 +54,11 @@ from bittrade_feed.server.state import (
     STORE,
     SUPERVISOR,
     TICKLOG,
+    TLS,
     current_config,
 )
 from bittrade_feed.server.streams import price_stream, ws_stream
+from bittrade_feed.server.tls import server_context
 from bittrade_feed.store.sqlite import Store
 
 log = structlog.get_logger("bittrade_feed.server.app")
@@ -74,7 +79,9 @@ def create_app(
     fetch: bool = True,
 ) -> web.Application:
     """Build the daemon's application; ``fetch=False`` leaves the fetch loop stopped."""
-    app = web.Application(middlewares=[problem_middleware])
+    # The preflight answer comes before the auth middleware (appended by install_auth):
+    # browsers never send credentials with one.
+    app = web.Application(middlewares=[problem_middleware, preflight_middleware])
     app[CONFIG] = config
     app[CLOCK] = clock = clock or SystemClock()
     app[METRICS] = Metrics(registry if registry is not None else new_registry())
@@ -85,6 +92,11 @@ def create_app(
     app[SUPERVISOR] = Supervisor(app[METRICS].task_crashes, clock.sleep, clock.monotonic)
 
     install_bad_input_log(app)
+    install_refusals_log(app)
+    install_cors(app)
+    tls = server_context(config.server)  # a ConfigError naming the key: the CLI exits 78
+    if tls is not None:
+        app[TLS] = tls
     if config.auth.enabled:
         # Built here so a secret file that went bad since the config was read is a
         # ConfigError too (the CLI exits 78 on it).

@@ -13,7 +13,8 @@ from bittrade_feed.errors import ConfigError, StoreError
 from bittrade_feed.models import Tick
 from bittrade_feed.ops import logs
 from bittrade_feed.server.pairs import apply_pair_changes
-from bittrade_feed.server.state import AUTH, FETCHER, HUB, STORE, current_config
+from bittrade_feed.server.state import AUTH, FETCHER, HUB, STORE, TLS, current_config
+from bittrade_feed.server.tls import reload_context
 
 RESTART_SECTIONS = ("server", "database", "stream", "cluster", "auth")
 """Config sections a reload cannot apply: the listeners, the open database, the hub, Redis,
@@ -31,6 +32,7 @@ async def reload_config(app: web.Application, path: Path | None) -> tuple[Config
     old = current_config(app)
     # First, and whatever the config file says: a revocation must not wait for a typo fix.
     key_error = reload_keys(app)
+    tls_error = reload_tls(app, old)
     try:
         new = load_config(path)
     except ConfigError as exc:
@@ -63,7 +65,7 @@ async def reload_config(app: web.Application, path: Path | None) -> tuple[Config
     apply_pair_changes(app, old.fetch.pairs, stored)
     logs.configure(new.log.level, new.log.format)
     log.info("config reloaded", pairs=list(new.fetch.pairs))
-    return new, key_error
+    return new, key_error or tls_error
 
 
 def reload_keys(app: web.Application) -> str | None:
@@ -76,3 +78,18 @@ def reload_keys(app: web.Application) -> str | None:
     if closed:
         log.info("streams of revoked or expired keys closed", streams=closed)
     return error
+
+
+def reload_tls(app: web.Application, running: Config) -> str | None:
+    """Read the certificate and key again (same paths: renewed files); on a fault keep
+    serving the old pair and say why."""
+    context = app.get(TLS)
+    if context is None:
+        return None
+    try:
+        reload_context(context, running.server)
+    except ConfigError as exc:
+        log.error("TLS certificate reload failed, keeping the running one", reason=str(exc))
+        return str(exc)
+    log.info("TLS certificate reloaded", cert=str(running.server.tls_cert))
+    return None

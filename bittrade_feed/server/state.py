@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 import aiohttp
 from aiohttp import web
@@ -31,6 +32,8 @@ SUPERVISOR = web.AppKey("supervisor", Supervisor)
 """Runs every background task; ``failed`` says why the daemon cannot go on."""
 AUTH = web.AppKey("auth", Authenticator)
 """Present only when ``auth.enabled``: the middleware then asks it about every request."""
+TLS = web.AppKey("tls", ssl.SSLContext)
+"""Present only with ``server.tls_cert``: the API listener's context, reloaded on SIGHUP."""
 FETCH_TASK = web.AppKey("fetch_task", asyncio.Task[None])
 """The running fetch loop (absent when the app was built with ``fetch=False``)."""
 

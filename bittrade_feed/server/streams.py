@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -18,14 +17,19 @@ from aiohttp.web import ContentCoding
 from bittrade_feed.auth.policy import granted_pairs
 from bittrade_feed.auth.principal import principal_of
 from bittrade_feed.auth.scopes import grant
-from bittrade_feed.broadcast.hub import REAUTH_REASONS, Full, Hub, Slot, Subscriber
+from bittrade_feed.broadcast.hub import REAUTH_REASONS, Full, Hub, Limited, Slot, Subscriber
+from bittrade_feed.broadcast.limits import TokenBucket
+from bittrade_feed.broadcast.registry import retry_spread
 from bittrade_feed.broadcast.wire import SSE_HELLO, WireFormat
 from bittrade_feed.config import Config
+from bittrade_feed.server.address import client_address
 from bittrade_feed.server.badinput import note_bad_message
+from bittrade_feed.server.cors import foreign_origin
 from bittrade_feed.server.params import last_event_id, requested_pairs
 from bittrade_feed.server.problems import Problem, handles_own_problems, problem_response
+from bittrade_feed.server.refusals import note_refusal
 from bittrade_feed.server.state import HUB, current_config
-from bittrade_feed.server.wsops import TokenBucket, describe_limit, json_error, parse_op
+from bittrade_feed.server.wsops import describe_limit, json_error, parse_op
 
 MAX_WS_MESSAGE = 4096
 WS_POLICY_VIOLATION = 1008
@@ -49,20 +53,30 @@ def _app_state(request: web.Request) -> tuple[Hub, Config]:
     return request.app[HUB], current_config(request.app)
 
 
-def _reserve(hub: Hub, transport: str) -> Slot:
-    """A subscriber slot, taken before any await; ``Problem`` 503 when none is left.
+def _reserve(request: web.Request, hub: Hub, transport: str, credential: str) -> Slot:
+    """A subscriber slot under every limit, taken before any await; ``Problem`` if refused.
 
-    The caller releases it in a ``finally``, so every way out of the handler gives it back.
+    503 for the global cap, 429 for a per-address, rate or per-credential limit, each
+    with ``Retry-After``. The caller releases the slot in a ``finally``, so every way out
+    of the handler gives it back.
     """
     try:
-        return hub.admit()
+        return hub.admit(client_address(request), credential)
     except Full:
         hub.metrics.connections_closed.labels(transport, "limit").inc()
-        # A spread of Retry-After values keeps refused clients from returning in one wave.
+        detail = f"subscriber limit reached ({hub.config.max_subscribers}); retry later"
+        note_refusal(request, "global", detail)
         raise Problem(
-            503,
-            f"subscriber limit reached ({hub.config.max_subscribers}); retry later",
-            headers={"Retry-After": str(random.randint(2, 10))},
+            503, detail, headers={"Retry-After": str(retry_spread())}, limit="global"
+        ) from None
+    except Limited as limited:
+        hub.metrics.connections_closed.labels(transport, "limit").inc()
+        note_refusal(request, limited.limit, limited.detail)
+        raise Problem(
+            429,
+            limited.detail,
+            headers={"Retry-After": str(limited.retry_after)},
+            limit=limited.limit,
         ) from None
 
 
@@ -77,8 +91,29 @@ def _admit(
     principal = principal_of(request)
     pairs = granted_pairs(request, principal, requested_pairs(request, "pairs"))
     resume = last_event_id(request)
-    slot = None if request.method == "HEAD" else _reserve(hub, transport)
+    slot = (
+        None
+        if request.method == "HEAD"
+        else _reserve(request, hub, transport, principal.credential)
+    )
     return pairs, resume, slot
+
+
+def _check_origin(request: web.Request) -> None:
+    """403 for a WebSocket handshake from a page on a site that is not allowed.
+
+    Browsers send cookies with a cross-site WebSocket handshake and no CORS rule stops
+    it, so without this any page could read a logged-in visitor's streams.
+    """
+    origin = foreign_origin(request)
+    if origin is not None:
+        detail = (
+            # Cut: the header is the client's, and it goes into the log line too.
+            f"Origin {origin[:100]!r} may not open WebSockets here: it is neither this daemon's "
+            "own origin nor listed in server.cors_origins"
+        )
+        note_refusal(request, "origin", detail)
+        raise Problem(403, detail)
 
 
 def _subscribe_options(request: web.Request, transport: str) -> dict[str, Any]:
@@ -143,6 +178,7 @@ async def ws_stream(request: web.Request) -> web.StreamResponse:
     """
     hub, config = _app_state(request)
     try:
+        _check_origin(request)
         pairs, resume, slot = _admit(request, hub, "ws")
     except Problem as problem:
         return problem_response(problem)
@@ -219,7 +255,7 @@ async def _serve_ws_message(
         hub.detach(sub, "client")
         return sub
     if not bucket.take():
-        note_bad_message(request.app, request.remote, "over the op rate limit; closing")
+        note_bad_message(request.app, client_address(request), "over the op rate limit; closing")
         hub.detach(sub, "abuse")
         return sub
     try:
@@ -227,7 +263,7 @@ async def _serve_ws_message(
             raise Problem(400, "send JSON text messages")
         pairs, resume = parse_op(msg.data, known)
     except Problem as problem:
-        note_bad_message(request.app, request.remote, problem.detail)
+        note_bad_message(request.app, client_address(request), problem.detail)
         await ws.send_str(json_error(problem.detail))
         return sub
     granted, refused = grant(pairs, principal_of(request).pairs)

@@ -7,7 +7,6 @@ goes back as an ``error`` event; nothing a client sends raises past the handler.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 from bittrade_feed.server.params import check_pairs, parse_event_id
@@ -33,29 +32,6 @@ def parse_op(text: str, known: tuple[str, ...]) -> tuple[tuple[str, ...], int | 
     pairs = check_pairs(names, known, "pairs")
     resume = parse_event_id(op.get("last_event_id"), "last_event_id")
     return pairs, resume
-
-
-class TokenBucket:
-    """Allows a burst of ``burst`` ops, then ``rate`` per second on average."""
-
-    __slots__ = ("burst", "clock", "rate", "stamp", "tokens")
-
-    def __init__(self, burst: int, rate: float, clock: Callable[[], float]) -> None:
-        self.burst = burst
-        self.rate = rate
-        self.clock = clock
-        self.tokens = float(burst)
-        self.stamp = clock()
-
-    def take(self) -> bool:
-        """Spend one token if there is one; ``False`` means the client is over its limit."""
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
 
 
 def describe_limit(burst: int, rate: float) -> str:

@@ -34,13 +34,11 @@ AUTH_ON = """
 enabled = true
 key_file = "{key_file}"
 """
-LIMITS_ON = """
-max_per_address = 200
-max_per_credential = 20000
-connect_burst = 400
-connect_per_second = 200
-"""
-"""Appended to [stream]: every limit enforced, none reached by this load."""
+LIMITS_ON = run.BENCH_LIMITS + "max_per_credential = 20000\n"
+"""[stream] limits: every one enforced (per address, connect rate, per credential), none
+reached by this load (10,000 streams over 249 addresses, all on one key)."""
+LIMITS_OFF = "max_per_address = 0\nmax_per_credential = 0\nconnect_burst = 0\n"
+"""[stream] limits all off (0): only the global cap, as before issue 13."""
 
 
 def api_key(opts: argparse.Namespace, key_file: Path) -> str:
@@ -63,7 +61,8 @@ def one_round(opts: argparse.Namespace, workdir: Path, auth: bool, i: int) -> di
         key = api_key(opts, key_file)
         extra = AUTH_ON.format(key_file=key_file)
         headers = (f"Authorization: Bearer {key}",)
-    with run.Daemon(opts, workdir, 1.0, stream_extra=LIMITS_ON if auth else "", extra=extra) as srv:
+    limits = LIMITS_ON if auth else LIMITS_OFF
+    with run.Daemon(opts, workdir, 1.0, limits=limits, extra=extra) as srv:
         srv.headers = headers
         tag = f"{'on' if auth else 'off'}{i}"
         return run.loadgen(opts, srv, workdir, tag, opts.n, opts.window, 1.0, opts.settle)

@@ -160,6 +160,11 @@ class Server:
         raise NotImplementedError
 
 
+BENCH_LIMITS = "max_per_address = 200\nconnect_burst = 200\nconnect_per_second = 100\n"
+"""Limits on, as in production, but sized for the load generator: it spreads up to 30,000
+streams over 249 source addresses and opens them all at once."""
+
+
 class Daemon(Server):
     """``bittrade-feed serve`` with the simulated source at a fixed tick rate."""
 
@@ -177,10 +182,10 @@ class Daemon(Server):
         core: str = "",
         ready: bool = True,
         reuse_port: bool = False,
-        stream_extra: str = "",
+        limits: str = BENCH_LIMITS,
     ) -> None:
         # port/extra/core/ready let bench/cluster.py start several daemons on one port;
-        # stream_extra (more [stream] keys) lets bench/auth.py turn the limits on.
+        # limits ([stream] keys) lets bench/auth.py compare limits off and on.
         self.dir = Path(tempfile.mkdtemp(prefix="daemon-", dir=workdir))
         port = port or free_port()
         config = self.dir / "bench.toml"
@@ -193,11 +198,8 @@ class Daemon(Server):
             'BTC-USD = ["simulated"]\n'
             "[aggregation]\nquorum = 1\n"
             "[stream]\nmax_subscribers = 30000\nheartbeat = 15\n"
-            # Limits on, as in production, but sized for the load generator: it spreads
-            # up to 30,000 streams over 249 source addresses and opens them all at once.
-            "max_per_address = 200\nconnect_burst = 200\nconnect_per_second = 100\n"
+            + limits
             + (f"coalesce_ms = {coalesce_ms}\n" if coalesce_ms else "")
-            + stream_extra
             + f'[server]\nhost = "127.0.0.1"\nport = {port}\n'
             + ("reuse_port = true\n" if reuse_port else "")
             + f'[database]\npath = "{self.dir / "feed.sqlite3"}"\n'

@@ -104,10 +104,18 @@ async def main():
         print(f"   SSE lag through nginx per event: {', '.join(f'{lag * 1000:.0f} ms' for lag in lags)}")
         assert max(lags) < 1.0, f"nginx held an event back {max(lags):.2f} s"
 
-        async with session.ws_connect(PROXY + "/api/ws") as ws:
+        # As a browser on the proxied site sends it: its Origin is the proxy's, which the
+        # daemon accepts only because the README's block passes the Host on.
+        async with session.ws_connect(PROXY + "/api/ws", origin=PROXY) as ws:
             msg = json.loads((await ws.receive(timeout=10)).data)
             assert msg["event"] == "price", msg
-            print(f"   WebSocket through nginx: {msg['event']} {msg['data']['pair']} {msg['data']['price']}")
+            print(f"   WebSocket through nginx (Origin {PROXY}): {msg['event']} {msg['data']['pair']} {msg['data']['price']}")
+        try:
+            async with session.ws_connect(PROXY + "/api/ws", origin="https://evil.example"):
+                raise AssertionError("a foreign Origin upgraded the WebSocket")
+        except aiohttp.WSServerHandshakeError as exc:
+            assert exc.status == 403, exc.status
+            print(f"   WebSocket with a foreign Origin through nginx: {exc.status} (refused)")
         try:
             async with session.ws_connect(PROXY + "/plain/api/ws"):
                 raise AssertionError("a plain proxy_pass upgraded the WebSocket")

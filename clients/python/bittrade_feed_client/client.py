@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
@@ -47,6 +49,8 @@ log = logging.getLogger("bittrade_feed_client")
 log.addHandler(logging.NullHandler())
 
 StateCallback = Callable[[StateChange], object]
+REAUTH_PACE = 10.0
+"""Seconds: a ``reauth`` this soon after the last one reconnects with backoff, not at once."""
 
 
 class FeedClient:
@@ -229,7 +233,7 @@ class FeedClient:
 
     async def _run(self) -> None:
         failures = 0
-        reauths = 0
+        last_reauth = -math.inf
         reason = "closed by the caller"
         try:
             if self._credentials.needs_first_token:
@@ -247,12 +251,13 @@ class FeedClient:
                 if drop is None:
                     reason = "the daemon ended the stream (HTTP 204)"
                     break
-                reauths = reauths + 1 if drop.reauth else 0
                 if drop.reauth:
                     await self._credentials.refresh(f"reauth ({drop.reauth})")
-                    if reauths == 1:
-                        # A planned handover: reconnect at once, resuming from the last id.
-                        # Only the first in a row, so a daemon that keeps asking is paced.
+                    now = time.monotonic()
+                    immediate, last_reauth = now - last_reauth >= REAUTH_PACE, now
+                    if immediate:
+                        # A planned handover: reconnect at once, resuming from the last id;
+                        # a daemon that asks again within REAUTH_PACE waits for backoff.
                         self._set_state(State.RECONNECTING, drop.reason)
                         continue
                 failures = 0 if drop.productive else failures + 1

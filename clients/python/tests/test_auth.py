@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -81,11 +82,15 @@ class Wire:
 
     script: list[str]
     requests: list[dict[str, str]] = field(default_factory=list)
+    at: list[float] = field(default_factory=list)
+    """``time.monotonic()`` of each request."""
+    retry_ms: int = 0
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Record the headers and play the next answer."""
         self.requests.append(dict(request.headers))
+        self.at.append(time.monotonic())
         n = len(self.requests) - 1
         answer = self.script[n] if n < len(self.script) else "end"
         if answer == "end":
@@ -97,7 +102,7 @@ class Wire:
         last = int(request.headers.get("Last-Event-ID", "0") or 0)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        await resp.write(b"retry: 0\n\n" + price(last + 1) + price(last + 2))
+        await resp.write(f"retry: {self.retry_ms}\n\n".encode() + price(last + 1) + price(last + 2))
         if answer == "reauth":
             await resp.write(reauth())
         return resp
@@ -210,6 +215,19 @@ async def test_reauth_refreshes_and_resumes_without_gap_or_duplicate(wire: Wire)
     assert first["Authorization"] == "Bearer tok-1"
     assert second["Authorization"] == "Bearer tok-2"
     assert second["Last-Event-ID"] == "2"
+
+
+async def test_a_second_reauth_soon_after_waits_for_backoff(wire: Wire) -> None:
+    """The first reauth reconnects at once; one again within REAUTH_PACE waits retry:."""
+    wire.script = ["reauth", "reauth", "close"]
+    wire.retry_ms = 400
+    async with FeedClient(wire.url, token_provider=Provider(), max_delay=0) as feed:
+        ticks = await drain(feed)
+    assert [t.id for t in ticks] == [1, 2, 3, 4, 5, 6]
+    first, second, third = wire.at[1] - wire.at[0], wire.at[2] - wire.at[1], wire.at[3] - wire.at[2]
+    assert first < 0.3, "the first handover is immediate"
+    assert second >= 0.4, "the second, 0 s after the first, waits the server's retry"
+    assert third >= 0.4, "an ordinary end of stream waits retry: as before"
 
 
 async def test_reauth_without_provider_reconnects_then_stops_on_401(wire: Wire) -> None:

@@ -60,7 +60,8 @@ export function createPriceFeed(options = {}) {
     onReauth = null,
     onError = null,
   } = options
-  const fetchImpl = options.fetch ?? globalThis.fetch
+  // Called through a wrapper: a browser's fetch refuses to run with another `this`.
+  const fetchImpl = options.fetch ?? (typeof globalThis.fetch === 'function' ? (input, init) => globalThis.fetch(input, init) : null)
   const EventSourceImpl = options.EventSource ?? globalThis.EventSource
   if (typeof EventSourceImpl !== 'function') {
     throw new TypeError(

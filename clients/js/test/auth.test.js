@@ -20,16 +20,17 @@ const price = (id) =>
   `id: ${id}\nevent: price\ndata: ${JSON.stringify({ id, pair: 'BTC-USD', price: `${64000 + id}.5`, ts: new Date().toISOString(), sources: ['kraken'] })}\n\n`
 const status = `event: status\ndata: ${JSON.stringify({ state: 'live', pair: 'BTC-USD', since: new Date().toISOString(), reason: 'price updated' })}\n\n`
 
-let server
+const servers = []
+const feeds = []
 let feed
 afterEach(async () => {
   feed?.close()
   feed = null
-  if (server) {
+  for (const other of feeds.splice(0)) other.close()
+  for (const server of servers.splice(0)) {
     server.closeAllConnections()
     server.close()
     await once(server, 'close')
-    server = null
   }
 })
 
@@ -40,7 +41,7 @@ afterEach(async () => {
  */
 async function serve(script) {
   const requests = []
-  server = createServer((req, res) => {
+  const server = createServer((req, res) => {
     const url = new URL(req.url, 'http://x')
     requests.push({ authorization: req.headers.authorization ?? null, lastId: url.searchParams.get('last_event_id') ?? req.headers['last-event-id'] ?? null })
     const answer = script[requests.length - 1] ?? 'end'
@@ -57,6 +58,7 @@ async function serve(script) {
     res.write(`retry: 100\n\n${price(last + 1)}${price(last + 2)}${status}`)
     if (answer === 'reauth') res.end('event: reauth\ndata: {"reason":"expired"}\n\n')
   })
+  servers.push(server)
   server.listen(0, '127.0.0.1')
   await once(server, 'listening')
   return { url: `http://127.0.0.1:${server.address().port}/api/price-stream`, requests }
@@ -203,4 +205,77 @@ test('browser-like EventSource: a refused stream that is not an auth problem is 
   feed = createPriceFeed({ url, pairs: ['BTC-USD'], EventSource: BrowserLikeEventSource })
   const snap = await waitFor(feed, (s) => s.state === 'live', 10_000, 'live after the refusals')
   assert.equal(snap.authError, null)
+})
+
+// -- the rules, over many seeded scripts ----------------------------------------------------
+
+/** A small seeded PRNG (mulberry32), so a failing script can be replayed from its seed. */
+function random(seed) {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+/** What must happen: the end state, the provider calls and the requests made. */
+function expected(script, provider, initial) {
+  let calls = 0
+  let untested = false
+  if (provider && !initial) [calls, untested] = [1, true]
+  for (const [n, answer] of script.entries()) {
+    if (answer === '401') {
+      if (provider && !untested) {
+        ;[calls, untested] = [calls + 1, true]
+        continue
+      }
+      return { end: 401, calls, requests: n + 1 }
+    }
+    if (answer === '403') return { end: 403, calls, requests: n + 1 }
+    untested = false
+    if (answer === 'hold') return { end: 'live', calls, requests: n + 1 }
+    if (provider) [calls, untested] = [calls + 1, true] // reauth
+  }
+  throw new Error('scripts end in hold')
+}
+
+test('for any answers: one refresh per accepted token, 401/403 final, ids once and in order', async () => {
+  const runs = []
+  for (let seed = 1; seed <= 24; seed++) {
+    const rand = random(seed)
+    const script = []
+    let reauths = 0
+    while (script.length < 5) {
+      const pick = ['401', '403', 'reauth', 'hold'][Math.floor(rand() * 4)]
+      if (pick === 'reauth' && reauths === 2) continue // a third would wait seconds of backoff
+      reauths += pick === 'reauth'
+      script.push(pick)
+      if (pick !== 'reauth' && pick !== '401') break
+    }
+    if (script.at(-1) === 'reauth' || script.at(-1) === '401') script.push('hold')
+    const provider = rand() < 0.5
+    const initial = rand() < 0.5
+    runs.push(
+      (async () => {
+        const { url, requests } = await serve(script)
+        const getToken = provider ? tokens() : null
+        const ids = []
+        const one = createPriceFeed({ url, pairs: ['BTC-USD'], EventSource, token: initial ? 'static' : null, getToken })
+        feeds.push(one)
+        one.on('price', (tick) => ids.push(tick.id))
+        const want = expected(script, provider, initial)
+        const what = `seed ${seed}: ${script.join(',')} provider=${provider} initial=${initial}`
+        // Live counts only on the last connection: the reauth ones are live for a moment too.
+        const done = (s) => s.state === 'closed' || (s.state === 'live' && requests.length === want.requests)
+        const snap = await waitFor(one, done, 8_000, what)
+        assert.equal(snap.state === 'live' ? 'live' : snap.authError?.code, want.end, what)
+        await sleep(200) // a wrong extra request or refresh would show by now
+        assert.equal(requests.length, want.requests, what)
+        assert.equal(getToken?.calls ?? 0, want.calls, what)
+        assert.deepEqual(ids, ids.map((_, i) => i + 1), `${what}: every id once, in order`)
+      })(),
+    )
+  }
+  await Promise.all(runs)
 })

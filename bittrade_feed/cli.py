@@ -1,4 +1,4 @@
-"""``bittrade-feed``: ``serve`` the daemon or ``check-config`` a file.
+"""``bittrade-feed``: ``serve`` the daemon, ``check-config`` a file, or manage API ``keys``.
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT), 78 (EX_CONFIG) for a bad config so
 systemd's ``RestartPreventExitStatus=78`` stops a crash loop, 1 for any other fatal error.
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import os
 import signal
 import socket
@@ -28,11 +29,13 @@ import structlog
 from aiohttp import web
 
 from bittrade_feed import __version__
+from bittrade_feed.auth import keycli
 from bittrade_feed.config import Config, load_config
 from bittrade_feed.errors import ConfigError, FeedError
 from bittrade_feed.feed.fetcher import Fetcher
 from bittrade_feed.ops import logs, systemd
 from bittrade_feed.ops.watchdog import Watchdog
+from bittrade_feed.server.accesslog import runner_options
 from bittrade_feed.server.app import create_app, metrics_handler
 from bittrade_feed.server.reload import reload_config
 from bittrade_feed.server.state import CLOCK, FETCHER, HUB, METRICS, STORE, SUPERVISOR
@@ -56,25 +59,33 @@ def main(argv: list[str] | None = None) -> int:
     serve_cmd.add_argument("--config", type=Path, help="TOML config file (default: built-in)")
     check_cmd = commands.add_parser("check-config", help="validate a config file and exit")
     check_cmd.add_argument("config", type=Path)
+    keycli.add_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "keys":
+        return keycli.run(args)
+    return _config_command(args)
 
+
+def _config_command(args: argparse.Namespace) -> int:
+    """``serve`` or ``check-config``: both start by reading the config."""
     try:
         config = load_config(args.config)
     except ConfigError as exc:
-        # Redacted again here: a message may quote a URL with its user:password@.
-        err = logs.journal_prefix("error")  # so `journalctl -p warning` shows why
-        print(f"{err}bittrade-feed: invalid config {args.config}:", file=sys.stderr)
-        for key, problem in exc.details:
-            print(err + logs.redact_text(f"  {key}: {problem}"), file=sys.stderr)
-        systemd.notify(f"STATUS=invalid config: {_one_line(str(exc))}")
-        return EX_CONFIG
+        return _invalid_config(args.config, exc)
     if args.command == "check-config":
         print(f"{args.config}: configuration valid ({', '.join(config.fetch.pairs)})")
         return 0
     logs.configure(config.log.level, config.log.format)
+    return _serve_command(config, args.config)
+
+
+def _serve_command(config: Config, path: Path | None) -> int:
+    """Run the daemon; the exit code, whatever ended it."""
     try:
-        return _run(serve(config, args.config))
+        return _run(serve(config, path))
     except FeedError as exc:
+        if isinstance(exc, ConfigError):  # a secret file that went bad since it was read
+            return _invalid_config(path, exc)
         return _fatal(str(exc))
     except OSError as exc:
         return _fatal(str(exc.strerror or exc))
@@ -82,6 +93,33 @@ def main(argv: list[str] | None = None) -> int:
         log.exception("fatal", reason=f"{type(exc).__name__}: {exc}")
         systemd.notify(f"STATUS=fatal: {_one_line(str(exc))}")
         return 1
+
+
+def _invalid_config(path: Path | None, exc: ConfigError) -> int:
+    # Redacted again here: a message may quote a URL with its user:password@.
+    err = logs.journal_prefix("error")  # so `journalctl -p warning` shows why
+    print(f"{err}bittrade-feed: invalid config {path}:", file=sys.stderr)
+    for key, problem in exc.details:
+        print(err + logs.redact_text(f"  {key}: {problem}"), file=sys.stderr)
+    systemd.notify(f"STATUS=invalid config: {_one_line(str(exc))}")
+    return EX_CONFIG
+
+
+def _warn_if_open(config: Config) -> None:
+    """One warning when the API listens beyond loopback and anyone may read everything."""
+    if config.auth.enabled:
+        return
+    host = config.server.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False  # a host name: it may well resolve to a public address
+    if not loopback:
+        log.warning(
+            "AUTHENTICATION IS OFF on a non-loopback listener: anyone who reaches "
+            f"{host}:{config.server.port} reads every stream and endpoint; "
+            "set [auth] enabled = true (README, Authentication)",
+        )
 
 
 def _tune_gc() -> None:
@@ -129,6 +167,7 @@ async def serve(config: Config, config_path: Path | None) -> int:
     """Run until SIGTERM or SIGINT; SIGHUP reloads the config file."""
     if any("simulated" in config.sources_for(p) for p in config.fetch.pairs):
         log.warning("SIMULATED SOURCE ENABLED: prices are fake demo data, not market prices")
+    _warn_if_open(config)
     _tune_gc()
     app = create_app(config)
     daemon = _Daemon(app, config, config_path)
@@ -145,7 +184,8 @@ async def serve(config: Config, config_path: Path | None) -> int:
         runner = web.AppRunner(
             app,
             handle_signals=False,
-            access_log=None,
+            # Lines only at info and below, which logs.configure keeps off; never a secret.
+            **runner_options(),
             shutdown_timeout=config.server.shutdown_timeout,
             # A client that goes away cancels its stream handler at once, freeing it.
             handler_cancellation=True,
@@ -192,7 +232,7 @@ async def _listen(
         )
     ]
     if metrics or config.server.metrics_host:
-        metrics_runner = web.AppRunner(_metrics_app(app), handle_signals=False, access_log=None)
+        metrics_runner = web.AppRunner(_metrics_app(app), handle_signals=False, **runner_options())
         # Pushed after the API runner, so it stops first, before the database closes.
         stack.push_async_callback(metrics_runner.cleanup)
         await metrics_runner.setup()

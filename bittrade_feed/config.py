@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bittrade_feed.auth.settings import AuthConfig, build_auth
 from bittrade_feed.config_checks import (
     Bad,
     Reader,
@@ -179,6 +180,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     log: LogConfig = field(default_factory=LogConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
 
     def sources_for(self, pair: str) -> tuple[str, ...]:
         """The enabled sources of ``pair`` in priority order."""
@@ -297,6 +299,7 @@ def _build(r: Reader) -> Config:
         stream,
         log,
         cluster=_build_cluster(r),
+        auth=build_auth(r),
     )
 
 

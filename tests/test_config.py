@@ -190,6 +190,15 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("cluster.feed_key", "", "must be 1 to 64 letters"),
     ("cluster.feed_key", "b{t}", "must be 1 to 64 letters"),
     ("cluster.stream_maxlen", 10, "10 is out of range: must be from 100 to 100000000"),
+    ("auth.enabled", "yes", "must be true or false, not a string"),
+    ("auth.key_file", 1, "must be a string, not an integer"),
+    ("auth.key_file", "/nonexistent/keys.toml", "key file not found"),
+    ("auth.session_secret_file", "/nonexistent/secret", "cannot be read"),
+    ("auth.session_ttl", 10, "10 is out of range: must be at least 60"),
+    ("auth.leeway", -1, "-1 is out of range: must be at least 0"),
+    ("auth.cookie_secure", "sometimes", "'sometimes' is not one of auto, true, false"),
+    ("auth.public", "/api/price", "must be a list, not a string"),
+    ("auth.jwt", {"issuer": "x"}, "must be a list, not a table"),
 ]
 
 
@@ -275,7 +284,7 @@ def test_unknown_section_lists_the_known_ones() -> None:
     """A section nothing resembles gets the list of sections there are."""
     [(_, problem)] = faults({"tls": {}})
     assert problem == (
-        "unknown key (expected one of: aggregation, cluster, database, exchanges, feed, log, "
+        "unknown key (expected one of: aggregation, auth, cluster, database, exchanges, feed, log, "
         "server, stream)"
     )
 

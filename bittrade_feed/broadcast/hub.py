@@ -6,7 +6,9 @@ subscriber past ``max_buffer_bytes`` unsent is aborted (``slow``). Order is enfo
 trusted: each subscriber gets only ids above the last one written to it; a tick that skips
 ids becomes a ``resync`` to everyone; a resume registers before any await and holds its
 live events until the replay is written, so the hand-over has no gap by construction.
-One shared timer sends heartbeats and retires streams past their (jittered) lifetime.
+One shared timer sends heartbeats and retires streams past their (jittered) lifetime or
+their credential's expiry; the latter, and a revoked credential, get a ``reauth`` event
+before the close, so the client logs in again and resumes with its Last-Event-ID.
 The inputs are ``publish(tick)`` and ``publish_status(status)``.
 """
 
@@ -56,6 +58,10 @@ __all__ = ["Full", "Hub", "Slot", "Subscriber"]
 
 log = structlog.get_logger("bittrade_feed.broadcast.hub")
 
+REAUTH_REASONS = ("expired", "revoked")
+"""Close reasons that tell the client to refresh its credential (a ``reauth`` event)."""
+REAUTH_FRAMES = {reason: encode("reauth", {"reason": reason}) for reason in REAUTH_REASONS}
+
 TIMER_PERIOD = 1.0
 """The timer's resolution: a heartbeat goes out 0-1 s after ``stream.heartbeat`` of idleness."""
 
@@ -81,6 +87,8 @@ class Hub:
         self._pending: list[tuple[str, int, Frames]] = []
         """The coalescing window: (pair, id or 0, frames) in publish order."""
         self._flush_handle: asyncio.TimerHandle | None = None
+        self.still_valid: Callable[[str], bool] = _always
+        """Whether a stream's credential may go on; the auth layer sets it (key revocation)."""
         self.run_callback: Callable[[str, Callable[[], None]], None] = _call_now
         """Runs the timer callbacks the hub schedules; the app's supervisor reports a raise."""
         self._retry = retry_frames(config.retry_ms)
@@ -265,12 +273,18 @@ class Hub:
         fmt: WireFormat,
         pairs: tuple[str, ...],
         last_id: int | None,
+        *,
+        credential: str = "",
+        until: float | None = None,
     ) -> Subscriber:
         """Attach a subscriber and write its opening (snapshot, replay or resync).
 
-        ``slot`` comes from ``admit``. The subscriber is registered before the optional
-        store query; live events meanwhile are held and written after the replay, those
-        above the replay's last id only. SSE openings begin with the ``retry:`` line.
+        ``slot`` comes from ``admit``. ``credential`` and ``until`` (wall-clock expiry)
+        come from the principal: the stream gets ``reauth`` and is closed at ``until`` (or
+        at once, if its credential was revoked while the request was on its way here).
+        The subscriber is registered before the optional store query; live events
+        meanwhile are held and written after the replay, those above the replay's last id
+        only. SSE openings begin with the ``retry:`` line.
         """
         if slot.released:
             raise ValueError("subscribe needs a slot from admit() that is not released")
@@ -278,11 +292,23 @@ class Hub:
         # newcomer's opening already contains them (they are in the ring or the store).
         self.flush()
         now = self.clock.monotonic()
-        sub = Subscriber(transport, fmt, pairs, now, expiry(now, self.config.max_lifetime))
+        sub = Subscriber(
+            transport, fmt, pairs, now, expiry(now, self.config.max_lifetime), credential
+        )
+        if until is not None:
+            # Wall-clock expiry onto the monotonic timer; the earlier deadline wins.
+            deadline = now + (until - self.clock.time())
+            if deadline < sub.expires:
+                sub.expires, sub.ends = deadline, "expired"
         bound_kernel_buffer(transport, self.config.max_buffer_bytes)
         self._subs.add(sub)
         self._m_opened[fmt].inc()
         self._m_subscribers[fmt].inc()
+        if credential and not self.still_valid(credential):
+            # Checked when it registers, with no await since: a revocation that ran while
+            # this request was being authenticated cannot miss it.
+            self.close(sub, "revoked")
+            return sub
         plan = decide(last_id, self.max_id, self._ring, self.replay.history_floor, pairs)
         if plan is Need.SNAPSHOT:
             self._open(sub, self._known.snapshot(pairs) + self._known.status_events(pairs))
@@ -356,6 +382,10 @@ class Hub:
         if reason == "slow":
             # Its unsent bytes are the problem: drop them instead of waiting to flush.
             sub.transport.abort()
+        elif reason in REAUTH_REASONS:
+            self._write(sub, REAUTH_FRAMES[reason][sub.fmt], 1)
+            if sub.done.done():  # the write found it gone or too slow, and closed it
+                return
         sub.done.set_result(reason)
         self.detach(sub, reason)
 
@@ -368,6 +398,13 @@ class Hub:
             sub.done.set_result(reason)
         self._m_subscribers[sub.fmt].dec()
         self.metrics.connections_closed.labels(sub.fmt.transport, reason).inc()
+
+    def revoke(self) -> int:
+        """Close, with ``reauth``, every stream whose credential is no longer valid."""
+        gone = [s for s in self._subs.all() if s.credential and not self.still_valid(s.credential)]
+        for sub in gone:
+            self.close(sub, "revoked")
+        return len(gone)
 
     def close_all(self, reason: str) -> None:
         """Close every stream (shutdown)."""
@@ -396,10 +433,14 @@ class Hub:
             if sub.transport.is_closing():
                 self.close(sub, "client")
             elif now >= sub.expires:
-                self.close(sub, "lifetime")
+                self.close(sub, sub.ends)
             elif sub.last_write <= idle_before and sub.buffer is None:
                 self._write(sub, HEARTBEATS[sub.fmt], 0)
 
 
 def _call_now(name: str, callback: Callable[[], None]) -> None:
     callback()
+
+
+def _always(credential: str) -> bool:
+    return True

@@ -38,7 +38,9 @@ class Subscriber:
 
     __slots__ = (
         "buffer",
+        "credential",
         "done",
+        "ends",
         "expires",
         "fmt",
         "gap",
@@ -56,6 +58,7 @@ class Subscriber:
         pairs: tuple[str, ...],
         now: float,
         expires: float,
+        credential: str = "",
     ) -> None:
         self.transport = transport
         self.fmt = fmt
@@ -63,6 +66,11 @@ class Subscriber:
         self.key = frozenset(pairs)
         self.last_write = now
         self.expires = expires
+        """Monotonic time the timer closes the stream at, for the reason in ``ends``."""
+        self.ends = "lifetime"
+        """``lifetime`` (stream.max_lifetime) or ``expired`` (the credential's expiry)."""
+        self.credential = credential
+        """The ``Principal.credential`` it was opened with ("" for anonymous)."""
         self.last_id = 0
         """The id of the last price (or resync) written; only higher ids are written."""
         self.buffer: list[tuple[int, Frames]] | None = None

@@ -21,13 +21,27 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 _PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
 # Userinfo (``user:password@`` or a bare token ``user@``) after any scheme, valid URL or not.
 _URL_CREDENTIALS = re.compile(r"(?<=://)[^/?#@\s]+@")
+# Credentials of issue 13, wherever they end up in a message: API keys, JWTs (a base64url
+# JSON header always starts "eyJ", as does a session cookie), Bearer values, stream tickets.
+_CREDENTIALS = re.compile(
+    r"btk_[a-z0-9]+_[A-Za-z0-9_-]+"
+    r"|eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*)?"
+    r"|(?<=[Bb]earer )[^\s\"',;]+"
+    r"|(?<=ticket=)[^&\s\"',;]+"
+    r"|(?<=bt_session=)[^&\s\"',;]+"
+)
+_CREDENTIAL_MARKS = ("btk_", "eyJ", "earer ", "ticket=", "bt_session=")
 _MAX_DEPTH = 32
 """Log values nested deeper than this are not searched (they are never ours)."""
 
 
 def redact_text(text: str) -> str:
-    """``text`` with the userinfo of every URL replaced by ``***``: the one redaction."""
-    return _URL_CREDENTIALS.sub("***@", text) if "://" in text else text
+    """``text`` with the userinfo of every URL, and every credential, replaced by ``***``."""
+    if "://" in text:
+        text = _URL_CREDENTIALS.sub("***@", text)
+    if any(mark in text for mark in _CREDENTIAL_MARKS):
+        text = _CREDENTIALS.sub("***", text)
+    return text
 
 
 def redact_value(value: Any, depth: int = 0) -> Any:

@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from bittrade_feed import __version__
+from bittrade_feed.auth.principal import FAILURE_REASONS
 from bittrade_feed.errors import SOURCE_ERROR_REASONS
 
 UPSTREAM_OUTCOMES = ("ok", *SOURCE_ERROR_REASONS)
@@ -37,12 +38,17 @@ CLOSE_REASONS = (
     "resubscribe",
     "abuse",
     "removed",
+    "expired",
+    "revoked",
 )
 SKIP_REASONS = ("no_quorum", "jump_held", "store_error")
 JUMP_OUTCOMES = ("held", "confirmed", "rejected")
 DROP_STAGES = ("publish", "subscriber")
 RESYNC_REASONS = ("gap", "ahead", "replay_limit", "retention")
 RESUME_SOURCES = ("ring", "sqlite", "resync")
+REFUSAL_REASONS = ("auth", "scope", "origin", "address", "rate", "credential", "global")
+"""Why a request or stream was refused (issue 13; auth and limits share the counter)."""
+AUTH_KINDS = ("anonymous", "key", "jwt")
 
 
 def new_registry() -> CollectorRegistry:
@@ -227,6 +233,32 @@ class Metrics:
         self.store_size = Gauge(
             "bittrade_feed_store_size_bytes", "Size of the database file.", registry=r
         )
+        self.refusals = Counter(
+            "bittrade_feed_refusals",
+            "Requests refused before they were served, by reason: auth (401), scope (403), "
+            "origin, address, rate, credential (429) and global (503).",
+            ["reason"],
+            registry=r,
+        )
+        self.auth_failures = Counter(
+            "bittrade_feed_auth_failures",
+            "Credentials refused, by why (missing, expired, revoked, bad_token, ...).",
+            ["reason"],
+            registry=r,
+        )
+        self.streams_opened = Counter(
+            "bittrade_feed_streams_opened",
+            "Streams opened, by transport and auth kind (anonymous, key, jwt).",
+            ["transport", "auth"],
+            registry=r,
+        )
+        for reason in REFUSAL_REASONS:
+            self.refusals.labels(reason)
+        for reason in FAILURE_REASONS:
+            self.auth_failures.labels(reason)
+        for transport in TRANSPORTS:
+            for kind in AUTH_KINDS:
+                self.streams_opened.labels(transport, kind)
         for stage in DROP_STAGES:
             self.events_dropped.labels(stage)
         for reason in RESYNC_REASONS:

@@ -18,6 +18,11 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from bittrade_feed import __version__
+from bittrade_feed.auth.authenticator import Authenticator
+from bittrade_feed.auth.handlers import add_auth_routes
+from bittrade_feed.auth.policy import granted_pairs
+from bittrade_feed.auth.policy import install as install_auth
+from bittrade_feed.auth.principal import principal_of
 from bittrade_feed.broadcast.hub import Hub
 from bittrade_feed.clock import Clock, SystemClock
 from bittrade_feed.config import Config
@@ -34,6 +39,7 @@ from bittrade_feed.server.pairs import apply_pair_changes
 from bittrade_feed.server.params import int_param, requested_pairs, time_param
 from bittrade_feed.server.problems import Problem, problem_middleware
 from bittrade_feed.server.state import (
+    AUTH,
     CLOCK,
     CONFIG,
     FETCH_TASK,
@@ -78,6 +84,10 @@ def create_app(
     app[SUPERVISOR] = Supervisor(app[METRICS].task_crashes, clock.sleep, clock.monotonic)
 
     install_bad_input_log(app)
+    if config.auth.enabled:
+        # Built here so a secret file that went bad since the config was read is a
+        # ConfigError too (the CLI exits 78 on it).
+        install_auth(app, Authenticator(config.auth, clock))
     app.cleanup_ctx.extend(
         [
             _session_ctx,
@@ -103,6 +113,7 @@ def create_app(
             web.get("/api/cluster", get_cluster),
         ]
     )
+    add_auth_routes(app)
     add_dashboard_routes(app)
     return app
 
@@ -132,6 +143,8 @@ async def _hub_ctx(app: web.Application) -> AsyncIterator[None]:
     latest = await store.latest(config.fetch.pairs)
     hub.load(await store.recent(config.stream.replay_limit), latest, await store.max_id())
     app[HUB] = hub
+    if AUTH in app:
+        hub.still_valid = app[AUTH].still_valid
     supervisor = app[SUPERVISOR]
     hub.run_callback = supervisor.call
     app[METRICS].task_crashes.labels("hub-flush")  # at 0 before any crash, for alerts
@@ -208,7 +221,7 @@ async def _on_shutdown(app: web.Application) -> None:
 
 def _pair(request: web.Request) -> str:
     pairs = requested_pairs(request, "pair", single=True)
-    return pairs[0]
+    return granted_pairs(request, principal_of(request), pairs)[0]
 
 
 def _status(request: web.Request, pair: str) -> FeedStatus:

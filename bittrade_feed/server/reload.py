@@ -13,10 +13,11 @@ from bittrade_feed.errors import ConfigError, StoreError
 from bittrade_feed.models import Tick
 from bittrade_feed.ops import logs
 from bittrade_feed.server.pairs import apply_pair_changes
-from bittrade_feed.server.state import FETCHER, STORE, current_config
+from bittrade_feed.server.state import AUTH, FETCHER, HUB, STORE, current_config
 
-RESTART_SECTIONS = ("server", "database", "stream", "cluster")
-"""Config sections a reload cannot apply: the listeners, the open database, the hub, Redis."""
+RESTART_SECTIONS = ("server", "database", "stream", "cluster", "auth")
+"""Config sections a reload cannot apply: the listeners, the open database, the hub, Redis,
+the issuers and session secret (the key file's rows do reload: ``reload_keys``)."""
 
 log = structlog.get_logger("bittrade_feed.server.reload")
 
@@ -28,6 +29,8 @@ async def reload_config(app: web.Application, path: Path | None) -> tuple[Config
     stored prices of new pairs, comes before anything is changed.
     """
     old = current_config(app)
+    # First, and whatever the config file says: a revocation must not wait for a typo fix.
+    key_error = reload_keys(app)
     try:
         new = load_config(path)
     except ConfigError as exc:
@@ -60,4 +63,16 @@ async def reload_config(app: web.Application, path: Path | None) -> tuple[Config
     apply_pair_changes(app, old.fetch.pairs, stored)
     logs.configure(new.log.level, new.log.format)
     log.info("config reloaded", pairs=list(new.fetch.pairs))
-    return new, None
+    return new, key_error
+
+
+def reload_keys(app: web.Application) -> str | None:
+    """Re-read the key file and close, with ``reauth``, the streams of keys now invalid."""
+    auth = app.get(AUTH)
+    if auth is None:
+        return None
+    error = auth.reload_keys()
+    closed = app[HUB].revoke()
+    if closed:
+        log.info("streams of revoked or expired keys closed", streams=closed)
+    return error

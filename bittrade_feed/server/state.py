@@ -7,6 +7,7 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
+from bittrade_feed.auth.authenticator import Authenticator
 from bittrade_feed.broadcast.hub import Hub
 from bittrade_feed.clock import Clock
 from bittrade_feed.config import Config
@@ -28,6 +29,8 @@ TICKLOG = web.AppKey("ticklog", TickLog)
 FETCHER = web.AppKey("fetcher", Fetcher)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 """Runs every background task; ``failed`` says why the daemon cannot go on."""
+AUTH = web.AppKey("auth", Authenticator)
+"""Present only when ``auth.enabled``: the middleware then asks it about every request."""
 FETCH_TASK = web.AppKey("fetch_task", asyncio.Task[None])
 """The running fetch loop (absent when the app was built with ``fetch=False``)."""
 

@@ -15,7 +15,10 @@ from aiohttp import WSMsgType, web
 from aiohttp.http import HttpVersion11
 from aiohttp.web import ContentCoding
 
-from bittrade_feed.broadcast.hub import Full, Hub, Slot, Subscriber
+from bittrade_feed.auth.policy import granted_pairs
+from bittrade_feed.auth.principal import principal_of
+from bittrade_feed.auth.scopes import grant
+from bittrade_feed.broadcast.hub import REAUTH_REASONS, Full, Hub, Slot, Subscriber
 from bittrade_feed.broadcast.wire import SSE_HELLO, WireFormat
 from bittrade_feed.config import Config
 from bittrade_feed.server.badinput import note_bad_message
@@ -26,6 +29,8 @@ from bittrade_feed.server.wsops import TokenBucket, describe_limit, json_error, 
 
 MAX_WS_MESSAGE = 4096
 WS_POLICY_VIOLATION = 1008
+WS_REAUTH = 4001
+"""Close code after a ``reauth`` event: refresh the credential, reconnect with the last id."""
 PROXY_HINT = (
     "/api/ws is a WebSocket endpoint: send an HTTP/1.1 GET with 'Upgrade: websocket' and "
     "'Connection: Upgrade'; a reverse proxy must pass both through "
@@ -64,11 +69,23 @@ def _reserve(hub: Hub, transport: str) -> Slot:
 def _admit(
     request: web.Request, hub: Hub, transport: str
 ) -> tuple[tuple[str, ...], int | None, Slot | None]:
-    """The stream's pairs, resume point and slot (none for HEAD); ``Problem`` if refused."""
-    pairs = requested_pairs(request, "pairs")
+    """The stream's pairs, resume point and slot (none for HEAD); ``Problem`` if refused.
+
+    The pairs are those requested that the principal is granted (all configured ones if
+    none were named); asking only for pairs not granted is 403 naming them.
+    """
+    principal = principal_of(request)
+    pairs = granted_pairs(request, principal, requested_pairs(request, "pairs"))
     resume = last_event_id(request)
     slot = None if request.method == "HEAD" else _reserve(hub, transport)
     return pairs, resume, slot
+
+
+def _subscribe_options(request: web.Request, transport: str) -> dict[str, Any]:
+    """The principal's part of ``hub.subscribe``, counting the stream by its auth kind."""
+    principal = principal_of(request)
+    request.app[HUB].metrics.streams_opened.labels(transport, principal.kind).inc()
+    return {"credential": principal.credential, "until": principal.expires}
 
 
 @handles_own_problems
@@ -106,7 +123,9 @@ async def _serve_sse(
     if transport is None or transport.is_closing():
         return resp
     fmt = WireFormat.SSE_CHUNKED if http11 else WireFormat.SSE_RAW
-    sub = await hub.subscribe(slot, transport, fmt, pairs, resume)
+    sub = await hub.subscribe(
+        slot, transport, fmt, pairs, resume, **_subscribe_options(request, "sse")
+    )
     try:
         await sub.done
     finally:
@@ -157,7 +176,9 @@ async def _serve_ws(
         return ws
     stream = config.stream
     bucket = TokenBucket(stream.ws_ops_burst, stream.ws_ops_per_second, hub.clock.monotonic)
-    sub = await hub.subscribe(slot, transport, WireFormat.WS, pairs, resume)
+    sub = await hub.subscribe(
+        slot, transport, WireFormat.WS, pairs, resume, **_subscribe_options(request, "ws")
+    )
     try:
         while True:
             sub = await _serve_ws_message(request, ws, sub, config.fetch.pairs, bucket, slot)
@@ -170,6 +191,8 @@ async def _serve_ws(
             code, text = 1001, reason
             if reason == "abuse":
                 code, text = WS_POLICY_VIOLATION, describe_limit(bucket.burst, bucket.rate)
+            elif reason in REAUTH_REASONS:
+                code, text = WS_REAUTH, f"reauth: credential {reason}"
             with contextlib.suppress(ConnectionError):
                 await ws.close(code=code, message=text.encode())
     return ws
@@ -207,9 +230,20 @@ async def _serve_ws_message(
         note_bad_message(request.app, request.remote, problem.detail)
         await ws.send_str(json_error(problem.detail))
         return sub
+    granted, refused = grant(pairs, principal_of(request).pairs)
+    if refused:
+        # The same rule as the handshake: granted pairs are streamed, the rest named.
+        request.app[HUB].metrics.refusals.labels("scope").inc()
+        detail = f"this credential does not grant {', '.join(refused)}"
+        await ws.send_str(json_error(detail + ("" if granted else "; subscription unchanged")))
+        if not granted:
+            return sub
     hub.detach(sub, "resubscribe")
-    new = await hub.subscribe(slot, sub.transport, WireFormat.WS, pairs, resume)
-    # The stream's lifetime and heartbeat schedule carry over: ops must not postpone the
-    # timer that retires old streams and checks an idle client's unsent bytes.
-    new.expires, new.last_write = sub.expires, min(new.last_write, sub.last_write)
+    new = await hub.subscribe(
+        slot, sub.transport, WireFormat.WS, granted, resume, credential=sub.credential
+    )
+    # The stream's lifetime (or credential expiry) and heartbeat schedule carry over: ops
+    # must not postpone the timer that retires old streams and checks unsent bytes.
+    new.expires, new.ends = sub.expires, sub.ends
+    new.last_write = min(new.last_write, sub.last_write)
     return new

@@ -433,8 +433,9 @@ async def test_simulated_prices_are_not_safe_to_trade(
 
 # -- with [auth] on: the login form -------------------------------------------------------
 
-EXPECTED_401 = re.compile(r"status of 401 .*/api/(whoami|login|price-stream)")
-"""Chromium logs every 401 as a console error; these are the ones the login flow expects."""
+EXPECTED_401 = re.compile(r"status of 401 .*/api/(whoami|login|price-stream|sources|prices)")
+"""Chromium logs every 401 as a console error; these are the ones the login flow expects
+(before a login, and when a session ends: a poll may see it before the stream's reauth)."""
 
 
 def key_file(path: Path, scope: str = "pairs:* history", expires: float | None = None) -> str:

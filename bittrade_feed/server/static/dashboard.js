@@ -94,11 +94,8 @@ function start(principal) {
     onError: (err) => {
       if (err.code === 401) showLogin('Your session has ended. Log in again to resume the live prices.')
     },
-    onReauth: async (reason) => {
-      // The cookie's session or its key ended: ask the daemon before reconnecting with it.
-      const who = await whoami()
-      if (who.required) showLogin(`Your session has ended (${reason}). Log in again to resume the live prices.`)
-    },
+    // The cookie's session or its key ended: ask the daemon before reconnecting with it.
+    onReauth: (reason) => checkSession(reason),
   })
   const own = feed
   feed.subscribe(render)
@@ -111,6 +108,13 @@ function start(principal) {
   previousState = null
   render()
   refreshSources()
+}
+
+/** A 401 or reauth: if whoami agrees the session is over, show the form. */
+async function checkSession(reason) {
+  const who = await whoami()
+  const why = reason ? ` (${reason})` : ''
+  if (who.required && feed !== null) showLogin(`Your session has ended${why}. Log in again to resume the live prices.`)
 }
 
 function stopFeed() {
@@ -456,6 +460,11 @@ async function refreshSources() {
   const note = $('#sources-note')
   try {
     const res = await fetch('api/sources', { credentials: 'same-origin', signal: AbortSignal.timeout(4_000) })
+    if (res.status === 401) {
+      // The session ended between two polls (the stream's reauth may still be on its way).
+      await checkSession(null)
+      return
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`)
     const { sources } = await res.json()
     const rows = sources.map((s) => {

@@ -21,6 +21,8 @@ import pytest
 from aiohttp import web
 from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
 
+from bittrade_feed.auth.keys import KeyStore, new_key, write_key_file
+from bittrade_feed.auth.scopes import parse_scopes
 from bittrade_feed.config import Config
 from bittrade_feed.models import SIMULATED_SOURCE, TickDraft
 from bittrade_feed.server.app import create_app
@@ -425,5 +427,108 @@ async def test_simulated_prices_are_not_safe_to_trade(
         )
         await page.screenshot(path=shot("dashboard-simulated.png"), full_page=True)
         assert console.errors == []
+    finally:
+        await server.stop()
+
+
+# -- with [auth] on: the login form -------------------------------------------------------
+
+EXPECTED_401 = re.compile(r"status of 401 .*/api/(whoami|login|price-stream|sources|prices)")
+"""Chromium logs every 401 as a console error; these are the ones the login flow expects
+(before a login, and when a session ends: a poll may see it before the stream's reauth)."""
+
+
+def key_file(path: Path, scope: str = "pairs:* history", expires: float | None = None) -> str:
+    """A key file with one new key at ``path``; the key, shown once, is returned."""
+    key, record = new_key(KeyStore(), parse_scopes(scope), expires, "dashboard test", time.time())
+    write_key_file(path, [record])
+    return key
+
+
+def auth_config(
+    daemon_config: Callable[..., Config], tmp_path: Path, **key: Any
+) -> tuple[Config, str]:
+    """A config with auth on and one key (``key_file`` arguments), and that key."""
+    secret = key_file(tmp_path / "keys.toml", **key)
+    auth = {"enabled": True, "key_file": str(tmp_path / "keys.toml")}
+    return daemon_config(feed={"interval": 1.0, "stale_after": 2.0}, auth=auth), secret
+
+
+def unexpected(console: Console) -> list[str]:
+    """The console errors, less the 401s the login flow causes on purpose."""
+    return [e for e in console.errors if not EXPECTED_401.search(e)]
+
+
+async def test_auth_on_login_form_then_live_prices_then_logout(
+    browser: Browser, daemon_config: Callable[..., Config], tmp_path: Path, console: Console
+) -> None:
+    """Auth on: the form first; a wrong key is refused in words; the right one brings the
+    live prices; "Log out" brings the form back."""
+    config, key = auth_config(daemon_config, tmp_path)
+    server = Daemon(config)
+    await server.start()
+    try:
+        page = await open_page(browser, server, console, viewport={"width": 1200, "height": 800})
+        field = page.get_by_label("API key or token")
+        await expect(field).to_be_visible(timeout=WAIT_MS)
+        await expect(field).to_be_focused()
+        await expect(page.locator("#content")).to_be_hidden()
+        await expect(page.locator("#connection")).to_have_text("Logged out")
+        await page.screenshot(path=shot("dashboard-login.png"), full_page=True)
+
+        await page.get_by_role("button", name="Log in").click()
+        await expect(page.get_by_role("alert")).to_have_text("Enter an API key or a token.")
+        wrong = key[: key.rindex("_") + 1] + "x" * 43
+        await field.fill(wrong)
+        await field.press("Enter")
+        error = page.locator("#login-error")
+        await expect(error).to_contain_text("Login refused", timeout=WAIT_MS)
+        await expect(field).to_have_attribute("aria-invalid", "true")
+
+        await field.fill(key)
+        await page.get_by_role("button", name="Log in").click()
+        price = page.locator(f'article.pair[data-pair="{PAIR}"] .price-value')
+        await expect(price).to_have_text("73,365.30", timeout=WAIT_MS)
+        await expect(page.locator("#connection")).to_have_text("Live")
+        await expect(page.locator("#login")).to_be_hidden()
+        await expect(page.locator("#trade")).to_have_attribute("data-can-trade", "true")
+        await expect(page.locator('#sources tr[data-source="kraken"] .badge')).to_have_text(
+            "ok", timeout=WAIT_MS
+        )
+        assert await field.input_value() == "", "the key does not stay in the page"
+        cookies = await page.context.cookies()
+        session = [c for c in cookies if c["name"] == "bt_session"]
+        assert session and session[0]["httpOnly"] and session[0]["sameSite"] == "Strict"
+        await page.screenshot(path=shot("dashboard-logged-in.png"), full_page=True)
+
+        await page.get_by_role("button", name="Log out").click()
+        await expect(field).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#login-note")).to_contain_text("Logged out")
+        assert not [c for c in await page.context.cookies() if c["name"] == "bt_session"]
+        await page.reload()
+        await expect(page.get_by_label("API key or token")).to_be_visible(timeout=WAIT_MS)
+        assert unexpected(console) == []
+    finally:
+        await server.stop()
+
+
+async def test_auth_on_session_end_brings_the_form_back(
+    browser: Browser, daemon_config: Callable[..., Config], tmp_path: Path, console: Console
+) -> None:
+    """A key that expires while the page streams: reauth, whoami says 401, the form is back."""
+    config, key = auth_config(daemon_config, tmp_path, expires=time.time() + 4)
+    server = Daemon(config)
+    await server.start()
+    try:
+        page = await open_page(browser, server, console, viewport={"width": 1200, "height": 800})
+        field = page.get_by_label("API key or token")
+        await field.fill(key)
+        await field.press("Enter")
+        price = page.locator(f'article.pair[data-pair="{PAIR}"] .price-value')
+        await expect(price).to_have_text("73,365.30", timeout=WAIT_MS)
+        await expect(field).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#login-error")).to_contain_text("Your session has ended")
+        await expect(page.locator("#content")).to_be_hidden()
+        assert unexpected(console) == []
     finally:
         await server.stop()

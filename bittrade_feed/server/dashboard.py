@@ -98,6 +98,8 @@ def page_config(app: web.Application) -> dict[str, Any]:
         "heartbeat": config.stream.heartbeat,
         "simulated": any("simulated" in config.sources_for(p) for p in config.fetch.pairs),
         "version": __version__,
+        # The page asks /api/whoami and may show its login form only when auth is on.
+        "auth": config.auth.enabled,
     }
 
 

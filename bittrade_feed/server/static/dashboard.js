@@ -1,6 +1,12 @@
 // The live dashboard: prices, charts, freshness, connection and sources, from the same
 // client library integrators use (feed.js is served from clients/js/src/index.js, the one copy).
 // Every URL is relative, so the page also works behind a proxy under a sub-path.
+//
+// With [auth] on, /api/whoami answers 401 until the browser has the daemon's session
+// cookie: the page then shows a login form that POSTs the key to /api/login (the cookie is
+// HttpOnly: this script never sees it, nor keeps the key), and starts the stream after.
+// A 401 on the stream, or a `reauth` event whose whoami check says the session ended,
+// brings the form back; the new stream resumes from the last event id.
 
 import { createPriceFeed } from './feed.js'
 
@@ -28,27 +34,184 @@ const STATE_LABELS = {
 }
 
 const $ = (selector, root = document) => root.querySelector(selector)
-const feed = createPriceFeed({ url: 'api/price-stream', pairs: config.pairs, staleAfterMs })
 const cards = new Map(config.pairs.map((pair) => [pair, makeCard(pair)]))
+/** The live stream; null while logged out. */
+let feed = null
+/** Where a stream restarted after a login resumes (the last feed's last event id). */
+let resumeFrom = null
 let previousState = null
 let lastSourcesAt = null
 
 $('#version').textContent = `bittrade-feed ${config.version}`
 $('#simulated').hidden = !config.simulated
+$('#login-form').addEventListener('submit', onLogin)
+$('#logout').addEventListener('click', onLogout)
 
-feed.subscribe(render)
-feed.on('price', (tick) => cards.get(tick.pair)?.add([tick]))
-feed.on('resync', () => {
-  // A gap the daemon could not replay: reload the history instead of drawing across it.
-  for (const card of cards.values()) card.reload()
-})
-for (const card of cards.values()) card.reload()
-render()
 setInterval(tickClock, 1000)
-refreshSources()
 setInterval(refreshSources, SOURCES_EVERY_MS)
+boot()
+
+async function boot() {
+  // With auth off the page asks nothing more than before (config.auth comes from the daemon).
+  if (config.auth !== true) return start(null)
+  const who = await whoami()
+  if (who.required) showLogin()
+  else start(who.principal)
+}
+
+// -- login ----------------------------------------------------------------------
+
+/**
+ * Who the cookie (if any) is: `{required: true}` when auth is on and nobody is logged in,
+ * else `{principal}` (null when auth is off on an older daemon, or it is unreachable:
+ * the stream then reports the connection itself).
+ */
+async function whoami() {
+  try {
+    const res = await fetch('api/whoami', { credentials: 'same-origin', cache: 'no-store', signal: AbortSignal.timeout(10_000) })
+    if (res.status === 401) return { required: true, principal: null }
+    if (!res.ok) return { required: false, principal: null }
+    return { required: false, principal: await res.json() }
+  } catch {
+    return { required: false, principal: null }
+  }
+}
+
+function start(principal) {
+  stopFeed()
+  $('#login').hidden = true
+  $('#content').hidden = false
+  $('#trade').hidden = false
+  const signedIn = principal !== null && principal.kind !== 'anonymous'
+  $('#logout').hidden = !signedIn
+  $('#who').hidden = !signedIn
+  $('#who').textContent = signedIn ? `signed in as ${principal.subject}` : ''
+  feed = createPriceFeed({
+    url: 'api/price-stream',
+    pairs: config.pairs,
+    staleAfterMs,
+    lastEventId: resumeFrom,
+    onError: (err) => {
+      if (err.code === 401) showLogin('Your session has ended. Log in again to resume the live prices.')
+    },
+    // The cookie's session or its key ended: ask the daemon before reconnecting with it.
+    onReauth: (reason) => checkSession(reason),
+  })
+  const own = feed
+  feed.subscribe(render)
+  feed.on('price', (tick) => cards.get(tick.pair)?.add([tick]))
+  feed.on('resync', () => {
+    // A gap the daemon could not replay: reload the history instead of drawing across it.
+    if (feed === own) for (const card of cards.values()) card.reload()
+  })
+  for (const card of cards.values()) card.reload()
+  previousState = null
+  render()
+  refreshSources()
+}
+
+/** A 401 or reauth: if whoami agrees the session is over, show the form. */
+async function checkSession(reason) {
+  const who = await whoami()
+  const why = reason ? ` (${reason})` : ''
+  if (who.required && feed !== null) showLogin(`Your session has ended${why}. Log in again to resume the live prices.`)
+}
+
+function stopFeed() {
+  if (feed === null) return
+  resumeFrom = feed.getSnapshot().lastEventId
+  feed.close()
+  feed = null
+}
+
+function showLogin(message = '') {
+  stopFeed()
+  $('#content').hidden = true
+  $('#trade').hidden = true
+  $('#logout').hidden = true
+  $('#who').hidden = true
+  $('#banner').hidden = true
+  const badge = $('#connection')
+  badge.dataset.state = 'closed'
+  badge.textContent = 'Logged out'
+  document.body.dataset.state = 'logged-out'
+  $('#login').hidden = false
+  loginError(message)
+  $('#login-key').focus()
+}
+
+function loginError(message) {
+  const error = $('#login-error')
+  error.textContent = message
+  error.hidden = message === ''
+  $('#login-key').setAttribute('aria-invalid', String(message !== ''))
+}
+
+async function onLogin(event) {
+  event.preventDefault()
+  const input = $('#login-key')
+  const key = input.value.trim()
+  if (!key) {
+    loginError('Enter an API key or a token.')
+    input.focus()
+    return
+  }
+  const button = $('#login-submit')
+  button.disabled = true
+  loginError('')
+  try {
+    const res = await fetch('api/login', {
+      method: 'POST',
+      credentials: 'same-origin',
+      headers: { 'Content-Type': 'application/json' },
+      body: JSON.stringify({ key }),
+      signal: AbortSignal.timeout(10_000),
+    })
+    if (res.status === 204 || res.status === 404) {
+      // 404: authentication is off on this daemon; there is nothing to log in to.
+      input.value = ''
+      const who = await whoami()
+      if (who.required) loginError('Logged in, but the daemon still asks for a credential: are cookies blocked?')
+      else start(who.principal)
+      return
+    }
+    loginError(`Login refused: ${await problemText(res)}`)
+    input.select()
+  } catch (err) {
+    loginError(`Could not reach the daemon: ${err.message}`)
+  } finally {
+    button.disabled = false
+  }
+}
+
+async function onLogout() {
+  try {
+    await fetch('api/logout', { method: 'POST', credentials: 'same-origin', signal: AbortSignal.timeout(10_000) })
+  } catch {
+    // The cookie may outlive a failed request; the form is shown either way.
+  }
+  resumeFrom = null
+  showLogin()
+  $('#login-note').textContent = 'Logged out. Log in again with an API key or a token.'
+}
+
+/** A refusal's problem+json detail, for people to read. */
+async function problemText(res) {
+  let detail = ''
+  try {
+    const doc = await res.json()
+    detail = typeof doc?.detail === 'string' ? doc.detail : ''
+  } catch {
+    // not a problem document
+  }
+  const wait = res.headers.get('Retry-After')
+  return `${detail || `HTTP ${res.status}`}${wait ? ` (retry in ${wait} s)` : ''}`
+}
+
+// -- the live view --------------------------------------------------------------
 
 function render() {
+  if (feed === null) return
   const snap = feed.getSnapshot()
   const badge = $('#connection')
   badge.dataset.state = snap.state
@@ -89,6 +252,7 @@ function bannerText(snap) {
 }
 
 function tickClock() {
+  if (feed === null) return
   const snap = feed.getSnapshot()
   for (const [pair, card] of cards) card.tickClock(snap.pairs[pair])
   for (const span of document.querySelectorAll('[data-when]')) span.textContent = formatWhen(span.dataset.when)
@@ -148,7 +312,7 @@ function makeCard(pair) {
         const loaded = []
         for (let page = 0; page < 5; page++) {
           const url = `api/prices?pair=${encodeURIComponent(pair)}&since=${encodeURIComponent(since)}&limit=${HISTORY_LIMIT}`
-          const res = await fetch(url, { signal: AbortSignal.timeout(10_000) })
+          const res = await fetch(url, { credentials: 'same-origin', signal: AbortSignal.timeout(10_000) })
           if (!res.ok) break
           const body = await res.json()
           for (const p of body.prices) {
@@ -289,12 +453,18 @@ function makeCard(pair) {
 // -- sources table --------------------------------------------------------------
 
 async function refreshSources() {
+  if (feed === null) return
   const state = feed.getSnapshot().state
   // While the daemon is unreachable the stream already says so; do not add failing polls.
   if (state !== 'live' && state !== 'stale') return
   const note = $('#sources-note')
   try {
-    const res = await fetch('api/sources', { signal: AbortSignal.timeout(4_000) })
+    const res = await fetch('api/sources', { credentials: 'same-origin', signal: AbortSignal.timeout(4_000) })
+    if (res.status === 401) {
+      // The session ended between two polls (the stream's reauth may still be on its way).
+      await checkSession(null)
+      return
+    }
     if (!res.ok) throw new Error(`HTTP ${res.status}`)
     const { sources } = await res.json()
     const rows = sources.map((s) => {

@@ -39,6 +39,16 @@ export interface FeedError {
   readonly at: number
 }
 
+/** Why the daemon refused the credential; the feed is `closed` and does not retry. */
+export interface AuthError {
+  /** 401: no valid credential (log in, or a new token); 403: valid, but not for these pairs. */
+  readonly code: 401 | 403
+  /** The daemon's problem `detail` where it could be read, else a generic text. */
+  readonly message: string
+  /** The refused pairs a 403 names (empty otherwise). */
+  readonly pairs: readonly string[]
+}
+
 /** Immutable; a new object only when something changed (safe for `useSyncExternalStore`). */
 export interface PriceSnapshot {
   readonly state: FeedState
@@ -57,6 +67,8 @@ export interface PriceSnapshot {
   /** Local `now()` of the last event of any kind. */
   readonly lastEventAt: number | null
   readonly lastError: FeedError | null
+  /** Set when a 401/403 closed the feed (log in again, then make a new feed). */
+  readonly authError: AuthError | null
 }
 
 export interface Tick {
@@ -98,15 +110,43 @@ export interface EventSourceLike {
   addEventListener(type: string, listener: (event: any) => void): void
   close(): void
 }
-export type EventSourceConstructor = new (url: string, init?: { withCredentials?: boolean }) => EventSourceLike
+export type FetchLike = (input: any, init?: any) => Promise<any>
+export type EventSourceConstructor = new (
+  url: string,
+  init?: { withCredentials?: boolean; fetch?: FetchLike },
+) => EventSourceLike
 
 export interface PriceFeedOptions {
   /** The stream URL (default `/api/price-stream`, resolved against the page; absolute outside browsers). */
   url?: string
   /** Pairs to follow, e.g. `["BTC-USD"]`; empty follows every pair the daemon serves. */
   pairs?: readonly string[]
-  /** Send cookies cross-origin. */
+  /**
+   * Send cookies cross-origin (the `bt_session` cookie of POST /api/login, when the page
+   * is on another origin than the daemon, which must list it in its CORS allow-list).
+   */
   withCredentials?: boolean
+  /**
+   * An API key (`btk_...`) or JWT, sent as `Authorization: Bearer` by an EventSource that
+   * takes a `fetch` override (Node's `eventsource` package). A browser's own EventSource
+   * cannot send headers: there, log in with POST /api/login and the cookie is used.
+   */
+  token?: string | null
+  /**
+   * Returns a (new) token: called before the first connection when `token` is not set,
+   * after a `reauth` event, and once after a 401 (never twice without the daemon accepting
+   * a token in between, so a refused token ends the feed instead of looping).
+   */
+  getToken?: (() => string | Promise<string>) | null
+  /**
+   * Called with the reason (`"expired"`, `"revoked"`) when the daemon ends the stream with
+   * `reauth`; awaited before the client reconnects from the last id (log in again here).
+   */
+  onReauth?: ((reason: string) => void | Promise<void>) | null
+  /** Called once when a 401/403 (or a failing `getToken`) closes the feed. */
+  onError?: ((error: AuthError) => void) | null
+  /** The fetch used with the credential and to learn a refused browser stream's status (default: global). */
+  fetch?: FetchLike
   /**
    * Silence window in ms (default 120000): no event for this long, or a price older than
    * this, makes the feed stale. Use (daemon `feed.stale_after` + `feed.interval`) * 1000,
@@ -137,5 +177,7 @@ export const DEFAULT_STALE_AFTER_MS: number
 /** "Simulated prices: not for trading": the `reason` of a live feed of fake prices. */
 export const SIMULATED_REASON: string
 export const DEFAULT_MAX_CLOCK_SKEW_MS: number
+/** A `reauth` this soon (ms) after the previous one reconnects with backoff, not at once. */
+export const REAUTH_PACE_MS: number
 export const CONNECTING_SNAPSHOT: PriceSnapshot
 export function createPriceFeed(options?: PriceFeedOptions): PriceFeed

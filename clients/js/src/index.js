@@ -13,6 +13,14 @@
 // default window, 120 s, is that sum for the daemon's defaults (90 s + 30 s). Pass
 // `staleAfterMs` = (feed.stale_after + feed.interval) * 1000 for other settings; never
 // less than 2 * interval, or a healthy feed flickers stale between two prices.
+//
+// Credentials (issue 13): browsers send the daemon's `bt_session` cookie (set by
+// POST /api/login; `withCredentials` for another origin). An EventSource that takes a
+// `fetch` override (Node's `eventsource` package) sends `token`/`getToken()` as
+// `Authorization: Bearer` instead. A 401 or 403 is not retried forever: it closes the
+// feed with `authError` set (a 401 first asks `getToken` once for a new token, if given).
+// A `reauth` event (the credential expired or was revoked) closes the stream; the client
+// calls `onReauth`, refreshes the token and reconnects from the last id, so nothing is lost.
 
 export const DEFAULT_STALE_AFTER_MS = 120_000
 /** `reason` while every price is current but some come from the daemon's simulated source. */
@@ -22,6 +30,8 @@ export const DEFAULT_MAX_CLOCK_SKEW_MS = 30_000
 const MIN_BACKOFF_MS = 1_000
 const MAX_BACKOFF_MS = 30_000
 const CLOSED = 2
+/** A reauth within this long of the previous one waits for backoff instead of reconnecting at once. */
+export const REAUTH_PACE_MS = 10_000
 
 /** The snapshot before any connection: also the server-rendering snapshot of the hook. */
 export const CONNECTING_SNAPSHOT = Object.freeze({
@@ -33,6 +43,7 @@ export const CONNECTING_SNAPSHOT = Object.freeze({
   lastEventId: null,
   lastEventAt: null,
   lastError: null,
+  authError: null,
 })
 
 /** Open the price stream and return a store (types and option docs: index.d.ts). */
@@ -45,7 +56,12 @@ export function createPriceFeed(options = {}) {
     maxClockSkewMs = DEFAULT_MAX_CLOCK_SKEW_MS,
     lastEventId = null,
     now = Date.now,
+    getToken = null,
+    onReauth = null,
+    onError = null,
   } = options
+  // Called through a wrapper: a browser's fetch refuses to run with another `this`.
+  const fetchImpl = options.fetch ?? (typeof globalThis.fetch === 'function' ? (input, init) => globalThis.fetch(input, init) : null)
   const EventSourceImpl = options.EventSource ?? globalThis.EventSource
   if (typeof EventSourceImpl !== 'function') {
     throw new TypeError(
@@ -55,6 +71,10 @@ export function createPriceFeed(options = {}) {
   if (!(staleAfterMs > 0)) throw new RangeError('createPriceFeed: staleAfterMs must be > 0')
   const wanted = pairs.map((p) => String(p).trim().toUpperCase()).filter(Boolean)
   const baseUrl = resolveUrl(url, wanted)
+  if (getToken !== null && typeof getToken !== 'function') throw new TypeError('createPriceFeed: getToken must be a function')
+  // Only an implementation that lets us make its requests can send a header; a browser's
+  // own EventSource sends cookies only.
+  const canSendHeader = EventSourceImpl[Symbol.for('eventsource.supports-fetch-override')] === true
 
   const listeners = new Set()
   const handlers = { price: new Set(), status: new Set(), resync: new Set() }
@@ -72,6 +92,14 @@ export function createPriceFeed(options = {}) {
   let lastError = null
   let backoff = MIN_BACKOFF_MS
   let reconnectTimer = null
+  let token = options.token ? String(options.token) : null
+  // A token from getToken that no connection has accepted yet: a 401 now is final.
+  let untested = false
+  let lastReauthAt = -Infinity
+  let reauthing = false
+  let authError = null
+  /** The problem document of the last 401/403 our fetch saw (eventsource gives no body). */
+  let problem = null
   let snapshot = CONNECTING_SNAPSHOT
   let signature = ''
 
@@ -80,20 +108,42 @@ export function createPriceFeed(options = {}) {
   // In Node a forgotten feed must not keep the process alive on its timer alone.
   watchdog.unref?.()
 
-  connect()
+  if (getToken !== null && token === null) refreshThen(connect)
+  else connect()
 
-  function connect() {
+  function streamUrl() {
     const target = new URL(baseUrl)
     if (lastId != null) target.searchParams.set('last_event_id', String(lastId))
-    const es = new EventSourceImpl(target.toString(), { withCredentials })
+    return target.toString()
+  }
+
+  function authHeaders() {
+    return token === null ? {} : { Authorization: `Bearer ${token}` }
+  }
+
+  /** eventsource's requests, with our header, keeping the problem of a refusal. */
+  async function fetchWithCredentials(input, init = {}) {
+    const res = await fetchImpl(input, { ...init, headers: { ...init.headers, ...authHeaders() } })
+    if (res.status === 401 || res.status === 403) problem = await readProblem(res.clone())
+    return res
+  }
+
+  function connect() {
+    if (phase === 'closed') return
+    const init = { withCredentials }
+    if (canSendHeader && typeof fetchImpl === 'function') init.fetch = fetchWithCredentials
+    const es = new EventSourceImpl(streamUrl(), init)
     source = es
     es.addEventListener('open', () => {
       if (source !== es) return
       phase = 'open'
       openedAt = now()
+      untested = false
+      reauthing = false
       update()
     })
-    es.addEventListener('error', (event) => onError(es, event))
+    es.addEventListener('error', (event) => onStreamError(es, event))
+    es.addEventListener('reauth', (event) => onReauthEvent(es, event))
     es.addEventListener('price', (event) => onEvent(es, event, onPrice))
     es.addEventListener('status', (event) => onEvent(es, event, onStatus))
     es.addEventListener('resync', (event) => onEvent(es, event, onResync))
@@ -162,12 +212,130 @@ export function createPriceFeed(options = {}) {
     emit('resync', { reason: String(data?.reason ?? ''), ticks: fresh })
   }
 
-  function onError(es, event) {
+  /** Ask getToken for a token (at most once per accepted one), then run `next`. */
+  function refreshThen(next) {
+    Promise.resolve()
+      .then(() => getToken())
+      .then((fresh) => {
+        if (typeof fresh !== 'string' || !fresh.trim()) throw new TypeError(`getToken returned ${typeof fresh}, not a token`)
+        token = fresh.trim()
+        untested = true
+        next()
+      })
+      .catch((err) => fail(401, `getToken failed: ${err?.message ?? err}`, []))
+  }
+
+  function onReauthEvent(es, event) {
+    if (source !== es) return
+    let why = 'no reason given'
+    try {
+      const data = JSON.parse(event.data)
+      if (typeof data?.reason === 'string' && data.reason) why = data.reason.slice(0, 80)
+    } catch {
+      // a reauth without a readable reason is still a reauth
+    }
+    // The daemon closes the stream next; do not let EventSource retry the old credential.
+    es.close()
+    source = null
+    phase = 'reconnecting'
+    const immediate = now() - lastReauthAt >= REAUTH_PACE_MS
+    lastReauthAt = now()
+    reauthing = true
+    lastError = { message: `the daemon asked for a new credential (${why})`, at: now() }
+    update()
+    const resume = () => {
+      // A planned handover reconnects at once; a daemon that keeps asking is paced.
+      if (immediate) connect()
+      else scheduleReconnect()
+    }
+    Promise.resolve()
+      .then(() => onReauth?.(why))
+      .catch(report)
+      .then(() => {
+        if (phase === 'closed') return
+        if (getToken !== null) refreshThen(resume)
+        else resume()
+      })
+  }
+
+  /** A 401/403 (or getToken failing): closed for good, with the reason for people. */
+  function fail(code, detail, pairs) {
+    if (phase === 'closed') return
+    const what = code === 403 ? 'forbidden' : 'not authorised'
+    authError = { code, message: detail, pairs }
+    lastError = { message: `${what} (HTTP ${code}): ${detail}`, code, at: now() }
+    stop()
+    update()
+    if (onError !== null) {
+      try {
+        onError(authError)
+      } catch (err) {
+        report(err)
+      }
+    }
+  }
+
+  function refused(code) {
+    const doc = problem ?? {}
+    problem = null
+    const detail = typeof doc.detail === 'string' && doc.detail ? doc.detail : code === 401 ? 'log in or send a valid credential' : 'not granted to this credential'
+    const pairs = Array.isArray(doc.pairs) ? doc.pairs.filter((p) => typeof p === 'string') : []
+    if (code === 401 && getToken !== null && !untested) {
+      // Once per accepted token: a refused fresh one is final (no 401 loop).
+      phase = 'reconnecting'
+      update()
+      refreshThen(connect)
+      return
+    }
+    fail(code, detail, pairs)
+  }
+
+  /** Browsers hide the status of a refused EventSource: ask once with fetch. */
+  async function probe() {
+    const controller = new AbortController()
+    const timer = setTimeout(() => controller.abort(), 10_000)
+    try {
+      const res = await fetchImpl(streamUrl(), {
+        headers: { Accept: 'text/event-stream', ...authHeaders() },
+        credentials: withCredentials ? 'include' : 'same-origin',
+        signal: controller.signal,
+      })
+      if (res.status === 401 || res.status === 403) problem = await readProblem(res)
+      return res.status
+    } catch {
+      return undefined
+    } finally {
+      clearTimeout(timer)
+      controller.abort() // a 200 would be a whole stream: only its status was wanted
+    }
+  }
+
+  function onStreamError(es, event) {
     if (source !== es || phase === 'closed') return
     const code = typeof event?.code === 'number' ? event.code : undefined
     // Browsers say nothing about why; Node's eventsource gives a message and the status.
     const message = event?.message || (code ? `HTTP ${code}` : 'stream interrupted')
     lastError = { message, code, at: now() }
+    reauthing = false
+    if (code === 401 || code === 403) {
+      es.close()
+      source = null
+      refused(code)
+      return
+    }
+    if (code === undefined && es.readyState === CLOSED && typeof fetchImpl === 'function') {
+      // A browser refused answer: a 401/403 must show as such, not as reconnecting forever.
+      es.close()
+      phase = 'reconnecting'
+      update()
+      probe().then((status) => {
+        if (source !== es || phase === 'closed') return
+        source = null
+        if (status === 401 || status === 403) refused(status)
+        else scheduleReconnect()
+      })
+      return
+    }
     if (code !== undefined && code >= 400 && code < 500 && code !== 408 && code !== 429) {
       // A request the daemon refuses (unknown pair, bad id) will not get better by retrying.
       stop()
@@ -276,8 +444,9 @@ export function createPriceFeed(options = {}) {
     if (open) state = silent || anyStale ? 'stale' : 'live'
     let reason
     if (phase === 'connecting') reason = 'connecting to the price feed'
-    else if (phase === 'reconnecting') reason = `connection lost (${lastError?.message ?? 'stream interrupted'}), reconnecting`
+    else if (phase === 'reconnecting' && !reauthing) reason = `connection lost (${lastError?.message ?? 'stream interrupted'}), reconnecting`
     else if (phase === 'closed') reason = lastError && lastError.code ? `closed: ${lastError.message}` : 'feed closed'
+    else if (phase === 'reconnecting' && reauthing) reason = `${lastError?.message}, reconnecting`
     else if (silent) reason = `nothing received for ${Math.round((t - (lastEventAt ?? openedAt)) / 1000)} s`
     else reason = problems[0] ?? null
     const simulated = names.some((p) => out[p].simulated)
@@ -293,6 +462,7 @@ export function createPriceFeed(options = {}) {
       lastEventId: lastId,
       lastEventAt,
       lastError,
+      authError,
     }
   }
 
@@ -347,6 +517,16 @@ function readTick(data, receivedAt) {
     simulated: simulated === true,
     receivedAt,
   })
+}
+
+/** A problem+json body as an object ({} when it is not one). */
+async function readProblem(res) {
+  try {
+    const doc = await res.json()
+    return doc && typeof doc === 'object' ? doc : {}
+  } catch {
+    return {}
+  }
 }
 
 function emptyTick(pair) {

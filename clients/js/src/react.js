@@ -20,8 +20,12 @@ export function usePriceFeed(feed) {
 /**
  * Open a feed for the lifetime of the component (or follow `options.feed`).
  *
- * A new connection is made when url, pairs, withCredentials, staleAfterMs or
- * maxClockSkewMs change; the old one is closed.
+ * A new connection is made when url, pairs, withCredentials, token, staleAfterMs or
+ * maxClockSkewMs change; the old one is closed. getToken, onReauth and onError are taken
+ * from the render that opened the connection (prefer getToken to a changing token: it
+ * refreshes without a new connection). After a 401/403 the snapshot's `authError` is set
+ * and the feed stays closed: after a login, change the token or remount the component
+ * (a new React `key`) to connect again.
  *
  * @param {import('./react.js').UseBitcoinPriceOptions} [options]
  */
@@ -33,6 +37,7 @@ export function useBitcoinPrice(options = {}) {
         feedOptions.url ?? null,
         feedOptions.pairs ?? null,
         Boolean(feedOptions.withCredentials),
+        feedOptions.token ?? null,
         feedOptions.staleAfterMs ?? null,
         feedOptions.maxClockSkewMs ?? null,
       ])

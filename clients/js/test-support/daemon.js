@@ -3,13 +3,14 @@
 // The binary is the repository's virtualenv console script (created by `make test`);
 // BITTRADE_FEED_BIN overrides it.
 
-import { spawn } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
 
 export const DAEMON_BIN =
   process.env.BITTRADE_FEED_BIN || fileURLToPath(new URL('../../../.venv/bin/bittrade-feed', import.meta.url))
@@ -38,6 +39,7 @@ function toml(value) {
  * @param {Record<string, Record<string, unknown>>} [opts.exchanges] per exchange keys
  * @param {number} [opts.interval] seconds between fetches
  * @param {number} [opts.staleAfter] seconds without a price before the daemon says stale
+ * @param {Record<string, Record<string, unknown>>} [opts.sections] more top-level tables, e.g. `{auth: {...}}`
  */
 export async function startDaemon(opts = {}) {
   const pairs = opts.pairs ?? ['BTC-USD']
@@ -67,6 +69,9 @@ export async function startDaemon(opts = {}) {
     'level = "warning"',
     'format = "json"',
   ]
+  for (const [name, keys] of Object.entries(opts.sections ?? {})) {
+    lines.push(`[${name}]`, ...Object.entries(keys).map(([k, v]) => `${k} = ${toml(v)}`))
+  }
   for (const [name, keys] of Object.entries(opts.exchanges ?? {})) {
     lines.push(`[exchanges.${name}]`, ...Object.entries(keys).map(([k, v]) => `${k} = ${toml(v)}`))
   }
@@ -89,6 +94,15 @@ export async function startDaemon(opts = {}) {
   }
   await launch(daemon)
   return daemon
+}
+
+/**
+ * Add an API key to `keyFile` with the daemon's own `keys add` (created if missing);
+ * resolves with the key, which the command prints once.
+ */
+export async function addKey(keyFile, ...args) {
+  const { stdout } = await promisify(execFile)(DAEMON_BIN, ['keys', 'add', '--key-file', keyFile, ...args])
+  return stdout.trim()
 }
 
 async function launch(daemon) {

@@ -12,8 +12,11 @@ or, in a script, ``for tick in subscribe("http://localhost:8080"): ...``.
 from bittrade_feed_client._version import __version__
 from bittrade_feed_client.client import FeedClient
 from bittrade_feed_client.connection import backoff_delay, stream_url
+from bittrade_feed_client.credentials import TokenProvider
 from bittrade_feed_client.errors import (
+    AuthError,
     FeedError,
+    ForbiddenError,
     GaveUp,
     ProtocolError,
     RequestRejected,
@@ -35,6 +38,9 @@ __all__ = [
     "FeedError",
     "RequestRejected",
     "Unauthorized",
+    "AuthError",
+    "ForbiddenError",
+    "TokenProvider",
     "ProtocolError",
     "GaveUp",
     "Event",

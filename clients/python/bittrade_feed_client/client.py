@@ -12,6 +12,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
@@ -29,7 +31,8 @@ from bittrade_feed_client.connection import (
     refused,
     stream_url,
 )
-from bittrade_feed_client.errors import FeedError, GaveUp
+from bittrade_feed_client.credentials import Credentials, TokenProvider
+from bittrade_feed_client.errors import AuthError, FeedError, GaveUp
 from bittrade_feed_client.models import (
     SIMULATED_REASON,
     PairStatus,
@@ -46,13 +49,20 @@ log = logging.getLogger("bittrade_feed_client")
 log.addHandler(logging.NullHandler())
 
 StateCallback = Callable[[StateChange], object]
+REAUTH_PACE = 10.0
+"""Seconds: a ``reauth`` this soon after the last one reconnects with backoff, not at once."""
 
 
 class FeedClient:
     """A resilient subscription to a bittrade-feed daemon's price stream.
 
     ``url`` is the daemon's base URL or its stream URL; ``pairs`` limits the pairs
-    (default: every pair the daemon serves); ``token`` is sent as a bearer token.
+    (default: every pair the daemon serves). ``token`` (a JWT) or ``api_key`` (a
+    ``btk_...`` key) is sent as ``Authorization: Bearer``; ``token_provider``, a plain
+    or async callable returning a token, is asked for a new one before the first
+    connection (when no token is given), after the daemon's ``reauth`` event, and once
+    after a 401 (see ``credentials.py``). A 401 is otherwise final (``AuthError``), as is
+    a 403 (``ForbiddenError``, naming the refused pairs).
     ``idle_timeout`` is how long silence may last before the connection is taken for
     dead (the daemon sends a heartbeat after about 15 s of silence). Until the server
     sends ``retry:`` the client waits ``reconnect_delay`` seconds before reconnecting;
@@ -71,6 +81,8 @@ class FeedClient:
         pairs: Iterable[str] | None = None,
         token: str | None = None,
         *,
+        api_key: str | None = None,
+        token_provider: TokenProvider | None = None,
         idle_timeout: float = 45.0,
         connect_timeout: float = 10.0,
         reconnect_delay: float = 3.0,
@@ -89,7 +101,7 @@ class FeedClient:
             raise ValueError("max_attempts must be at least 1 (or None for no limit)")
         if buffer < 1:
             raise ValueError("buffer must hold at least one tick")
-        self._token = token
+        self._credentials = Credentials(token, api_key, token_provider, connect_timeout)
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
         self._reconnect_delay = reconnect_delay
@@ -221,13 +233,33 @@ class FeedClient:
 
     async def _run(self) -> None:
         failures = 0
+        last_reauth = -math.inf
         reason = "closed by the caller"
         try:
+            if self._credentials.needs_first_token:
+                await self._credentials.refresh("no token yet")
             while True:
-                drop = await self._attempt()
+                try:
+                    drop = await self._attempt()
+                except AuthError as exc:
+                    if not self._credentials.can_refresh():
+                        raise
+                    # Once per accepted token: a refused fresh one is final (no 401 loop).
+                    self._set_state(State.RECONNECTING, f"{exc}; refreshing the token")
+                    await self._credentials.refresh(str(exc))
+                    continue
                 if drop is None:
                     reason = "the daemon ended the stream (HTTP 204)"
                     break
+                if drop.reauth:
+                    await self._credentials.refresh(f"reauth ({drop.reauth})")
+                    now = time.monotonic()
+                    immediate, last_reauth = now - last_reauth >= REAUTH_PACE, now
+                    if immediate:
+                        # A planned handover: reconnect at once, resuming from the last id;
+                        # a daemon that asks again within REAUTH_PACE waits for backoff.
+                        self._set_state(State.RECONNECTING, drop.reason)
+                        continue
                 failures = 0 if drop.productive else failures + 1
                 if self._max_attempts is not None and failures >= self._max_attempts:
                     raise GaveUp(f"gave up after {failures} failed attempts: {drop.reason}")
@@ -269,6 +301,7 @@ class FeedClient:
                 return None
             if resp.status != 200 or resp.content_type != "text/event-stream":
                 return await refused(resp)
+            self._credentials.accepted()
             return await self._read(resp)
         finally:
             # Close, not release: an unfinished stream cannot go back to the pool.
@@ -280,8 +313,9 @@ class FeedClient:
             "Cache-Control": "no-store",
             "User-Agent": f"bittrade-feed-client/{__version__}",
         }
-        if self._token:
-            headers["Authorization"] = f"Bearer {self._token}"
+        authorization = self._credentials.header
+        if authorization is not None:
+            headers["Authorization"] = authorization
         if self._parser.last_event_id:
             headers["Last-Event-ID"] = self._parser.last_event_id
         return headers
@@ -305,6 +339,12 @@ class FeedClient:
                     return Drop("the daemon closed the stream", productive)
                 events = self._parser.feed(chunk)
                 for event in events:
+                    if event.type == "reauth":
+                        # The daemon closes the stream next; nothing after it counts.
+                        why = _reauth_reason(event.data)
+                        return Drop(
+                            f"the daemon asked for a new credential ({why})", True, None, why
+                        )
                     await self._handle(event)
                 if events:
                     # Decided per chunk, not per event: the opening snapshot and its
@@ -395,3 +435,12 @@ class FeedClient:
 
 
 _JSON_EVENTS = frozenset({"price", "status", "resync"})
+
+
+def _reauth_reason(data: str) -> str:
+    """The ``reason`` of a ``reauth`` event (``expired``, ``revoked``); never empty."""
+    with contextlib.suppress(ValueError, RecursionError):
+        doc = json.loads(data)
+        if isinstance(doc, dict) and isinstance(doc.get("reason"), str) and doc["reason"]:
+            return str(doc["reason"])[:80]
+    return "no reason given"

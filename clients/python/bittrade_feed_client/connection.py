@@ -10,11 +10,12 @@ import json
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from bittrade_feed_client.errors import ProtocolError, RequestRejected, Unauthorized
+from bittrade_feed_client.errors import AuthError, ForbiddenError, ProtocolError, RequestRejected
 
 STREAM_PATH = "/api/price-stream"
 MAX_EXPONENT = 32
@@ -59,6 +60,8 @@ class Drop:
     productive: bool = False
     """Whether it delivered events (then the backoff starts over)."""
     retry_after: float | None = None
+    reauth: str = ""
+    """The ``reauth`` event's reason when the daemon ended the stream for a new credential."""
 
 
 NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
@@ -71,28 +74,39 @@ async def refused(resp: aiohttp.ClientResponse) -> Drop:
     if status < 400:
         got = resp.headers.get("Content-Type", "no content type")
         raise ProtocolError(f"{resp.url} answered {status} with {got}, not text/event-stream")
-    detail = await problem_detail(resp)
-    if status in (401, 403):
-        raise Unauthorized(status, detail)
+    detail, doc = await problem_detail(resp)
+    if status == 401:
+        raise AuthError(detail)
+    if status == 403:
+        raise ForbiddenError(detail, refused_pairs(doc))
     if status in (408, 429) or status >= 500:
         return Drop(f"HTTP {status}: {detail}", retry_after=retry_after(resp))
     raise RequestRejected(status, detail)
 
 
-async def problem_detail(resp: aiohttp.ClientResponse) -> str:
-    """The problem+json ``detail``, else the start of the body, else the reason phrase."""
+async def problem_detail(resp: aiohttp.ClientResponse) -> tuple[str, dict[str, Any]]:
+    """The problem+json ``detail`` (else the start of the body, else the reason phrase),
+    and the problem document itself (empty when the body is not one)."""
     try:
         body = await resp.content.read(MAX_ERROR_BODY)
     except (aiohttp.ClientError, OSError):
         body = b""
     text = body.decode("utf-8", "replace").strip()
     if "json" in resp.content_type:
-        with contextlib.suppress(ValueError):
+        with contextlib.suppress(ValueError, RecursionError):
             doc = json.loads(text)
             if isinstance(doc, dict) and (doc.get("detail") or doc.get("title")):
-                return str(doc.get("detail") or doc.get("title"))
+                return str(doc.get("detail") or doc.get("title")), doc
     first_line = text.splitlines()[0][:200] if text else ""
-    return first_line or resp.reason or "no detail given"
+    return first_line or resp.reason or "no detail given", {}
+
+
+def refused_pairs(doc: dict[str, Any]) -> tuple[str, ...]:
+    """The ``pairs`` a 403 problem names (strings only; anything else is ignored)."""
+    pairs = doc.get("pairs")
+    if not isinstance(pairs, list):
+        return ()
+    return tuple(p for p in pairs if isinstance(p, str))
 
 
 def retry_after(resp: aiohttp.ClientResponse) -> float | None:

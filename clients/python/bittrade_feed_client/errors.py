@@ -5,14 +5,19 @@
     FeedError               base: the subscription ended with an error
     ├── RequestRejected     a 4xx answer: the request is wrong (unknown pair, bad URL);
     │   │                   .status and the daemon's .detail say what to fix
-    │   └── Unauthorized    401 or 403: the token is missing, wrong or not allowed
+    │   └── Unauthorized    401 or 403: the credential is missing, wrong or not allowed
+    │       ├── AuthError       401: no credential, or one the daemon does not accept
+    │       │                   (also: the ``token_provider`` failed or gave nothing)
+    │       └── ForbiddenError  403: valid, but not for these pairs or this endpoint;
+    │                           ``.pairs`` names the refused pairs
     ├── ProtocolError       not an event stream (a 200 of another type, an odd status);
     │                       per the EventSource rules the client gives up instead of retrying
     └── GaveUp              ``max_attempts`` connections in a row failed; the last
                             failure is its ``__cause__``
 
 Network errors, timeouts and 5xx answers are not raised: the client reconnects. A 204
-answer is the daemon's way to say "stop": iteration ends without an error.
+answer is the daemon's way to say "stop": iteration ends without an error. A 401 is
+retried once, with a fresh token, only when a ``token_provider`` is given; a 403 never.
 """
 
 from __future__ import annotations
@@ -32,7 +37,25 @@ class RequestRejected(FeedError):
 
 
 class Unauthorized(RequestRejected):
-    """401 or 403: check the token."""
+    """401 or 403: check the credential (catch this for both)."""
+
+
+class AuthError(Unauthorized):
+    """401: the daemon wants a (valid) credential; ``.detail`` says what was wrong."""
+
+    def __init__(self, detail: str, status: int = 401) -> None:
+        super().__init__(status, detail)
+
+
+class ForbiddenError(Unauthorized):
+    """403: the credential is valid but may not read what was asked.
+
+    ``pairs`` are the refused pairs when the daemon names them (else empty).
+    """
+
+    def __init__(self, detail: str, pairs: tuple[str, ...] = ()) -> None:
+        super().__init__(403, detail)
+        self.pairs = pairs
 
 
 class ProtocolError(FeedError):

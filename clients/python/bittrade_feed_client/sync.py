@@ -19,6 +19,7 @@ from typing import Any, TypedDict, TypeVar, Unpack
 import aiohttp
 
 from bittrade_feed_client.client import FeedClient, StateCallback
+from bittrade_feed_client.credentials import TokenProvider
 from bittrade_feed_client.models import Tick
 
 T = TypeVar("T")
@@ -30,6 +31,8 @@ CLOSE_TIMEOUT = 5.0
 class Options(TypedDict, total=False):
     """``FeedClient``'s keyword arguments, as ``subscribe`` passes them on."""
 
+    api_key: str | None
+    token_provider: TokenProvider | None
     idle_timeout: float
     connect_timeout: float
     reconnect_delay: float
@@ -50,7 +53,8 @@ def subscribe(
     """Yield every tick of the feed, reconnecting as ``FeedClient`` does.
 
     ``options`` are ``FeedClient``'s keyword arguments; an ``on_state`` callback runs
-    on the background thread. Permanent errors (``Unauthorized``, ``RequestRejected``,
+    on the background thread, and so does a ``token_provider``. Permanent errors
+    (``AuthError``, ``ForbiddenError``, ``RequestRejected``,
     ...) are raised from the loop; a 204 from the daemon ends it.
     """
     feed = FeedClient(url, pairs, token, **options)

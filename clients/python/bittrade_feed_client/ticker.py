@@ -299,7 +299,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--token",
         default=os.environ.get("BITTRADE_FEED_TOKEN"),
-        help="bearer token (default: $BITTRADE_FEED_TOKEN)",
+        help="API key (btk_...) or JWT, sent as a bearer token (default: $BITTRADE_FEED_TOKEN)",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     return parser.parse_args(argv)

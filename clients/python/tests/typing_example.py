@@ -9,8 +9,10 @@ import asyncio
 from decimal import Decimal
 
 from bittrade_feed_client import (
+    AuthError,
     FeedClient,
     FeedError,
+    ForbiddenError,
     PairStatus,
     State,
     StateChange,
@@ -65,6 +67,29 @@ async def watch(url: str) -> list[State]:
             if change.state is State.CLOSED or feed.error is not None:
                 break
     return seen
+
+
+async def fresh_token() -> str:
+    """A token source, as an identity provider's client would be."""
+    await asyncio.sleep(0)
+    return "a.jwt.token"
+
+
+async def authenticated(url: str, key: str) -> tuple[str, ...]:
+    """Credentials: an API key, a token provider, and the two refusals."""
+    async with FeedClient(url, api_key=key) as feed:
+        async for tick in feed:
+            return (tick.pair,)
+    try:
+        async with FeedClient(url, token_provider=fresh_token) as feed:
+            await feed.__anext__()
+    except AuthError as exc:
+        print(f"log in again: {exc.detail}")
+    except ForbiddenError as exc:
+        return exc.pairs
+    for tick in subscribe(url, api_key=key, token_provider=lambda: key):
+        return (tick.pair,)
+    return ()
 
 
 def script(url: str) -> list[str]:

@@ -35,3 +35,18 @@ void wrong
 // Both the browser's EventSource and the `eventsource` package's fit the option.
 createPriceFeed({ url: 'http://127.0.0.1:8080/api/price-stream', EventSource: globalThis.EventSource })
 createPriceFeed({ url: 'http://127.0.0.1:8080/api/price-stream', EventSource: NodeEventSource })
+
+// Credentials: a token, a token source, and the hooks a login flow uses.
+const authed = createPriceFeed({
+  url: 'http://127.0.0.1:8080/api/price-stream',
+  EventSource: NodeEventSource,
+  token: 'btk_abcd_secret',
+  getToken: async () => 'a.jwt.token',
+  onReauth: async (reason: string) => void reason.length,
+  onError: (err) => void (err.code === 401 ? err.message : err.pairs.join(',')),
+})
+const refused = authed.getSnapshot().authError
+const code: 401 | 403 | undefined = refused?.code
+void code
+// @ts-expect-error: getToken returns the token, not an object
+createPriceFeed({ getToken: () => ({ token: 'x' }) })

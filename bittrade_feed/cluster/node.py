@@ -112,6 +112,12 @@ class ClusterNode:
             self.supervisor.spawn("cluster-follower", self.follower.run, restart=True),
             self.supervisor.spawn("cluster-role", lambda: self._role(fetch), restart=True),
         ]
+        if self.connector.sentinel is not None:
+            # Its own task: sentinels that do not answer cost up to a timeout each, and
+            # that must not delay the lease round trip (a leader would lose its lease).
+            self.tasks.append(
+                self.supervisor.spawn("cluster-sentinel", self._watch_primary, restart=True)
+            )
 
     async def stop(self) -> None:
         """Stop fetching and following, give the lease back, close the connections."""
@@ -160,12 +166,16 @@ class ClusterNode:
         self.highest = max(self.highest, seq)
         return draft_tick(seq, draft)
 
-    async def _role(self, fetch: bool) -> None:
+    async def _watch_primary(self) -> None:
         while True:
             if await self.connector.primary_moved():
                 log.warning("Sentinel names a new primary: reconnecting", node=self.name)
                 await self.redis.connection_pool.disconnect()
                 await self.reader.connection_pool.disconnect()
+            await self.clock.sleep(self.period)
+
+    async def _role(self, fetch: bool) -> None:
+        while True:
             obs = await self.lease.poll() if fetch else None
             if not fetch:
                 await self._observe()

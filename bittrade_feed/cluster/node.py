@@ -44,6 +44,8 @@ read but the leader had not yet committed are never handed out again for another
 (this bounds how far the leader's replica may lag; it catches up in milliseconds)."""
 MAX_BLOCK = 2.0
 """Longest blocking read, in seconds (shorter with short leases, so health stays fresh)."""
+MAX_RESUME_WAIT = 2.0
+"""Longest a resume point ahead of this daemon waits for its follower, in seconds."""
 
 
 def default_node_name() -> str:
@@ -78,6 +80,9 @@ class ClusterNode:
         self.health = Health(
             poll_window=ttl * 0.75, read_window=block + read_timeout, lag_window=ttl
         )
+        self.resume_wait = min(MAX_RESUME_WAIT, ttl)
+        """How long a resume point above our newest id waits before ``resync ahead``: a
+        follower behind for longer than a lease is not ready anyway (``Health.lag_window``)."""
         self.keys = Keys.for_prefix(c.feed_key)
         self.connector = Connector(c, self.period)
         self.redis = self.connector.client(timeout=self.period, name=f"bittrade-feed:{self.name}")

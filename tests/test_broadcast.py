@@ -23,7 +23,7 @@ from bittrade_feed.config import StreamConfig
 from bittrade_feed.models import FeedStatus, Tick, TickDraft
 from bittrade_feed.ops.metrics import Metrics, new_registry
 from bittrade_feed.store.sqlite import Store
-from tests.fakeclock import FakeClock
+from tests.fakeclock import FakeClock, settle
 from tests.streamcheck import check_stream, stored_ticks
 from tests.streamutil import Peer, loopback_peers
 
@@ -286,6 +286,86 @@ async def test_resume_while_ring_rolls_over_has_no_gap_no_duplicate(
         ids = check_stream(got, stored, pairs, resume_from=resume)
         if not any(e == "resync" for _, e, _ in got):
             assert ids == [i for i, t in stored.items() if i > resume and t["pair"] in pairs]
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_resume_ahead_waits_for_the_ticks_no_gap_no_duplicate(
+    store: Store, seed: int
+) -> None:
+    """Resume points above ``max_id`` (ids another daemon already sent) wait for the hub.
+
+    Ticks are committed and published while the resumes wait, with coalescing on or off
+    and the ring rolling over; every stream continues right after its resume point.
+    """
+    rnd = random.Random(seed)
+    hub = make_hub(
+        Retained(store), replay_limit=rnd.choice([4, 8, 50]), coalesce_ms=rnd.choice([0, 5])
+    )
+    hub.ahead_wait = 2.0  # the fake clock never gets there: every wait must be woken
+    for _ in range(10):
+        hub.publish((await commit(store, rnd.choice(PAIRS)))[0])
+    count = rnd.randint(6, 20)
+    subscriptions = [PAIRS[:1], PAIRS[:2], PAIRS, PAIRS[1:2], PAIRS[:1]]
+    resumes = [10 + rnd.randint(1, count) for _ in subscriptions]
+    peers = await loopback_peers(len(subscriptions))
+    live = await loopback_peers(1)
+
+    async def publisher() -> None:
+        for _ in range(count):
+            for _ in range(rnd.randint(0, 3)):
+                await asyncio.sleep(0)
+            hub.publish((await commit(store, rnd.choice(PAIRS)))[0])
+
+    async def resumer(peer: Peer, pairs: tuple[str, ...], resume: int) -> None:
+        for _ in range(rnd.randint(0, 4)):
+            await asyncio.sleep(0)
+        await attach(hub, peer, pairs, resume)
+
+    async def newcomer() -> None:
+        # Not held up by the waiting resumes: its snapshot and live events flow meanwhile.
+        await asyncio.sleep(0)
+        await attach(hub, live[0], PAIRS)
+
+    await asyncio.gather(
+        publisher(),
+        newcomer(),
+        *(resumer(p, s, r) for p, s, r in zip(peers, subscriptions, resumes, strict=True)),
+    )
+    hub.flush()
+    assert hub.count == len(subscriptions) + 1
+    stored = await stored_ticks(store.path)
+    for peer, pairs, resume in zip(peers, subscriptions, resumes, strict=True):
+        got = await peer.received()
+        ids = check_stream(got, stored, pairs, resume_from=resume)
+        resyncs = [d["reason"] for _, e, d in got if e == "resync"]
+        assert not [r for r in resyncs if "ahead" in r], resyncs
+        if not resyncs:
+            assert ids == [i for i, t in stored.items() if i > resume and t["pair"] in pairs]
+    check_stream(await live[0].received(), stored, PAIRS)
+    assert sample(hub, "bittrade_feed_resume_waits_total", outcome="late") == 0
+    assert sample(hub, "bittrade_feed_resume_waits_total", outcome="caught_up") >= 1
+
+
+async def test_resume_ahead_that_is_never_reached_resyncs_after_the_wait(store: Store) -> None:
+    """The wait is bounded: past ``ahead_wait`` the answer is ``resync`` (ahead), once."""
+    hub = make_hub(Retained(store))
+    hub.ahead_wait = 2.0
+    for tick in await commit(store, "BTC-USD", 3):
+        hub.publish(tick)
+    (peer,) = await loopback_peers(1)
+    task = asyncio.create_task(attach(hub, peer, ["BTC-USD"], 9))
+    clock = hub.clock
+    assert isinstance(clock, FakeClock)
+    await settle()  # the wait starts its timer on the fake clock
+    await clock.advance(1.9)
+    assert not task.done() and hub.count == 1
+    await clock.advance(0.2)
+    await task
+    got = await peer.received()
+    assert [e for _, e, _ in got if e] == ["resync"]
+    assert "ahead" in got[-1][2]["reason"]
+    assert sample(hub, "bittrade_feed_resume_waits_total", outcome="late") == 1
+    assert sample(hub, "bittrade_feed_resyncs_total", reason="ahead") == 1
 
 
 async def test_cancelled_resume_detaches_and_admission_is_one_step(store: Store) -> None:

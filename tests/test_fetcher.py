@@ -518,3 +518,30 @@ async def test_reload_resets_rests(harness, fx: FakeExchanges, clock: FakeClock)
     await h.cycle()
     assert fx.requests["kraken"] == 2
     assert h.ticks[-1].sources == ("bitfinex", "kraken")
+
+
+async def test_following_moves_pairs_on_and_says_stale_by_the_same_rule(harness) -> None:
+    """Without fetching: followed prices make a pair live; no price for stale_after, stale."""
+    h = await harness(feed={"stale_after": 5.0})
+    pair = h.fetcher.config.fetch.pairs[0]
+    ms = round(h.clock.time() * 1000)
+    h.fetcher.follow(Tick(7, pair, Decimal("100"), ms, ("kraken",)))
+    assert [(s.state, s.reason) for s in h.statuses] == [("live", "price updated")]
+    assert h.fetcher.age(pair) == 0.0
+    assert h.sample("bittrade_feed_last_price", pair=pair) == 100.0
+    h.fetcher.follow(Tick(6, pair, Decimal("90"), ms - 1, ("kraken",)))  # older: ignored
+    h.fetcher.follow(Tick(8, "NOT-A-PAIR", Decimal("1"), ms, ("kraken",)))  # not ours
+    assert h.sample("bittrade_feed_last_price", pair=pair) == 100.0
+    await h.clock.advance(4.9)
+    h.fetcher.following(3.0, caught_up=False)
+    assert len(h.statuses) == 1 and h.fetcher.cycles == 0
+    assert h.fetcher.schedule.progress_deadline == h.clock.monotonic() + 3.0
+    await h.clock.advance(0.2)
+    h.fetcher.following(3.0, caught_up=True)
+    assert h.statuses[-1].state == "stale"
+    assert "shared log" in h.statuses[-1].reason
+    assert h.fetcher.cycles == 1  # being caught up is the first cycle READY=1 waits for
+    # The next followed price is live again, and the jump guard's reference moved with it.
+    h.fetcher.follow(Tick(9, pair, Decimal("101"), ms + 5200, ("kraken",)))
+    assert h.statuses[-1].state == "live"
+    assert h.fetcher.guards[pair].reference == Decimal("101")

@@ -93,6 +93,12 @@ class Hub:
         self.run_callback: Callable[[str, Callable[[], None]], None] = _call_now
         """Runs the timer callbacks the hub schedules; the app's supervisor reports a raise."""
         self._retry = retry_frames(config.retry_ms)
+        self.ahead_wait = 0.0
+        """Seconds a resume point above ``max_id`` waits for this hub to reach it before the
+        ``resync``; 0 (a single daemon) resyncs at once. In a cluster another daemon may
+        already have sent the client ids this one's follower is about to apply."""
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        """(id, future) of resumes waiting for ``max_id`` to reach that id."""
         # Labelled children looked up once: .labels() costs microseconds per call.
         self._m_events = [metrics.events_sent.labels(f.transport) for f in FORMATS]
         self._m_bytes = [metrics.bytes_sent.labels(f.transport) for f in FORMATS]
@@ -133,6 +139,8 @@ class Hub:
         frames = price_frames(tick)
         self._known.set_tick(tick, frames)
         self.max_id = tick.id
+        if self._waiters:
+            self._wake_waiters()
         if tick.id == expected:
             self._ring.append(tick, frames)
             self._broadcast(tick.pair, tick.id, frames)
@@ -312,6 +320,16 @@ class Hub:
             self.close(sub, "revoked")
             return sub
         plan = decide(last_id, self.max_id, self._ring, self.replay.history_floor, pairs)
+        if isinstance(plan, Resync) and plan.label == "ahead" and self.ahead_wait > 0:
+            assert last_id is not None
+            waited = await self._wait_until_caught_up(sub, last_id)
+            if waited is None:
+                return sub  # closed while it waited (shutdown)
+            plan = waited
+        held = self._take_held(sub)
+        if sub.gap is not None:
+            # A gap in the input while it waited: nobody can replay across it.
+            plan = Resync("gap", sub.gap)
         if plan is Need.SNAPSHOT:
             self._open(sub, self._known.snapshot(pairs) + self._known.status_events(pairs))
         elif plan is Need.STORE:
@@ -322,13 +340,57 @@ class Hub:
             self._open(sub, self._resync_events(sub, plan) + self._known.status_events(pairs))
             self.metrics.resumes.labels("resync").inc()
         else:
-            self._open(sub, plan + self._known.status_events(pairs))
+            after = plan[-1][0] if plan else last_id or 0
+            self._open(sub, plan + self._known.status_events(pairs) + _newer(held, after))
             self.metrics.resumes.labels("ring").inc()
         return sub
 
+    async def _wait_until_caught_up(
+        self, sub: Subscriber, last_id: int
+    ) -> Need | Resync | Events | None:
+        """Hold ``sub``'s live events until ``max_id`` reaches ``last_id`` or ``ahead_wait``
+        passes; then the opening to write (``None``: ``sub`` was closed meanwhile).
+
+        Only this connection waits (its slot is already counted); the broadcast treats it
+        as any subscriber whose opening is still being prepared.
+        """
+        sub.buffer = []
+        done = asyncio.get_running_loop().create_future()
+        waiter = (last_id, done)
+        self._waiters.append(waiter)
+        timeout = asyncio.ensure_future(self.clock.sleep(self.ahead_wait))
+        try:
+            await asyncio.wait((done, timeout), return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self.detach(sub, "client")
+            raise
+        finally:
+            timeout.cancel()
+            done.cancel()
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+        if sub not in self._subs:
+            return None
+        # Events still in the coalescing window reach the held buffer first, as at the top
+        # of subscribe; the plan below covers them and the held copies are dropped.
+        self.flush()
+        self.metrics.resumes_waited.labels("caught_up" if self.max_id >= last_id else "late").inc()
+        return decide(last_id, self.max_id, self._ring, self.replay.history_floor, sub.pairs)
+
+    def _wake_waiters(self) -> None:
+        """Wake every resume waiting for an id at or below ``max_id`` (rare: not per tick)."""
+        for target, done in self._waiters:
+            if target <= self.max_id and not done.done():
+                done.set_result(None)
+
+    def _take_held(self, sub: Subscriber) -> Events:
+        """The live events held while ``sub`` waited (none unless it waited)."""
+        held, sub.buffer = sub.buffer or [], None
+        return held
+
     async def _open_from_store(self, sub: Subscriber, last_id: int) -> bool:
         """Replay from the store, or resync; ``True`` if it had to resync."""
-        sub.buffer = []
+        sub.buffer = []  # events held while it waited to catch up are covered by the rows
         statuses = self._known.status_events(sub.pairs)
         limit = self.config.replay_limit
         try:
@@ -345,7 +407,7 @@ class Hub:
             self._open(sub, self._resync_events(sub, why) + self._known.status_events(sub.pairs))
             return True
         after = plan[-1][0] if plan else last_id
-        self._open(sub, plan + statuses + [(i, f) for i, f in held if not i or i > after])
+        self._open(sub, plan + statuses + _newer(held, after))
         return False
 
     def _open(self, sub: Subscriber, events: Events) -> None:
@@ -409,9 +471,12 @@ class Hub:
         return len(gone)
 
     def close_all(self, reason: str) -> None:
-        """Close every stream (shutdown)."""
+        """Close every stream (shutdown); resumes waiting to catch up stop waiting."""
         for sub in self._subs.all():
             self.close(sub, reason)
+        for _, done in self._waiters:
+            if not done.done():
+                done.set_result(None)
 
     def subscribers(self) -> list[Subscriber]:
         """Every attached subscriber (each once)."""
@@ -438,6 +503,11 @@ class Hub:
                 self.close(sub, sub.ends)
             elif sub.last_write <= idle_before and sub.buffer is None:
                 self._write(sub, HEARTBEATS[sub.fmt], 0)
+
+
+def _newer(held: Events, after: int) -> Events:
+    """Held live events the opening does not already cover (status events always)."""
+    return [(i, f) for i, f in held if not i or i > after]
 
 
 def _call_now(name: str, callback: Callable[[], None]) -> None:

@@ -1,11 +1,15 @@
 """One daemon's membership in a cluster: the lease, the fenced sink, the follower, health.
 
-``start()`` runs two tasks. The *role* task renews or acquires the lease every quarter
-lease and runs the fetch loop only while this daemon leads; the fetch loop's sink is
-``publish``, which appends through the fenced script and never touches SQLite. The
-*follower* task reads the log back and commits every entry through ``TickLog.apply``, whose
-listeners (the hub) broadcast it: the leader serves its own prices the same way as every
-other daemon, so all of them send the same ids in the same order.
+``start()`` runs two tasks (three with Sentinel: one asks the sentinels every quarter
+lease which server is primary, and reconnects when it moved). The *role* task renews or
+acquires the lease every quarter lease and runs the fetch loop only while this daemon
+leads; while it does not, the fetcher is told of each price (``Fetcher.follow``) and of
+each turn (``Fetcher.following``), so stale/live, ``/readyz`` and the watchdog stay true.
+The fetch loop's sink is ``publish``, which appends through the fenced script and never
+touches SQLite. The *follower* task reads the log back and commits every entry through
+``TickLog.apply``, whose listeners (the hub) broadcast it: the leader serves its own
+prices the same way as every other daemon, so all of them send the same ids in the same
+order.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ from bittrade_feed.cluster.health import Health
 from bittrade_feed.cluster.keys import Keys
 from bittrade_feed.cluster.lease import Lease
 from bittrade_feed.cluster.scripts import FENCED, Scripts, token_term
-from bittrade_feed.cluster.status import FollowerStatus
 from bittrade_feed.config import Config
 from bittrade_feed.feed.fetcher import Fetcher
 from bittrade_feed.models import Tick, TickDraft
@@ -44,6 +47,8 @@ read but the leader had not yet committed are never handed out again for another
 (this bounds how far the leader's replica may lag; it catches up in milliseconds)."""
 MAX_BLOCK = 2.0
 """Longest blocking read, in seconds (shorter with short leases, so health stays fresh)."""
+MAX_RESUME_WAIT = 2.0
+"""Longest a resume point ahead of this daemon waits for its follower, in seconds."""
 
 
 def default_node_name() -> str:
@@ -78,6 +83,9 @@ class ClusterNode:
         self.health = Health(
             poll_window=ttl * 0.75, read_window=block + read_timeout, lag_window=ttl
         )
+        self.resume_wait = min(MAX_RESUME_WAIT, ttl)
+        """How long a resume point above our newest id waits before ``resync ahead``: a
+        follower behind for longer than a lease is not ready anyway (``Health.lag_window``)."""
         self.keys = Keys.for_prefix(c.feed_key)
         self.connector = Connector(c, self.period)
         self.redis = self.connector.client(timeout=self.period, name=f"bittrade-feed:{self.name}")
@@ -86,7 +94,6 @@ class ClusterNode:
         )
         self.scripts = Scripts(self.redis, self.keys)
         self.lease = Lease(self.scripts, self.name, c.lease_ms, clock, self.metrics, self.health)
-        self.status = FollowerStatus(fetcher, clock, metrics)
         self.follower = Follower(
             self.reader,
             self.keys,
@@ -96,8 +103,11 @@ class ClusterNode:
             self.metrics,
             self.health,
             block,
-            lambda tick: self.status.applied(tick, leading=self.lease.leading()),
+            self._applied,
         )
+        # One role-loop turn: its sleep and a lease round trip that may first ask every
+        # sentinel for the primary (each up to a period), twice over, plus a lease.
+        self._turn_bound = 2 * self.period * (1 + len(c.sentinels)) + ttl
         self.highest = 0
         """The highest id this daemon has seen assigned (the floor of a new epoch)."""
         self.tasks: list[asyncio.Task[None]] = []
@@ -112,6 +122,12 @@ class ClusterNode:
             self.supervisor.spawn("cluster-follower", self.follower.run, restart=True),
             self.supervisor.spawn("cluster-role", lambda: self._role(fetch), restart=True),
         ]
+        if self.connector.sentinel is not None:
+            # Its own task: sentinels that do not answer cost up to a timeout each, and
+            # that must not delay the lease round trip (a leader would lose its lease).
+            self.tasks.append(
+                self.supervisor.spawn("cluster-sentinel", self._watch_primary, restart=True)
+            )
 
     async def stop(self) -> None:
         """Stop fetching and following, give the lease back, close the connections."""
@@ -160,12 +176,16 @@ class ClusterNode:
         self.highest = max(self.highest, seq)
         return draft_tick(seq, draft)
 
-    async def _role(self, fetch: bool) -> None:
+    async def _watch_primary(self) -> None:
         while True:
             if await self.connector.primary_moved():
                 log.warning("Sentinel names a new primary: reconnecting", node=self.name)
                 await self.redis.connection_pool.disconnect()
                 await self.reader.connection_pool.disconnect()
+            await self.clock.sleep(self.period)
+
+    async def _role(self, fetch: bool) -> None:
+        while True:
             obs = await self.lease.poll() if fetch else None
             if not fetch:
                 await self._observe()
@@ -182,8 +202,9 @@ class ClusterNode:
                 log.warning("stepping down: fetch loop stopped", node=self.name)
                 await self._stop_fetching()
             if not leading:
-                self.status.check()
-                self._mark_progress()
+                self.fetcher.following(
+                    self._turn_bound, caught_up=self.health.ready(self.clock.monotonic())
+                )
             self.metrics.ready.set(1 if self.health.ready(self.clock.monotonic()) else 0)
             await self.clock.sleep(self.period)
 
@@ -197,17 +218,10 @@ class ClusterNode:
             return
         self.health.poll_ok(self.clock.monotonic(), obs.last_id)
 
-    def _mark_progress(self) -> None:
-        # The watchdog judges the fetch loop's promise (schedule.progress_deadline) and
-        # READY=1 waits for its first cycle. On a daemon that does not fetch, this loop
-        # turning is the progress to promise (a Redis outage is for /readyz, not a reason
-        # for systemd to kill every daemon), and being caught up is its first "cycle".
-        now = self.clock.monotonic()
-        schedule = self.fetcher.schedule
-        schedule.progress_since = now
-        schedule.progress_deadline = now + 2 * self.period + self.config.lease_ms / 1000
-        if self.health.ready(now):
-            self.fetcher.cycles = max(self.fetcher.cycles, 1)
+    def _applied(self, tick: Tick) -> None:
+        # The leader's fetch loop already moved the pair on for its own publish.
+        if not self.lease.leading():
+            self.fetcher.follow(tick)
 
     async def _stop_fetching(self) -> None:
         task, self._fetch_task = self._fetch_task, None

@@ -245,19 +245,60 @@ class Fetcher:
         if state is None:  # removed by a reload while this cycle ran
             return tick, reason
         if tick is not None:
-            self.guards[pair].published(tick.price)
-            state.last_tick_mono, state.last_ts_ms = self.clock.monotonic(), tick.ts_ms
             self.metrics.ticks.labels(pair).inc()
-            self.metrics.last_tick.labels(pair).set(tick.ts_ms / 1000)
-            self.metrics.last_price.labels(pair).set(float(tick.price))
-            if state.status.state != "live":  # stale, or suspect (a held jump)
-                self._set_status(pair, "live", tick.ts_ms, "price updated")
-        elif state.status.state == "live":
+            self._accepted(state, tick)
+        else:
+            self._stale_if_old(pair, state, plan.config.fetch.stale_after, reason)
+        return tick, reason
+
+    def _accepted(self, state: PairState, tick: Tick) -> None:
+        """The pair's price moved on to ``tick``: age, jump-guard reference, metrics, live."""
+        self.guards[tick.pair].published(tick.price)
+        state.last_tick_mono, state.last_ts_ms = self.clock.monotonic(), tick.ts_ms
+        self.metrics.last_tick.labels(tick.pair).set(tick.ts_ms / 1000)
+        self.metrics.last_price.labels(tick.pair).set(float(tick.price))
+        if state.status.state != "live":  # stale, or suspect (a held jump)
+            self._set_status(tick.pair, "live", tick.ts_ms, "price updated")
+
+    def _stale_if_old(self, pair: str, state: PairState, stale_after: float, reason: str) -> None:
+        if state.status.state == "live":
             age = self.age(pair) or 0.0
-            if age >= plan.config.fetch.stale_after:
+            if age >= stale_after:
                 # "since" is shown to people: the wall time the last price was stamped with.
                 self._set_status(pair, "stale", state.last_ts_ms, reason)
-        return tick, reason
+
+    # -- following: in a cluster, while another daemon fetches ------------------
+
+    def follow(self, tick: Tick) -> None:
+        """A price another daemon fetched was committed here: the pair moves on with it.
+
+        Keeps the age, the jump guard's reference and the status as if fetched here, so
+        ``/readyz`` and stale/live are true on every daemon, and one that starts fetching
+        goes on from the right state. An older price than the pair's (or an unknown
+        pair: config differs between daemons) changes nothing.
+        """
+        state = self.pairs.get(tick.pair)
+        if state is not None and tick.ts_ms >= state.last_ts_ms:
+            self._accepted(state, tick)
+
+    def following(self, within: float, *, caught_up: bool) -> None:
+        """One turn of following without fetching: stale pairs, and the watchdog's promise.
+
+        A pair with no new price for ``feed.stale_after`` goes stale, as on the leader.
+        The watchdog judges this loop's promise that the next turn comes ``within``
+        seconds (a Redis outage is for ``/readyz``, not a reason for systemd to kill every
+        daemon); being ``caught_up`` with the log counts as the first cycle READY=1 waits for.
+        """
+        stale_after = self.config.fetch.stale_after
+        for pair, state in list(self.pairs.items()):
+            age = self.age(pair)
+            why = f"no new price in the shared log for {age or 0:.0f} s"
+            self._stale_if_old(pair, state, stale_after, why)
+        now = self.clock.monotonic()
+        self.schedule.progress_since = now
+        self.schedule.progress_deadline = now + within
+        if caught_up:
+            self.cycles = max(self.cycles, 1)
 
     def _set_status(self, pair: str, state: str, since_ms: int, reason: str) -> None:
         status = FeedStatus(pair, state, since_ms, reason)

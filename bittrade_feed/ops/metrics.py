@@ -49,6 +49,7 @@ RESUME_SOURCES = ("ring", "sqlite", "resync")
 REFUSAL_REASONS = ("auth", "scope", "origin", "address", "rate", "credential", "global")
 """Why a request or stream was refused (issue 13; auth and limits share the counter)."""
 AUTH_KINDS = ("anonymous", "key", "jwt")
+RESUME_WAITS = ("caught_up", "late")
 
 
 def new_registry() -> CollectorRegistry:
@@ -201,6 +202,13 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.resumes_waited = Counter(
+            "bittrade_feed_resume_waits",
+            "Resume points ahead of this daemon that waited for its log to catch up "
+            "(cluster only): caught_up replayed normally, late got resync ahead.",
+            ["outcome"],
+            registry=r,
+        )
         self.store_write_duration = Histogram(
             "bittrade_feed_store_write_duration_seconds",
             "Time to commit one price to SQLite.",
@@ -265,6 +273,8 @@ class Metrics:
             self.resyncs.labels(reason)
         for source in RESUME_SOURCES:
             self.resumes.labels(source)
+        for outcome in RESUME_WAITS:
+            self.resumes_waited.labels(outcome)
         for transport in TRANSPORTS:
             self.subscribers.labels(transport)
             self.connections_opened.labels(transport)

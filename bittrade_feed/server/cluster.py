@@ -16,6 +16,7 @@ from bittrade_feed.server.state import (
     CLOCK,
     CONFIG,
     FETCHER,
+    HUB,
     METRICS,
     STORE,
     SUPERVISOR,
@@ -48,6 +49,8 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         app[SUPERVISOR],
     )
     app[CLUSTER] = node
+    # A client moving here from a daemon that is a little ahead waits for our log.
+    app[HUB].ahead_wait = node.resume_wait
     node.start(fetch=app[CLUSTER_FETCH])
     try:
         yield

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ class Node:
 
     name: str
     daemon: Daemon
+    db: Path
+    """Its SQLite replica."""
 
     @property
     def url(self) -> str:
@@ -85,6 +88,7 @@ async def node(
     *,
     port: int = 0,
     server: dict[str, Any] | None = None,
+    feed: dict[str, Any] | None = None,
     **cluster_keys: Any,
 ) -> AsyncIterator[Node]:
     """One daemon of the cluster (started, not yet answering)."""
@@ -95,13 +99,13 @@ async def node(
         home,
         fx,
         port,
-        feed={"interval": INTERVAL},
+        feed={"interval": INTERVAL, **(feed or {})},
         cluster={"redis_url": redis_url, "node_name": name, "lease_ms": LEASE_MS, **cluster_keys},
     )
     raw["server"].update(server or {})
     path = write_config(home / "config.toml", raw)
     async with run_daemon(path, home, port=port) as daemon:
-        yield Node(name, daemon)
+        yield Node(name, daemon, home / "feed.sqlite3")
 
 
 async def eventually(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -136,6 +140,8 @@ class Client:
     urls: list[str]
     events: list[tuple[str, int | None, Any, str]] = field(default_factory=list)
     """(event, id, data, node url) in arrival order."""
+    arrived: list[float] = field(default_factory=list)
+    """The monotonic time each of ``events`` arrived."""
     at: int = 0
     last_id: int | None = None
     task: asyncio.Task[None] | None = None
@@ -197,8 +203,14 @@ class Client:
             if data is None:
                 continue
             self.events.append((event, ident, data, url))
+            self.arrived.append(time.monotonic())
             if event in ("price", "resync"):
                 self.last_id = ident
+
+
+def received(client: Client) -> list[tuple[str | None, str, Any]]:
+    """The client's events in the form ``tests.streamcheck.check_stream`` reads."""
+    return [(None if i is None else str(i), e, d) for e, i, d, _ in client.events]
 
 
 def check_clients(clients: list[Client]) -> dict[int, Any]:

@@ -163,6 +163,8 @@ class SentinelSet:
 
     dir: Path
     master_name: str = "mymaster"
+    server_args: tuple[str, ...] = ()
+    """Extra ``redis-server`` arguments for the primary and the replica alike."""
     servers: list[RedisServer] = field(default_factory=list)
     sentinels: list[RedisServer] = field(default_factory=list)
 
@@ -173,10 +175,11 @@ class SentinelSet:
 
     async def start(self) -> None:
         """Start the primary, its replica, then the sentinels; wait for the replica to sync."""
-        primary = RedisServer(self.dir / "primary")
+        primary = RedisServer(self.dir / "primary", extra=self.server_args)
         await primary.start()
         replica = RedisServer(
-            self.dir / "replica", extra=("--replicaof", "127.0.0.1", str(primary.port))
+            self.dir / "replica",
+            extra=("--replicaof", "127.0.0.1", str(primary.port), *self.server_args),
         )
         await replica.start()
         self.servers = [primary, replica]
@@ -212,6 +215,14 @@ class SentinelSet:
         finally:
             await client.aclose()
         return int(port)
+
+    async def role(self, server: RedisServer) -> str:
+        """``master`` or ``slave``, as ``server`` itself says."""
+        client = server.client()
+        try:
+            return str((await client.info("replication"))["role"])
+        finally:
+            await client.aclose()
 
     async def stop(self) -> None:
         """Kill every process."""

@@ -8,8 +8,12 @@ SQLite history alike).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 import signal
 import time
+from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +31,13 @@ from tests.cluster.daemons import (
     eventually,
     leader_of,
     node,
+    received,
 )
 from tests.cluster.proxy import BlackholeProxy
 from tests.cluster.redisproc import RedisServer, SentinelSet, free_port, running
 from tests.daemon import PAIR
 from tests.fakeexchange import FakeExchanges
+from tests.streamcheck import check_stream, stored_ticks
 
 LEASE = LEASE_MS / 1000
 
@@ -342,6 +348,166 @@ async def test_sentinel_failover_publishing_continues(tmp_path: Path, fx: FakeEx
             assert int(head[0][0].split("-")[0]) >= max(payloads) - 1
     finally:
         await sentinels.stop()
+
+
+MIN_REPLICAS = (
+    *("--min-replicas-to-write", "1", "--min-replicas-max-lag", "2"),
+    *("--repl-diskless-sync-delay", "0"),
+)
+"""The README's Sentinel settings (a primary without a replica refuses writes), and the
+demoted primary's resync from the new one without the default 5 s wait."""
+STALE_AFTER = 2.0
+
+
+@dataclass
+class Readiness:
+    """Samples every node's ``/readyz`` in the background: (request start, node, ready)."""
+
+    nodes: list[Node]
+    samples: list[tuple[float, str, bool]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    def start(self) -> Readiness:
+        self.task = asyncio.create_task(self._run())
+        return self
+
+    async def stop(self) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            for n in self.nodes:
+                started = time.monotonic()
+                self.samples.append((started, n.name, await n.ready()))
+            await asyncio.sleep(0.1)
+
+
+def first_arrivals(clients: list[Client]) -> dict[int, float]:
+    """When each price id first reached any client (monotonic)."""
+    first: dict[int, float] = {}
+    for c in clients:
+        for (event, ident, _, _), at in zip(c.events, c.arrived, strict=True):
+            if event == "price" and ident is not None:
+                first[ident] = min(first.get(ident, at), at)
+    return first
+
+
+DEMOTED_BOUND = 60.0
+"""Seconds the demoted-primary test may take in all (it takes about 20 here)."""
+
+
+async def test_sentinel_demoted_primary_refuses_writes_and_health_tells_the_truth(
+    tmp_path: Path, fx: FakeExchanges
+) -> None:
+    """7) Demoted primary: see ``demoted_primary``; bounded as a whole."""
+    async with asyncio.timeout(DEMOTED_BOUND):
+        await demoted_primary(tmp_path, fx)
+
+
+async def demoted_primary(tmp_path: Path, fx: FakeExchanges) -> None:
+    """7) Demoted primary: the leader, cut off from the sentinels, stays on the old primary.
+
+    Sentinel fails over while the leader cannot reach any sentinel, so it keeps talking to
+    the old primary until (and after) Sentinel demotes it. With ``min-replicas-to-write``
+    the old primary refuses its writes from the moment its replica was promoted, so nothing
+    is published there that the new primary lacks; ``/readyz`` is 503 on every node while
+    nothing can be published, and ready again only while prices flow.
+    """
+    sentinels = SentinelSet(tmp_path / "sentinel", server_args=MIN_REPLICAS)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(sentinels.stop)
+        await sentinels.start()
+        # The leader-to-be reaches the sentinels only through proxies the test can cut.
+        proxies = [BlackholeProxy(s.port) for s in sentinels.sentinels]
+        for proxy in proxies:
+            await stack.enter_async_context(proxy.running())
+        keys: dict[str, Any] = {
+            "master_name": sentinels.master_name,
+            "feed": {"stale_after": STALE_AFTER},
+        }
+        via = [f"127.0.0.1:{p.port}" for p in proxies]
+        cut = await stack.enter_async_context(node(tmp_path, fx, "", "cut", sentinels=via, **keys))
+        await cut.daemon.until_answers()
+        await leader_of([cut])
+        others = [
+            await stack.enter_async_context(
+                node(tmp_path, fx, "", f"n{i}", sentinels=sentinels.addresses, **keys)
+            )
+            for i in range(2)
+        ]
+        nodes = [cut, *others]
+        for n in others:
+            await n.daemon.until_answers()
+        clients = [Client([n.url]).start() for n in nodes]
+        await until_prices(clients, 2)
+        for n in nodes:
+            await eventually(n.ready, 10, f"{n.name} ready")
+        assert (await leader_of(nodes)) is cut
+        losses = ["epoch_changes_total", "holes_total"]
+        before = [await n.metric(f"bittrade_feed_cluster_{m}") for n in nodes for m in losses]
+        sampler = Readiness(nodes).start()
+
+        old_port = await sentinels.primary_port()
+        old = next(s for s in sentinels.servers if s.port == old_port)
+        new = next(s for s in sentinels.servers if s.port != old_port)
+        for proxy in proxies:
+            proxy.cut()
+        admin = sentinels.sentinels[0].client()
+        await admin.execute_command("SENTINEL", "FAILOVER", sentinels.master_name)
+        await admin.aclose()
+
+        async def demoted() -> bool:
+            return await sentinels.role(old) == "slave"
+
+        await eventually(demoted, 30, "Sentinel to demote the old primary")
+        # The new primary takes writes once the old one replicates from it again. The
+        # cut-off node lost its connection at the demotion and cannot find the new primary
+        # without a sentinel: it stays not ready (checked below) until the sentinels heal.
+        await until_prices(clients[1:], 3, timeout=20)
+        for proxy in proxies:
+            proxy.heal()
+        for n in nodes:
+            await eventually(n.ready, 10, f"{n.name} ready after the demotion")
+        await until_prices(clients, 2)
+        await sampler.stop()
+        await stop_all(clients)
+
+        # The old primary refused the leader's writes instead of taking them silently.
+        assert "NOREPLICAS" in cut.daemon.log()
+        errors = 'bittrade_feed_cluster_redis_errors_total{command="lease"}'
+        assert await cut.metric(errors) >= 1
+        # ... so no daemon saw Redis lose a write: no new epoch, no new hole.
+        after = [await n.metric(f"bittrade_feed_cluster_{m}") for n in nodes for m in losses]
+        assert after == before
+        payloads = check_clients(clients)
+        await check_histories(nodes, payloads)
+        client = new.client()
+        survivor = {int(i.split("-")[0]): f for i, f in await client.xrange("{bt}:stream")}
+        await client.aclose()
+    # Nothing acknowledged is lost: every price a client got is in the surviving log.
+    for ident, tick in payloads.items():
+        assert ident in survivor, f"id {ident} reached a client but not the new primary"
+        assert Decimal(survivor[ident]["v"]) == Decimal(tick["price"]), ident
+    for c, n in zip(clients, nodes, strict=True):
+        check_stream(received(c), await stored_ticks(n.db), [PAIR])
+    # Health tells the truth: 503 everywhere while nothing is published (once prices are
+    # stale_after old), and ready only within stale_after of a price reaching the node.
+    first = sorted(first_arrivals(clients).values())
+    stop_at, resume_at = max(itertools.pairwise(first), key=lambda gap: gap[1] - gap[0])
+    assert resume_at - stop_at > 3 * INTERVAL + STALE_AFTER, "publishing never stopped"
+    samples = sampler.samples
+    wrong = [s for s in samples if stop_at + STALE_AFTER + 0.5 < s[0] < resume_at - 0.2 and s[2]]
+    assert not wrong, f"ready while nothing was published: {wrong}"
+    for c, n in zip(clients, nodes, strict=True):
+        prices = [at for (e, *_), at in zip(c.events, c.arrived, strict=True) if e == "price"]
+        for at, name, ready in samples:
+            if name == n.name and ready:
+                assert any(at - STALE_AFTER - 1.0 < p < at + 0.5 for p in prices), (
+                    f"{name} ready at {at:.1f} with no price near it"
+                )
+    assert any(ready for at, _, ready in samples if at > resume_at)
 
 
 async def test_two_daemons_share_one_port_with_reuse_port(

@@ -202,6 +202,15 @@ class AlertsConfig:
     checkpoint_seconds: float = 10.0
     """How often rule states changed by ticks that fired nothing are saved; a restart
     replays the stored ticks since the last save, so this only bounds that replay."""
+    max_endpoints_per_owner: int = 20
+    rotation_overlap: float = 86_400.0
+    """Seconds the old secret of a rotated webhook endpoint keeps signing beside the new."""
+    webhook_allow_http: bool = False
+    """Plain http webhook URLs (a receiver on a trusted network, or tests)."""
+    webhook_allow: tuple[IPNetwork, ...] = ()
+    """Networks webhooks may reach although they are not public (loopback in tests)."""
+    webhook_timeout: float = 10.0
+    """Seconds one webhook delivery attempt may take, connect to last byte read."""
 
 
 # --- end [alerts] -------------------------------------------------------------------------
@@ -384,6 +393,11 @@ def _build_alerts(r: Reader, cluster: ClusterConfig) -> AlertsConfig:
         enabled=r.get("alerts.enabled", False, boolean),
         max_rules_per_owner=r.get("alerts.max_rules_per_owner", 100, integer(1, 100_000)),
         checkpoint_seconds=r.get("alerts.checkpoint_seconds", 10.0, number(0.1, 3600)),
+        max_endpoints_per_owner=r.get("alerts.max_endpoints_per_owner", 20, integer(1, 1000)),
+        rotation_overlap=r.get("alerts.rotation_overlap", 86_400.0, number(0, 30 * 86_400)),
+        webhook_allow_http=r.get("alerts.webhook_allow_http", False, boolean),
+        webhook_allow=tuple(r.items("alerts.webhook_allow", network) or ()),
+        webhook_timeout=r.get("alerts.webhook_timeout", 10.0, number(0.1, 300)),
     )
     if alerts.enabled and cluster.enabled:
         # Each daemon keeps its own SQLite: rules and firings are not shared yet, so

@@ -50,10 +50,23 @@ def config(db: Path, **alerts: Any) -> Config:
     )
 
 
+@web.middleware
+async def as_header(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Stands in for the auth middleware: the principal from a test header."""
+    who = request.headers.get("X-Test-Subject")
+    if who is not None:
+        scoped = request.headers.get("X-Test-Alerts", "1") == "1"
+        request[PRINCIPAL] = replace(ANONYMOUS, kind="key", subject=who, alerts=scoped)
+    return await handler(request)
+
+
 async def client_for(
-    aiohttp_client: AiohttpClient, cfg: Config, middlewares: list[Any] | None = None
+    aiohttp_client: AiohttpClient,
+    cfg: Config,
+    middlewares: list[Any] | None = None,
+    clock: FakeClock | None = None,
 ) -> TestClient[web.Request, web.Application]:
-    app = create_app(cfg, clock=FakeClock(), fetch=False)
+    app = create_app(cfg, clock=clock or FakeClock(), fetch=False)
     for middleware in middlewares or []:
         app.middlewares.append(middleware)
     return await aiohttp_client(app)
@@ -65,8 +78,9 @@ async def test_off_by_default_nothing_is_mounted(
     cfg = config(tmp_path / "f.db")
     cfg = replace(cfg, alerts=replace(cfg.alerts, enabled=False))
     client = await client_for(aiohttp_client, cfg)
-    resp = await client.get(RULES)
-    assert resp.status == 404
+    for path in (RULES, "/api/alerts/webhooks"):
+        resp = await client.get(path)
+        assert resp.status == 404
 
 
 async def test_create_get_update_delete_with_etags(
@@ -139,15 +153,6 @@ async def test_quota_per_owner(aiohttp_client: AiohttpClient, tmp_path: Path) ->
 async def test_owner_is_the_principal_and_scope_is_required(
     aiohttp_client: AiohttpClient, tmp_path: Path
 ) -> None:
-    @web.middleware
-    async def as_header(request: web.Request, handler: Any) -> web.StreamResponse:
-        # stands in for the auth branch's middleware: principal from a test header
-        who = request.headers.get("X-Test-Subject")
-        if who is not None:
-            scoped = request.headers.get("X-Test-Alerts", "1") == "1"
-            request[PRINCIPAL] = replace(ANONYMOUS, kind="key", subject=who, alerts=scoped)
-        return await handler(request)
-
     client = await client_for(aiohttp_client, config(tmp_path / "f.db"), [as_header])
     alice, bob = {"X-Test-Subject": "alice"}, {"X-Test-Subject": "bob"}
     made = await (await client.post(RULES, json=CROSS, headers=alice)).json()

@@ -202,6 +202,11 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("alerts.enabled", "yes", "must be true or false"),
     ("alerts.max_rules_per_owner", 0, "0 is out of range: must be from 1 to 100000"),
     ("alerts.checkpoint_seconds", 0, "out of range"),
+    ("alerts.max_endpoints_per_owner", 0, "0 is out of range: must be from 1 to 1000"),
+    ("alerts.rotation_overlap", -1, "out of range"),
+    ("alerts.webhook_allow_http", "yes", "must be true or false"),
+    ("alerts.webhook_allow", "127.0.0.1", "must be a list, not a string"),
+    ("alerts.webhook_timeout", 0, "out of range"),
     # limits, proxies, CORS and TLS (issue 13)
     ("stream.max_per_address", -1, "-1 is out of range: must be from 0 to 1000000"),
     ("stream.max_per_address", "20", "must be an integer, not a string"),
@@ -685,6 +690,7 @@ def test_cluster_absent_is_single_node() -> None:
     [
         ("server.trusted_proxies", ["10.0.0.0/33"], "[0]", "is not an IP address or CIDR"),
         ("server.trusted_proxies", ["proxy.local"], "[0]", "is not an IP address or CIDR"),
+        ("alerts.webhook_allow", ["localhost"], "[0]", "is not an IP address or CIDR"),
         ("server.cors_origins", ["*"], "[0]", "list each origin"),
         ("server.cors_origins", ["https://a.example/app"], "[0]", "no path"),
         ("server.cors_origins", ["a.example"], "[0]", "is not an origin like"),

@@ -99,6 +99,8 @@ class Rule:
     frequency: Frequency = ONCE
     expires_ms: int | None = None
     """Ticks made at or after this time (epoch ms) fire nothing and end the rule."""
+    webhooks: tuple[str, ...] = ()
+    """Ids of the owner's webhook endpoints each firing is delivered to (besides streams)."""
 
 
 class Window:

@@ -7,6 +7,7 @@ the field, which the REST layer turns into problem+json.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
@@ -34,7 +35,12 @@ MAX_COUNT = 1_000_000
 MAX_PCT = Decimal(1000)
 MAX_EXPIRES_MS = parse_ts("9999-12-31T23:59:59.999Z")
 
-COMMON = frozenset({"pair", "kind", "frequency", "expires"})
+ENDPOINT_PREFIX = "ep_"
+ENDPOINT_ID_RE = re.compile(r"ep_[0-9a-f]{16}")
+MAX_WEBHOOKS = 10
+"""Endpoints one rule may name."""
+
+COMMON = frozenset({"pair", "kind", "frequency", "expires", "webhooks"})
 FIELDS: dict[Kind, frozenset[str]] = {
     **{kind: COMMON | {"level"} for kind in STATE_KINDS},
     **{kind: COMMON | {"level", "hysteresis"} for kind in LEVEL_KINDS - STATE_KINDS},
@@ -81,6 +87,7 @@ def parse_rule(
     pair = _pair(body.get("pair"), pairs)
     frequency = _frequency(body.get("frequency"), kind)
     expires_ms = _expires(body.get("expires"), now_ms)
+    webhooks = _webhooks(body.get("webhooks"))
     if kind is Kind.PCT_MOVE:
         direction = body.get("direction", "either")
         if direction not in DIRECTIONS:
@@ -97,13 +104,20 @@ def parse_rule(
             direction=str(direction),
             frequency=frequency,
             expires_ms=expires_ms,
+            webhooks=webhooks,
         )
     level = _decimal(body, "level", required=True, high=MAX_PRICE)
     band = _decimal(body, "hysteresis", required=False, high=MAX_PRICE, zero=True)
     if band >= level:
         raise Invalid("hysteresis", f"must be less than level ({plain(level)})")
     return Rule(
-        pair, kind, level=level, hysteresis=band, frequency=frequency, expires_ms=expires_ms
+        pair,
+        kind,
+        level=level,
+        hysteresis=band,
+        frequency=frequency,
+        expires_ms=expires_ms,
+        webhooks=webhooks,
     )
 
 
@@ -125,6 +139,8 @@ def to_stored(rule: Rule) -> Stored:
         params = {"level": plain(rule.level)}
     else:
         params = {"level": plain(rule.level), "hysteresis": plain(rule.hysteresis)}
+    if rule.webhooks:  # absent when empty: rules without webhooks read as before
+        params["webhooks"] = list(rule.webhooks)
     freq = rule.frequency
     frequency: dict[str, Any] = (
         {"mode": "repeat", "cooldown_s": freq.cooldown_s, "max_count": freq.max_count}
@@ -207,6 +223,22 @@ def _integer(
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise Invalid(where, f"must be an integer from {low} to {high}")
     return value
+
+
+def _webhooks(value: object) -> tuple[str, ...]:
+    """Endpoint ids, well formed and distinct (whether the owner has them is the API's)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise Invalid("webhooks", f"must be a list of endpoint ids, not {_type(value)}")
+    if len(value) > MAX_WEBHOOKS:
+        raise Invalid("webhooks", f"may name at most {MAX_WEBHOOKS} endpoints")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not ENDPOINT_ID_RE.fullmatch(item):
+            raise Invalid(f"webhooks[{i}]", "must be a webhook endpoint id (ep_ and 16 hex)")
+        if item in value[:i]:
+            raise Invalid(f"webhooks[{i}]", "names the same endpoint twice")
+    return tuple(value)
 
 
 def _frequency(value: object, kind: Kind) -> Frequency:

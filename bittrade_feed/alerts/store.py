@@ -28,10 +28,12 @@ FIRING_COLUMNS = "id, rule_id, tick_id, at_ms, payload"
 
 
 class QuotaExceeded(StoreRejected):
-    """The owner already has as many rules as ``alerts.max_rules_per_owner`` allows."""
+    """The owner already has as many rules (or endpoints) as the config's ``key`` allows."""
 
-    def __init__(self, owner: str, limit: int) -> None:
-        super().__init__(f"{owner} already has {limit} rules (alerts.max_rules_per_owner)")
+    def __init__(
+        self, owner: str, limit: int, what: str = "rules", key: str = "alerts.max_rules_per_owner"
+    ) -> None:
+        super().__init__(f"{owner} already has {limit} {what} ({key})")
         self.limit = limit
 
 
@@ -270,11 +272,24 @@ class AlertStore:
         ident = cursor.lastrowid
         await cursor.close()
         assert ident is not None
-        # Every firing goes to the owner's streams; webhook rows join when endpoints exist.
+        # Every firing goes to the owner's streams, and to each endpoint the rule names
+        # that the owner still has and is not disabled (one deleted since is skipped).
         await conn.execute_fetchall(
             "INSERT INTO alert_outbox (id, firing_id, channel, next_at_ms) VALUES (?, ?, ?, ?)",
             (outbox_id(ident, "stream"), ident, "stream", at_ms),
         )
+        endpoints = await conn.execute_fetchall(
+            "SELECT e.id FROM alert_rules r, json_each(r.params, '$.webhooks') w "
+            "JOIN alert_endpoints e ON e.id = w.value AND e.owner = r.owner "
+            "WHERE r.id = ? AND e.disabled_ms IS NULL ORDER BY w.key",
+            (rule_id,),
+        )
+        for (endpoint_id,) in endpoints:
+            await conn.execute_fetchall(
+                "INSERT INTO alert_outbox (id, firing_id, channel, endpoint_id, next_at_ms) "
+                "VALUES (?, ?, 'webhook', ?, ?)",
+                (outbox_id(ident, "webhook", str(endpoint_id)), ident, str(endpoint_id), at_ms),
+            )
         return StoredFiring(ident, rule_id, tick_id, at_ms, payload)
 
     async def _current(

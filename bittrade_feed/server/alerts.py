@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bittrade_feed.alerts.endpoints import EndpointStore
 from bittrade_feed.alerts.engine import AlertEngine
 from bittrade_feed.alerts.rules import Rule
 from bittrade_feed.alerts.spec import Invalid, parse_rule, rule_body
@@ -32,6 +33,7 @@ from bittrade_feed.server.state import CLOCK, CONFIG, METRICS, STORE, SUPERVISOR
 
 ALERT_ENGINE = web.AppKey("alert_engine", AlertEngine)
 ALERT_STORE = web.AppKey("alert_store", AlertStore)
+ENDPOINT_STORE = web.AppKey("endpoint_store", EndpointStore)
 MAX_BODY = 16 * 1024
 """Bytes a rule body may have; a rule is a few hundred."""
 MAX_FIRINGS = 1000
@@ -73,6 +75,7 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     await engine.load(ticklog.last_id)
     ticklog.add_listener(engine.on_tick, name="alerts")
     app[ALERT_STORE], app[ALERT_ENGINE] = alerts, engine
+    app[ENDPOINT_STORE] = EndpointStore(app[STORE])
     # A crash loses nothing: a restarted engine replays stored ticks from its cursor.
     task = app[SUPERVISOR].spawn("alerts", engine.run, restart=True)
     yield
@@ -82,7 +85,7 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _store_errors(handler: Handler) -> Handler:
+def store_errors(handler: Handler) -> Handler:
     """A database fault is the daemon's, not the client's: 503, never a 500."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
@@ -102,7 +105,8 @@ def _store_errors(handler: Handler) -> Handler:
     return wrapped
 
 
-def _owner(request: web.Request) -> str:
+def require_owner(request: web.Request) -> str:
+    """The caller's owner name; 403 unless its credential has the ``alerts`` scope."""
     principal = principal_of(request)
     if not principal.alerts:
         raise Problem(403, "this credential may not manage alerts (scope alerts)", scope="alerts")
@@ -132,7 +136,8 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
-async def _body(request: web.Request) -> object:
+async def read_body(request: web.Request) -> object:
+    """The decoded JSON body (at most ``MAX_BODY`` bytes); problem+json for anything else."""
     if request.content_length is not None and request.content_length > MAX_BODY:
         raise Problem(413, f"the body is over {MAX_BODY} bytes", field="body")
     raw = await request.content.read(MAX_BODY + 1)
@@ -145,14 +150,23 @@ async def _body(request: web.Request) -> object:
         raise Problem(400, f"the body is not JSON: {reason[:200]}", field="body") from None
 
 
-async def _rule(request: web.Request) -> Rule:
-    body = await _body(request)
+async def _rule(request: web.Request, owner: str) -> Rule:
+    body = await read_body(request)
     config = request.app[CONFIG]
     now_ms = round(request.app[CLOCK].time() * 1000)
     try:
-        return parse_rule(body, pairs=config.fetch.pairs, now_ms=now_ms)
+        rule = parse_rule(body, pairs=config.fetch.pairs, now_ms=now_ms)
     except Invalid as bad:
         raise Problem(bad.status, f"{bad.field} {bad.detail}", field=bad.field) from None
+    if rule.webhooks:
+        # Checked here for a clear error; an endpoint deleted later is skipped when a
+        # firing is recorded (the outbox insert joins on the owner's live endpoints).
+        owned = {e.id for e in await request.app[ENDPOINT_STORE].owned(owner)}
+        for i, ident in enumerate(rule.webhooks):
+            if ident not in owned:
+                where = f"webhooks[{i}]"
+                raise Problem(422, f"{where} is not one of your webhook endpoints", field=where)
+    return rule
 
 
 def _shown(stored: Any) -> dict[str, Any]:
@@ -184,11 +198,11 @@ def _firing(firing: StoredFiring) -> dict[str, Any]:
     }
 
 
-@_store_errors
+@store_errors
 async def create_rule(request: web.Request) -> web.StreamResponse:
     """POST: a new rule; 201 with its ETag and Location."""
-    owner = _owner(request)
-    rule = await _rule(request)
+    owner = require_owner(request)
+    rule = await _rule(request, owner)
     limit = request.app[CONFIG].alerts.max_rules_per_owner
     stored = await request.app[ALERT_ENGINE].create(owner, rule, max_rules=limit)
     response = _answer(stored, 201)
@@ -196,46 +210,46 @@ async def create_rule(request: web.Request) -> web.StreamResponse:
     return response
 
 
-@_store_errors
+@store_errors
 async def list_rules(request: web.Request) -> web.StreamResponse:
     """GET: the caller's rules, oldest first."""
-    rules = await request.app[ALERT_STORE].owned(_owner(request))
+    rules = await request.app[ALERT_STORE].owned(require_owner(request))
     return web.json_response({"rules": [_shown(r) for r in rules]})
 
 
-@_store_errors
+@store_errors
 async def get_rule(request: web.Request) -> web.StreamResponse:
     """GET one rule, with its ETag."""
-    owner, rule_id = _owner(request), _rule_id(request)
+    owner, rule_id = require_owner(request), _rule_id(request)
     stored = await request.app[ALERT_STORE].get(owner, rule_id)
     if stored is None:
         raise Problem(404, f"no alert rule {rule_id}")
     return _answer(stored)
 
 
-@_store_errors
+@store_errors
 async def update_rule(request: web.Request) -> web.StreamResponse:
     """PUT: replace a rule's definition (If-Match: 412 if it changed); its state restarts."""
-    owner, rule_id = _owner(request), _rule_id(request)
+    owner, rule_id = require_owner(request), _rule_id(request)
     version = _if_match(request, rule_id)
-    rule = await _rule(request)
+    rule = await _rule(request, owner)
     stored = await request.app[ALERT_ENGINE].replace(owner, rule_id, rule, version=version)
     return _answer(stored)
 
 
-@_store_errors
+@store_errors
 async def delete_rule(request: web.Request) -> web.StreamResponse:
     """DELETE a rule with its firings and undelivered notifications."""
-    owner, rule_id = _owner(request), _rule_id(request)
+    owner, rule_id = require_owner(request), _rule_id(request)
     version = _if_match(request, rule_id)
     await request.app[ALERT_ENGINE].delete(owner, rule_id, version=version)
     return web.Response(status=204)
 
 
-@_store_errors
+@store_errors
 async def list_firings(request: web.Request) -> web.StreamResponse:
     """GET a rule's firings, newest first (``limit``, default 100)."""
-    owner, rule_id = _owner(request), _rule_id(request)
+    owner, rule_id = require_owner(request), _rule_id(request)
     limit = int_param(request, "limit", 100, 1, MAX_FIRINGS)
     alerts = request.app[ALERT_STORE]
     if await alerts.get(owner, rule_id) is None:
@@ -244,10 +258,10 @@ async def list_firings(request: web.Request) -> web.StreamResponse:
     return web.json_response({"firings": [_firing(f) for f in firings]})
 
 
-@_store_errors
+@store_errors
 async def test_fire(request: web.Request) -> web.StreamResponse:
     """POST: record a test firing (no tick) and queue its delivery like a real one."""
-    owner, rule_id = _owner(request), _rule_id(request)
+    owner, rule_id = require_owner(request), _rule_id(request)
     alerts = request.app[ALERT_STORE]
     stored = await alerts.get(owner, rule_id)
     if stored is None:

@@ -59,6 +59,7 @@ from bittrade_feed.server.state import (
 )
 from bittrade_feed.server.streams import price_stream, ws_stream
 from bittrade_feed.server.tls import server_context
+from bittrade_feed.server.webhooks import add_webhook_routes
 from bittrade_feed.store.sqlite import Store
 
 log = structlog.get_logger("bittrade_feed.server.app")
@@ -129,6 +130,7 @@ def create_app(
     )
     add_auth_routes(app)
     add_alert_routes(app)
+    add_webhook_routes(app)
     add_dashboard_routes(app)
     return app
 

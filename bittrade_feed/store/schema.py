@@ -77,6 +77,22 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS alert_outbox_due ON alert_outbox (state, next_at_ms);
     """,
+    # Webhook endpoints of alert owners (issue 14). A rotation keeps the old secret in
+    # old_secret until old_until_ms, so both sign while receivers switch over; a 410
+    # from the receiver sets disabled_ms.
+    """
+    CREATE TABLE IF NOT EXISTS alert_endpoints (
+        id           TEXT    PRIMARY KEY,
+        owner        TEXT    NOT NULL,
+        url          TEXT    NOT NULL,
+        secret       TEXT    NOT NULL,
+        old_secret   TEXT,
+        old_until_ms INTEGER,
+        disabled_ms  INTEGER,
+        created_ms   INTEGER NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS alert_endpoints_owner ON alert_endpoints (owner, created_ms);
+    """,
 )
 
 COLUMNS = "id, pair, price, ts_ms, sources"

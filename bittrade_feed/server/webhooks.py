@@ -1,0 +1,168 @@
+"""The webhook endpoints REST API (issue 14), mounted with the alert API.
+
+``/api/alerts/webhooks`` (POST create, GET list), ``/api/alerts/webhooks/{id}`` (DELETE),
+``/api/alerts/webhooks/{id}/rotate`` (POST) and ``/api/alerts/webhooks/{id}/test`` (POST:
+one signed delivery attempt now, its outcome in the answer).
+
+The secret is in the answer to create and rotate only, never in a listing. A URL is
+checked by the SSRF guard's URL rules when it is given (and its addresses again at
+connect time, on every delivery). Owners and scope as for rules: another owner's
+endpoint is a 404.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from aiohttp import web
+
+from bittrade_feed.alerts.endpoints import Endpoint, EndpointStore
+from bittrade_feed.alerts.ssrf import Policy, Refused, check_url, guarded_session
+from bittrade_feed.alerts.webhook import message, send, signed_headers
+from bittrade_feed.config import AlertsConfig
+from bittrade_feed.models import format_ts
+from bittrade_feed.server.alerts import ENDPOINT_STORE, read_body, require_owner, store_errors
+from bittrade_feed.server.problems import Problem
+from bittrade_feed.server.state import CLOCK, CONFIG
+
+PREFIX = "/api/alerts/webhooks"
+MAX_URL = 2048
+USER_AGENT = "bittrade-feed-webhooks"
+
+
+def policy_of(config: AlertsConfig) -> Policy:
+    """The SSRF policy the ``alerts.webhook_*`` keys describe."""
+    return Policy(allow_http=config.webhook_allow_http, allow=tuple(config.webhook_allow))
+
+
+def add_webhook_routes(app: web.Application) -> None:
+    """Mount the endpoint API when ``alerts.enabled`` (nothing changes otherwise)."""
+    if not app[CONFIG].alerts.enabled:
+        return
+    app.add_routes(
+        [
+            web.post(PREFIX, create_endpoint),
+            web.get(PREFIX, list_endpoints),
+            web.delete(PREFIX + "/{id}", delete_endpoint),
+            web.post(PREFIX + "/{id}/rotate", rotate_endpoint),
+            web.post(PREFIX + "/{id}/test", test_endpoint),
+        ]
+    )
+
+
+def _endpoints(request: web.Request) -> EndpointStore:
+    return request.app[ENDPOINT_STORE]
+
+
+def _now_ms(request: web.Request) -> int:
+    return round(request.app[CLOCK].time() * 1000)
+
+
+def _shown(endpoint: Endpoint, now_ms: int, *, secret: bool = False) -> dict[str, Any]:
+    rotating = endpoint.old_until_ms if len(endpoint.signing_keys(now_ms)) > 1 else None
+    shown: dict[str, Any] = {
+        "id": endpoint.id,
+        "url": endpoint.url,
+        "created": format_ts(endpoint.created_ms),
+        "disabled": None if endpoint.disabled_ms is None else format_ts(endpoint.disabled_ms),
+        "old_secret_until": None if rotating is None else format_ts(rotating),
+    }
+    if secret:
+        shown["secret"] = endpoint.secret
+    return shown
+
+
+async def _url(request: web.Request) -> str:
+    body = await read_body(request)
+    if not isinstance(body, dict):
+        raise Problem(400, "the body must be a JSON object", field="body")
+    for name in body:
+        if name != "url":
+            raise Problem(422, f"{str(name)[:40]} is not a field of a webhook endpoint", field=name)
+    raw = body.get("url")
+    if not isinstance(raw, str) or not raw:
+        raise Problem(422, "url is required: a string", field="url")
+    if len(raw) > MAX_URL:
+        raise Problem(422, f"url is over {MAX_URL} characters", field="url")
+    try:
+        check_url(raw, policy_of(request.app[CONFIG].alerts))
+    except Refused as exc:
+        raise Problem(422, f"url {exc.reason}", field="url") from None
+    return raw
+
+
+async def _owned(request: web.Request, owner: str) -> Endpoint:
+    ident = request.match_info["id"]
+    endpoint = await _endpoints(request).get(owner, ident)
+    if endpoint is None:
+        raise Problem(404, f"no webhook endpoint {ident[:40]!r}")
+    return endpoint
+
+
+@store_errors
+async def create_endpoint(request: web.Request) -> web.StreamResponse:
+    """POST: a new endpoint; 201 with its secret (shown this once) and Location."""
+    owner = require_owner(request)
+    url = await _url(request)
+    limit = request.app[CONFIG].alerts.max_endpoints_per_owner
+    now_ms = _now_ms(request)
+    endpoint = await _endpoints(request).create(owner, url, now_ms=now_ms, limit=limit)
+    response = web.json_response(_shown(endpoint, now_ms, secret=True), status=201)
+    response.headers["Location"] = f"{PREFIX}/{endpoint.id}"
+    return response
+
+
+@store_errors
+async def list_endpoints(request: web.Request) -> web.StreamResponse:
+    """GET: the caller's endpoints, oldest first, without secrets."""
+    owner, now_ms = require_owner(request), _now_ms(request)
+    endpoints = await _endpoints(request).owned(owner)
+    return web.json_response({"webhooks": [_shown(e, now_ms) for e in endpoints]})
+
+
+@store_errors
+async def delete_endpoint(request: web.Request) -> web.StreamResponse:
+    """DELETE an endpoint and its undelivered webhooks."""
+    owner = require_owner(request)
+    ident = request.match_info["id"]
+    if not await _endpoints(request).delete(owner, ident):
+        raise Problem(404, f"no webhook endpoint {ident[:40]!r}")
+    return web.Response(status=204)
+
+
+@store_errors
+async def rotate_endpoint(request: web.Request) -> web.StreamResponse:
+    """POST: a new secret (shown once); the old one signs too for ``rotation_overlap`` s."""
+    owner, now_ms = require_owner(request), _now_ms(request)
+    ident = request.match_info["id"]
+    overlap_ms = round(request.app[CONFIG].alerts.rotation_overlap * 1000)
+    endpoint = await _endpoints(request).rotate(owner, ident, now_ms=now_ms, overlap_ms=overlap_ms)
+    if endpoint is None:
+        raise Problem(404, f"no webhook endpoint {ident[:40]!r}")
+    return web.json_response(_shown(endpoint, now_ms, secret=True))
+
+
+@store_errors
+async def test_endpoint(request: web.Request) -> web.StreamResponse:
+    """POST: one signed ``alert.test`` delivery now; the answer says how it went."""
+    owner = require_owner(request)
+    endpoint = await _owned(request, owner)
+    config = request.app[CONFIG].alerts
+    now = request.app[CLOCK].time()
+    msg_id = f"test_{endpoint.id}_{secrets.token_hex(6)}"
+    body = message("alert.test", {"endpoint": endpoint.id, "test": True}, now)
+    headers = signed_headers(msg_id, body, endpoint.signing_keys(round(now * 1000)), now)
+    policy = policy_of(config)
+    async with guarded_session(
+        policy, timeout=config.webhook_timeout, user_agent=USER_AGENT
+    ) as session:
+        outcome = await send(session, policy, endpoint.url, body, headers, now=now)
+    return web.json_response(
+        {
+            "webhook_id": msg_id,
+            "delivered": outcome.delivered,
+            "status": outcome.status,
+            "error": outcome.error or None,
+        }
+    )

@@ -211,6 +211,11 @@ class AlertsConfig:
     """Networks webhooks may reach although they are not public (loopback in tests)."""
     webhook_timeout: float = 10.0
     """Seconds one webhook delivery attempt may take, connect to last byte read."""
+    max_attempts: int = 10
+    """Webhook delivery attempts before the delivery is marked failed."""
+    retry_base: float = 5.0
+    retry_cap: float = 3600.0
+    """Backoff before attempt n+1: uniform in [0, min(cap, base * 2**n)] (full jitter)."""
 
 
 # --- end [alerts] -------------------------------------------------------------------------
@@ -398,6 +403,9 @@ def _build_alerts(r: Reader, cluster: ClusterConfig) -> AlertsConfig:
         webhook_allow_http=r.get("alerts.webhook_allow_http", False, boolean),
         webhook_allow=tuple(r.items("alerts.webhook_allow", network) or ()),
         webhook_timeout=r.get("alerts.webhook_timeout", 10.0, number(0.1, 300)),
+        max_attempts=r.get("alerts.max_attempts", 10, integer(1, 100)),
+        retry_base=r.get("alerts.retry_base", 5.0, number(0.01, 3600)),
+        retry_cap=r.get("alerts.retry_cap", 3600.0, number(0.01, 86_400)),
     )
     if alerts.enabled and cluster.enabled:
         # Each daemon keeps its own SQLite: rules and firings are not shared yet, so

@@ -229,3 +229,25 @@ async def test_a_firing_queues_one_row_per_live_endpoint_of_the_rule(
         (f"alert_{firing}_stream", "stream"),
         (f"alert_{firing}_webhook_{a1}", "webhook"),
     ]
+
+
+async def test_the_daemon_delivers_a_firing_to_the_rules_endpoint(
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    cfg = config(tmp_path / "f.db", **LOOPBACK)
+    client = await client_for(aiohttp_client, cfg, FakeClock(time.time()))
+    made = await (await client.post(HOOKS, json={"url": str(server.make_url("/hook"))})).json()
+    rule = {"pair": "BTC-USD", "kind": "above", "level": "1", "webhooks": [made["id"]]}
+    rule_id = (await (await client.post(RULES, json=rule)).json())["id"]
+    firing = (await (await client.post(f"{RULES}/{rule_id}/test")).json())["id"]
+    for _ in range(100):  # a test firing wakes the worker: well under 2 s
+        if receiver.got:
+            break
+        await asyncio.sleep(0.02)
+    body, headers = receiver.got[0]
+    assert headers["webhook-id"] == f"alert_{firing}_webhook_{made['id']}"
+    assert Webhook(made["secret"]).verify(body, headers)["data"]["test"] is True

@@ -207,6 +207,9 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("alerts.webhook_allow_http", "yes", "must be true or false"),
     ("alerts.webhook_allow", "127.0.0.1", "must be a list, not a string"),
     ("alerts.webhook_timeout", 0, "out of range"),
+    ("alerts.max_attempts", 0, "0 is out of range: must be from 1 to 100"),
+    ("alerts.retry_base", 0, "out of range"),
+    ("alerts.retry_cap", 0, "out of range"),
     # limits, proxies, CORS and TLS (issue 13)
     ("stream.max_per_address", -1, "-1 is out of range: must be from 0 to 1000000"),
     ("stream.max_per_address", "20", "must be an integer, not a string"),

@@ -45,7 +45,8 @@ class Endpoint:
         return keys
 
 
-def _row(row: Sequence[Any]) -> Endpoint:
+def endpoint_row(row: Sequence[Any]) -> Endpoint:
+    """An ``Endpoint`` from the ``COLUMNS`` of a row."""
     ident, owner, url, secret, old, until, disabled, created = row
     return Endpoint(
         str(ident),
@@ -150,7 +151,7 @@ class EndpointStore:
             f"SELECT {COLUMNS} FROM alert_endpoints WHERE id = ? AND owner = ?",  # noqa: S608
             (endpoint_id, owner),
         )
-        return next((_row(r) for r in rows), None)
+        return next((endpoint_row(r) for r in rows), None)
 
     async def get(self, owner: str, endpoint_id: str) -> Endpoint | None:
         """One of the owner's endpoints (``None``: none, or another owner's)."""
@@ -167,6 +168,6 @@ class EndpointStore:
                 "ORDER BY created_ms, id",
                 (owner,),
             )
-            return [_row(r) for r in rows]
+            return [endpoint_row(r) for r in rows]
 
         return await self._store.query(query, "cannot read webhook endpoints")

@@ -403,6 +403,28 @@ class AlertMetrics:
             "Committed ticks the alert engine has not evaluated yet.",
             registry=r,
         )
+        self.deliveries = Counter(
+            "bittrade_feed_alert_deliveries",
+            "Webhook delivery attempts by outcome (delivered, retry, failed, gone, refused).",
+            ["outcome"],
+            registry=r,
+        )
+        self.delivery_latency = Histogram(
+            "bittrade_feed_alert_delivery_latency_seconds",
+            "Seconds from a firing to its webhook's successful delivery.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=r,
+        )
+        self.outbox_depth = Gauge(
+            "bittrade_feed_alert_outbox_depth",
+            "Webhook deliveries pending in the outbox.",
+            registry=r,
+        )
+        self.endpoints_disabled = Counter(
+            "bittrade_feed_alert_endpoints_disabled",
+            "Webhook endpoints disabled because the receiver answered 410 Gone.",
+            registry=r,
+        )
 
 
 # --- end alerts ---------------------------------------------------------------------------

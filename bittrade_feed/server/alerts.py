@@ -20,10 +20,13 @@ from aiohttp import web
 
 from bittrade_feed.alerts.endpoints import EndpointStore
 from bittrade_feed.alerts.engine import AlertEngine
+from bittrade_feed.alerts.outbox import OutboxWorker
 from bittrade_feed.alerts.rules import Rule
 from bittrade_feed.alerts.spec import Invalid, parse_rule, rule_body
+from bittrade_feed.alerts.ssrf import Policy, guarded_session
 from bittrade_feed.alerts.store import AlertStore, QuotaExceeded, StoredFiring, VersionMismatch
 from bittrade_feed.auth.principal import principal_of
+from bittrade_feed.config import AlertsConfig
 from bittrade_feed.errors import StoreError
 from bittrade_feed.models import format_ts
 from bittrade_feed.ops.metrics import AlertMetrics
@@ -34,10 +37,17 @@ from bittrade_feed.server.state import CLOCK, CONFIG, METRICS, STORE, SUPERVISOR
 ALERT_ENGINE = web.AppKey("alert_engine", AlertEngine)
 ALERT_STORE = web.AppKey("alert_store", AlertStore)
 ENDPOINT_STORE = web.AppKey("endpoint_store", EndpointStore)
+OUTBOX = web.AppKey("alert_outbox", OutboxWorker)
 MAX_BODY = 16 * 1024
 """Bytes a rule body may have; a rule is a few hundred."""
 MAX_FIRINGS = 1000
 PREFIX = "/api/alerts/rules"
+USER_AGENT = "bittrade-feed-webhooks"
+
+
+def policy_of(config: AlertsConfig) -> Policy:
+    """The SSRF policy the ``alerts.webhook_*`` keys describe."""
+    return Policy(allow_http=config.webhook_allow_http, allow=tuple(config.webhook_allow))
 
 
 def add_alert_routes(app: web.Application) -> None:
@@ -64,21 +74,37 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     alerts = AlertStore(app[STORE])
+    metrics = AlertMetrics(app[METRICS].registry)
+    policy = policy_of(config)
+    worker = OutboxWorker(
+        app[STORE],
+        app[CLOCK],
+        policy,
+        lambda: guarded_session(policy, timeout=config.webhook_timeout, user_agent=USER_AGENT),
+        max_attempts=config.max_attempts,
+        retry_base=config.retry_base,
+        retry_cap=config.retry_cap,
+        metrics=metrics,
+    )
     engine = AlertEngine(
         alerts,
         app[STORE],
         app[CLOCK],
         checkpoint_seconds=config.checkpoint_seconds,
-        metrics=AlertMetrics(app[METRICS].registry),
+        metrics=metrics,
+        on_fired=lambda _owner, _firing: worker.poke(),
     )
     ticklog = app[TICKLOG]
     await engine.load(ticklog.last_id)
     ticklog.add_listener(engine.on_tick, name="alerts")
     app[ALERT_STORE], app[ALERT_ENGINE] = alerts, engine
-    app[ENDPOINT_STORE] = EndpointStore(app[STORE])
+    app[ENDPOINT_STORE], app[OUTBOX] = EndpointStore(app[STORE]), worker
     # A crash loses nothing: a restarted engine replays stored ticks from its cursor.
     task = app[SUPERVISOR].spawn("alerts", engine.run, restart=True)
+    # Rows stay pending until an attempt ends: a restarted worker sends them again.
+    outbox = app[SUPERVISOR].spawn("alerts-outbox", worker.run, restart=True)
     yield
+    await app[SUPERVISOR].cancel(outbox)
     await app[SUPERVISOR].cancel(task)
 
 
@@ -274,4 +300,5 @@ async def test_fire(request: web.Request) -> web.StreamResponse:
         "detail": f"test firing of alert rule {rule_id}",
     }
     firing = await alerts.test_fire(owner, rule_id, payload, now_ms)
+    request.app[OUTBOX].poke()
     return web.json_response(_firing(firing), status=201)

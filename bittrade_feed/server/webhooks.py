@@ -18,22 +18,22 @@ from typing import Any
 from aiohttp import web
 
 from bittrade_feed.alerts.endpoints import Endpoint, EndpointStore
-from bittrade_feed.alerts.ssrf import Policy, Refused, check_url, guarded_session
+from bittrade_feed.alerts.ssrf import Refused, check_url, guarded_session
 from bittrade_feed.alerts.webhook import message, send, signed_headers
-from bittrade_feed.config import AlertsConfig
 from bittrade_feed.models import format_ts
-from bittrade_feed.server.alerts import ENDPOINT_STORE, read_body, require_owner, store_errors
+from bittrade_feed.server.alerts import (
+    ENDPOINT_STORE,
+    USER_AGENT,
+    policy_of,
+    read_body,
+    require_owner,
+    store_errors,
+)
 from bittrade_feed.server.problems import Problem
 from bittrade_feed.server.state import CLOCK, CONFIG
 
 PREFIX = "/api/alerts/webhooks"
 MAX_URL = 2048
-USER_AGENT = "bittrade-feed-webhooks"
-
-
-def policy_of(config: AlertsConfig) -> Policy:
-    """The SSRF policy the ``alerts.webhook_*`` keys describe."""
-    return Policy(allow_http=config.webhook_allow_http, allow=tuple(config.webhook_allow))
 
 
 def add_webhook_routes(app: web.Application) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.pytest_plugin import AiohttpClient, AiohttpServer
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from bittrade_feed.alerts.spec import Invalid, from_stored, parse_rule, rule_body, to_stored
@@ -120,13 +121,19 @@ class Receiver:
         return web.Response(status=self.status)
 
 
+async def serve(aiohttp_server: AiohttpServer, status: int = 200) -> tuple[Receiver, TestServer]:
+    """A receiver answering ``status`` at ``/hook`` on 127.0.0.1."""
+    receiver = Receiver()
+    receiver.status = status
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    return receiver, await aiohttp_server(app, host="127.0.0.1")
+
+
 async def test_rotation_signs_with_both_secrets_for_the_overlap(
     aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
+    receiver, server = await serve(aiohttp_server)
     # Receivers refuse timestamps 5 minutes off: both sends stay within that of now.
     clock = FakeClock(time.time() - 200)
     cfg = config(tmp_path / "f.db", rotation_overlap=300, **LOOPBACK)
@@ -158,11 +165,7 @@ async def test_rotation_signs_with_both_secrets_for_the_overlap(
 async def test_test_reports_a_failing_receiver(
     aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
-    receiver = Receiver()
-    receiver.status = 500
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
+    receiver, server = await serve(aiohttp_server, 500)
     client = await client_for(aiohttp_client, config(tmp_path / "f.db", **LOOPBACK))
     made = await (await client.post(HOOKS, json={"url": str(server.make_url("/hook"))})).json()
     answer = await (await client.post(f"{HOOKS}/{made['id']}/test")).json()
@@ -234,10 +237,7 @@ async def test_a_firing_queues_one_row_per_live_endpoint_of_the_rule(
 async def test_the_daemon_delivers_a_firing_to_the_rules_endpoint(
     aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, tmp_path: Path
 ) -> None:
-    receiver = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
+    receiver, server = await serve(aiohttp_server)
     cfg = config(tmp_path / "f.db", **LOOPBACK)
     client = await client_for(aiohttp_client, cfg, FakeClock(time.time()))
     made = await (await client.post(HOOKS, json={"url": str(server.make_url("/hook"))})).json()
@@ -251,3 +251,52 @@ async def test_the_daemon_delivers_a_firing_to_the_rules_endpoint(
     body, headers = receiver.got[0]
     assert headers["webhook-id"] == f"alert_{firing}_webhook_{made['id']}"
     assert Webhook(made["secret"]).verify(body, headers)["data"]["test"] is True
+
+
+async def test_failed_deliveries_are_listed_and_retried_once(
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    receiver, server = await serve(aiohttp_server, 500)
+    cfg = config(tmp_path / "f.db", max_attempts=1, **LOOPBACK)
+    client = await client_for(aiohttp_client, cfg, FakeClock(time.time()))
+    made = await (await client.post(HOOKS, json={"url": str(server.make_url("/hook"))})).json()
+    rule = {"pair": "BTC-USD", "kind": "above", "level": "1", "webhooks": [made["id"]]}
+    rule_id = (await (await client.post(RULES, json=rule)).json())["id"]
+    firing = (await (await client.post(f"{RULES}/{rule_id}/test")).json())["id"]
+    delivery = f"alert_{firing}_webhook_{made['id']}"
+
+    async def failed() -> list[dict[str, Any]]:
+        answer = await client.get("/api/alerts/deliveries")
+        assert answer.status == 200
+        listed: list[dict[str, Any]] = (await answer.json())["deliveries"]
+        return listed
+
+    for _ in range(200):
+        if await failed():
+            break
+        await asyncio.sleep(0.02)
+    (shown,) = await failed()
+    assert shown["id"] == delivery and shown["attempts"] == 1
+    assert shown["last_error"].endswith("HTTP 500")
+    bob = {"X-Test-Subject": "bob"}
+    of_bob = await (await client.get("/api/alerts/deliveries", headers=bob)).json()
+    assert of_bob == {"deliveries": []}
+    retry = f"/api/alerts/deliveries/{delivery}/retry"
+    assert (await client.post(retry, headers=bob)).status == 404
+    assert (await client.post("/api/alerts/deliveries/nope/retry")).status == 404
+
+    receiver.status = 200
+    answers = await asyncio.gather(client.post(retry), client.post(retry))
+    assert sorted(a.status for a in answers) == [202, 409]
+    for _ in range(200):
+        if len(receiver.got) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert [h["webhook-id"] for _, h in receiver.got] == [delivery, delivery]
+    assert await failed() == []
+    for _ in range(200):  # delivered: a retry is refused
+        again = await client.post(retry)
+        if again.status == 409:
+            break
+        await asyncio.sleep(0.02)
+    assert again.status == 409 and again.content_type == "application/problem+json"

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 
+from bittrade_feed.alerts.deliveries import Deliveries, Retry
 from bittrade_feed.alerts.endpoints import Endpoint, EndpointStore
 from bittrade_feed.alerts.outbox import OutboxWorker, backoff
 from bittrade_feed.alerts.spec import parse_rule
@@ -210,6 +211,7 @@ async def test_410_disables_the_endpoint(rig: Rig, aiohttp_server: AiohttpServer
     stored = await rig.endpoints.get("local", endpoint.id)
     assert stored is not None and stored.disabled_ms is not None
     assert rig.metrics.endpoints_disabled._value.get() == 1
+    assert await Deliveries(rig.store).retry("local", first, 0) is Retry.ENDPOINT_GONE
     assert rig.count("gone") == 1
 
 

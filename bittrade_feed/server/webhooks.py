@@ -2,7 +2,9 @@
 
 ``/api/alerts/webhooks`` (POST create, GET list), ``/api/alerts/webhooks/{id}`` (DELETE),
 ``/api/alerts/webhooks/{id}/rotate`` (POST) and ``/api/alerts/webhooks/{id}/test`` (POST:
-one signed delivery attempt now, its outcome in the answer).
+one signed delivery attempt now, its outcome in the answer). Failed deliveries:
+``/api/alerts/deliveries`` (GET the caller's) and ``/api/alerts/deliveries/{id}/retry``
+(POST: back in the outbox, due now, with a fresh attempt count).
 
 The secret is in the answer to create and rotate only, never in a listing. A URL is
 checked by the SSRF guard's URL rules when it is given (and its addresses again at
@@ -17,22 +19,27 @@ from typing import Any
 
 from aiohttp import web
 
+from bittrade_feed.alerts.deliveries import Deliveries, Retry
 from bittrade_feed.alerts.endpoints import Endpoint, EndpointStore
 from bittrade_feed.alerts.ssrf import Refused, check_url, guarded_session
 from bittrade_feed.alerts.webhook import message, send, signed_headers
 from bittrade_feed.models import format_ts
 from bittrade_feed.server.alerts import (
     ENDPOINT_STORE,
+    OUTBOX,
     USER_AGENT,
     policy_of,
     read_body,
     require_owner,
     store_errors,
 )
+from bittrade_feed.server.params import int_param
 from bittrade_feed.server.problems import Problem
-from bittrade_feed.server.state import CLOCK, CONFIG
+from bittrade_feed.server.state import CLOCK, CONFIG, STORE
 
 PREFIX = "/api/alerts/webhooks"
+DELIVERIES = "/api/alerts/deliveries"
+MAX_LISTED = 1000
 MAX_URL = 2048
 
 
@@ -47,6 +54,8 @@ def add_webhook_routes(app: web.Application) -> None:
             web.delete(PREFIX + "/{id}", delete_endpoint),
             web.post(PREFIX + "/{id}/rotate", rotate_endpoint),
             web.post(PREFIX + "/{id}/test", test_endpoint),
+            web.get(DELIVERIES, list_failed),
+            web.post(DELIVERIES + "/{id}/retry", retry_delivery),
         ]
     )
 
@@ -166,3 +175,42 @@ async def test_endpoint(request: web.Request) -> web.StreamResponse:
             "error": outcome.error or None,
         }
     )
+
+
+@store_errors
+async def list_failed(request: web.Request) -> web.StreamResponse:
+    """GET the caller's failed webhook deliveries, newest first (``limit``, default 100)."""
+    owner = require_owner(request)
+    limit = int_param(request, "limit", 100, 1, MAX_LISTED)
+    failed = await Deliveries(request.app[STORE]).failed(owner, limit)
+    return web.json_response(
+        {
+            "deliveries": [
+                {
+                    "id": f.id,
+                    "rule_id": f.rule_id,
+                    "firing_id": f.firing_id,
+                    "endpoint_id": f.endpoint_id,
+                    "attempts": f.attempts,
+                    "last_error": f.last_error,
+                }
+                for f in failed
+            ]
+        }
+    )
+
+
+@store_errors
+async def retry_delivery(request: web.Request) -> web.StreamResponse:
+    """POST: queue a failed delivery again (202); 404 unknown, 409 not failed or no endpoint."""
+    owner, ident = require_owner(request), request.match_info["id"]
+    result = await Deliveries(request.app[STORE]).retry(owner, ident, _now_ms(request))
+    shown = ident[:80]
+    if result is Retry.NOT_FOUND:
+        raise Problem(404, f"no webhook delivery {shown!r}")
+    if result is Retry.NOT_FAILED:
+        raise Problem(409, f"delivery {shown!r} has not failed (it is pending or delivered)")
+    if result is Retry.ENDPOINT_GONE:
+        raise Problem(409, f"the endpoint of delivery {shown!r} was deleted or disabled (410)")
+    request.app[OUTBOX].poke()
+    return web.json_response({"id": ident, "state": "pending"}, status=202)

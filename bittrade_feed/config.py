@@ -197,7 +197,7 @@ class AlertsConfig:
     """Price alert rules evaluated on every committed tick (off while delivery is built)."""
 
     enabled: bool = False
-    """Off by default: until stream and webhook delivery land, a firing is only recorded."""
+    """Off by default: webhooks are delivered, but stream delivery has not landed yet."""
     max_rules_per_owner: int = 100
     checkpoint_seconds: float = 10.0
     """How often rule states changed by ticks that fired nothing are saved; a restart

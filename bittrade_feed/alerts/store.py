@@ -106,6 +106,20 @@ def _firing_row(row: Sequence[Any]) -> StoredFiring:
     return StoredFiring(int(ident), int(rule_id), tick, int(at_ms), json.loads(payload))
 
 
+def _definition(stored: Stored, state: RuleState, last_tick_id: int) -> tuple[Any, ...]:
+    """The values of the columns a create writes and a replace rewrites, in the order both
+    statements name them: pair, kind, params, frequency, state, last_tick_id, expires_ms."""
+    return (
+        stored.pair,
+        stored.kind,
+        _dump(stored.params),
+        _dump(stored.frequency),
+        _dump(state.to_json()),
+        last_tick_id,
+        stored.expires_ms,
+    )
+
+
 def _dump(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
@@ -131,19 +145,9 @@ class AlertStore:
             if int(row[0]) >= max_rules:
                 raise QuotaExceeded(owner, max_rules)
             cursor = await conn.execute(
-                "INSERT INTO alert_rules (owner, pair, kind, params, frequency, state, "
-                "last_tick_id, version, created_ms, expires_ms) VALUES (?,?,?,?,?,?,?,1,?,?)",
-                (
-                    owner,
-                    stored.pair,
-                    stored.kind,
-                    _dump(stored.params),
-                    _dump(stored.frequency),
-                    _dump(state.to_json()),
-                    last_tick_id,
-                    now_ms,
-                    stored.expires_ms,
-                ),
+                "INSERT INTO alert_rules (owner, created_ms, version, pair, kind, params, "
+                "frequency, state, last_tick_id, expires_ms) VALUES (?,?,1,?,?,?,?,?,?,?)",
+                (owner, now_ms, *_definition(stored, state, last_tick_id)),
             )
             ident = cursor.lastrowid
             await cursor.close()
@@ -168,18 +172,9 @@ class AlertStore:
                 raise VersionMismatch(rule_id, None if current is None else current.version)
             await conn.execute_fetchall(
                 "UPDATE alert_rules SET pair = ?, kind = ?, params = ?, frequency = ?, "
-                "state = ?, last_tick_id = ?, version = version + 1, expires_ms = ? "
+                "state = ?, last_tick_id = ?, expires_ms = ?, version = version + 1 "
                 "WHERE id = ?",
-                (
-                    stored.pair,
-                    stored.kind,
-                    _dump(stored.params),
-                    _dump(stored.frequency),
-                    _dump(state.to_json()),
-                    last_tick_id,
-                    stored.expires_ms,
-                    rule_id,
-                ),
+                (*_definition(stored, state, last_tick_id), rule_id),
             )
             return StoredRule(rule_id, owner, rule, state, current.version + 1, current.created_ms)
 

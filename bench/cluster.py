@@ -168,14 +168,11 @@ def sharded_loadgen(
         return run.loadgen(opts, srv, workdir, tag, n, window, 1.0, opts.params["settle"])
 
     def shard(i: int) -> dict[str, Any]:
-        if not opts.stagger or i == 0:
-            return run.loadgen(
-                opts, srv, workdir, f"{tag}{i}", sizes[i], window + lead(i), 1.0, settle
-            )
-        # Staggered: connect only once the previous shard holds all of its subscribers
-        # (its measured window has begun), so connects do not compete with each other.
-        mark = workdir / f"{srv.name}-{tag}{i - 1}.mark"
-        run.wait_for(mark.exists, 120 + sizes[i - 1] / 200, f"shard {i - 1}'s window")
+        if opts.stagger and i > 0:
+            # Staggered: connect only once the previous shard holds all of its subscribers
+            # (its measured window has begun), so connects do not compete with each other.
+            mark = workdir / f"{srv.name}-{tag}{i - 1}.mark"
+            run.wait_for(mark.exists, 120 + sizes[i - 1] / 200, f"shard {i - 1}'s window")
         return run.loadgen(opts, srv, workdir, f"{tag}{i}", sizes[i], window + lead(i), 1.0, settle)
 
     def lead(i: int) -> float:

@@ -229,7 +229,6 @@ async def test_a_firing_queues_one_row_per_live_endpoint_of_the_rule(
     firing = (await fired.json())["id"]
     outbox = await client.app[ALERT_STORE].outbox()
     assert sorted((row[0], row[2]) for row in outbox) == [
-        (f"alert_{firing}_stream", "stream"),
         (f"alert_{firing}_webhook_{a1}", "webhook"),
     ]
 

@@ -20,7 +20,6 @@ from bittrade_feed.alerts.store import (
     StoredFiring,
     StoredRule,
     VersionMismatch,
-    outbox_id,
 )
 from bittrade_feed.errors import StoreError
 from bittrade_feed.feed.ticklog import TickLog
@@ -99,9 +98,11 @@ async def test_a_crossing_records_firing_state_and_outbox(rig: Rig) -> None:
     assert firing.tick_id == 2
     assert firing.payload["detail"] == "BTC-USD 101 crossed above 100"
     assert rig.fired == [("local", firing.id)]
-    assert rows(rig.path, "SELECT id, channel, state, attempts FROM alert_outbox") == [
-        (outbox_id(firing.id, "stream"), "stream", "pending", 0)
-    ]
+    # No endpoint named: nothing in the outbox; streams resume from the firing row itself.
+    assert rows(rig.path, "SELECT id FROM alert_outbox") == []
+    assert await rig.alerts.firings_after("local", 0, 10) == [firing]
+    assert await rig.alerts.firings_after("local", firing.id, 10) == []
+    assert await rig.alerts.firings_after("bob", 0, 10) == []
     (saved,) = await rig.alerts.all()
     assert saved.state.last_tick_id == 2  # saved with the firing; tick 3 awaits a checkpoint
     assert saved.state.fired == 1
@@ -168,15 +169,15 @@ async def test_a_failed_commit_saves_nothing_and_is_retried(rig: Rig) -> None:
     stored = await rig.engine.create("local", UP, max_rules=10)
     con = sqlite3.connect(rig.path, isolation_level=None)
     con.execute(
-        "CREATE TRIGGER refuse BEFORE INSERT ON alert_outbox "
-        "BEGIN SELECT RAISE(ABORT, 'outbox refused'); END"
+        "CREATE TRIGGER refuse AFTER INSERT ON alert_firings "
+        "BEGIN SELECT RAISE(ABORT, 'firing refused'); END"
     )
     await rig.tick(99)
     await rig.tick(101)
     step = asyncio.create_task(rig.engine.step())
     await asyncio.sleep(0.2)
     assert not step.done()  # retrying
-    # the firing's insert went through before the outbox failed: rolled back with it
+    # the state update went through before the firing's insert failed: rolled back too
     assert rows(rig.path, "SELECT COUNT(*) FROM alert_firings") == [(0,)]
     assert rows(rig.path, "SELECT last_tick_id FROM alert_rules") == [(0,)]
     con.execute("DROP TRIGGER refuse")
@@ -184,7 +185,7 @@ async def test_a_failed_commit_saves_nothing_and_is_retried(rig: Rig) -> None:
     await rig.clock.advance(1.0)
     await asyncio.wait_for(step, 5)
     assert len(await rig.alerts.firings("local", stored.id, 10)) == 1
-    assert rows(rig.path, "SELECT COUNT(*) FROM alert_outbox") == [(1,)]
+    assert rows(rig.path, "SELECT COUNT(*) FROM alert_outbox") == [(0,)]  # no endpoint named
 
 
 async def test_quota_holds_under_concurrent_creates(rig: Rig) -> None:

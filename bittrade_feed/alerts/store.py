@@ -19,6 +19,7 @@ import aiosqlite
 from bittrade_feed.alerts.rules import Firing, Rule, RuleState
 from bittrade_feed.alerts.spec import Stored, from_stored, to_stored
 from bittrade_feed.errors import StoreRejected
+from bittrade_feed.models import format_ts
 from bittrade_feed.store.sqlite import Store
 
 RULE_COLUMNS = (
@@ -72,6 +73,16 @@ class StoredFiring:
     tick_id: int | None
     at_ms: int
     payload: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """The firing as the API lists it and as a stream's ``alert`` event carries it."""
+        return {
+            "id": self.id,
+            "rule_id": self.rule_id,
+            "tick_id": self.tick_id,
+            "at": format_ts(self.at_ms),
+            "data": self.payload,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,12 +278,9 @@ class AlertStore:
         ident = cursor.lastrowid
         await cursor.close()
         assert ident is not None
-        # Every firing goes to the owner's streams, and to each endpoint the rule names
-        # that the owner still has and is not disabled (one deleted since is skipped).
-        await conn.execute_fetchall(
-            "INSERT INTO alert_outbox (id, firing_id, channel, next_at_ms) VALUES (?, ?, ?, ?)",
-            (outbox_id(ident, "stream"), ident, "stream", at_ms),
-        )
+        # The firing row itself is the stream channel's log (streams resume from it by
+        # id); the outbox holds one row per endpoint the rule names that the owner still
+        # has and is not disabled (one deleted since is skipped).
         endpoints = await conn.execute_fetchall(
             "SELECT e.id FROM alert_rules r, json_each(r.params, '$.webhooks') w "
             "JOIN alert_endpoints e ON e.id = w.value AND e.owner = r.owner "
@@ -323,6 +331,19 @@ class AlertStore:
             return [
                 _firing_row(r) for r in await conn.execute_fetchall(sql, (rule_id, owner, limit))
             ]
+
+        return await self._store.query(query, "cannot read alert firings")
+
+    async def firings_after(self, owner: str, after: int, limit: int) -> list[StoredFiring]:
+        """The owner's firings with an id above ``after``, oldest first, at most ``limit``
+        (a stream resuming its ``alert`` events)."""
+        sql = (
+            f"SELECT {FIRING_COLUMNS} FROM alert_firings WHERE id > ? AND rule_id IN "  # noqa: S608
+            "(SELECT id FROM alert_rules WHERE owner = ?) ORDER BY id LIMIT ?"
+        )
+
+        async def query(conn: aiosqlite.Connection) -> list[StoredFiring]:
+            return [_firing_row(r) for r in await conn.execute_fetchall(sql, (after, owner, limit))]
 
         return await self._store.query(query, "cannot read alert firings")
 

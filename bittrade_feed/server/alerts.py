@@ -24,7 +24,7 @@ from bittrade_feed.alerts.outbox import OutboxWorker
 from bittrade_feed.alerts.rules import Rule
 from bittrade_feed.alerts.spec import Invalid, parse_rule, rule_body
 from bittrade_feed.alerts.ssrf import Policy, guarded_session
-from bittrade_feed.alerts.store import AlertStore, QuotaExceeded, StoredFiring, VersionMismatch
+from bittrade_feed.alerts.store import AlertStore, QuotaExceeded, VersionMismatch
 from bittrade_feed.auth.principal import principal_of
 from bittrade_feed.config import AlertsConfig
 from bittrade_feed.errors import StoreError
@@ -214,16 +214,6 @@ def _answer(stored: Any, status: int = 200) -> web.Response:
     return response
 
 
-def _firing(firing: StoredFiring) -> dict[str, Any]:
-    return {
-        "id": firing.id,
-        "rule_id": firing.rule_id,
-        "tick_id": firing.tick_id,
-        "at": format_ts(firing.at_ms),
-        "data": firing.payload,
-    }
-
-
 @store_errors
 async def create_rule(request: web.Request) -> web.StreamResponse:
     """POST: a new rule; 201 with its ETag and Location."""
@@ -281,7 +271,7 @@ async def list_firings(request: web.Request) -> web.StreamResponse:
     if await alerts.get(owner, rule_id) is None:
         raise Problem(404, f"no alert rule {rule_id}")
     firings = await alerts.firings(owner, rule_id, limit)
-    return web.json_response({"firings": [_firing(f) for f in firings]})
+    return web.json_response({"firings": [f.to_json() for f in firings]})
 
 
 @store_errors
@@ -301,4 +291,4 @@ async def test_fire(request: web.Request) -> web.StreamResponse:
     }
     firing = await alerts.test_fire(owner, rule_id, payload, now_ms)
     request.app[OUTBOX].poke()
-    return web.json_response(_firing(firing), status=201)
+    return web.json_response(firing.to_json(), status=201)

@@ -93,6 +93,11 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX IF NOT EXISTS alert_endpoints_owner ON alert_endpoints (owner, created_ms);
     """,
+    # Streams resume their alert events from alert_firings by id, so the outbox keeps
+    # only webhook deliveries; stream rows written before this step are dropped.
+    """
+    DELETE FROM alert_outbox WHERE channel = 'stream';
+    """,
 )
 
 COLUMNS = "id, pair, price, ts_ms, sources"

@@ -66,6 +66,8 @@ export interface PriceSnapshot {
   readonly lastEventId: number | null
   /** Local `now()` of the last event of any kind. */
   readonly lastEventAt: number | null
+  /** Alert resume point: the highest alert (firing) id seen, or `alertsAfter`; null before any. */
+  readonly lastAlertId: number | null
   readonly lastError: FeedError | null
   /** Set when a 401/403 closed the feed (log in again, then make a new feed). */
   readonly authError: AuthError | null
@@ -98,10 +100,43 @@ export interface ResyncEvent {
   readonly ticks: readonly Tick[]
 }
 
+/**
+ * One firing of one of the owner's alert rules (the `alert` event; the stream's credential
+ * needs the `alerts` scope). Each `id` is delivered at most once per feed.
+ */
+export interface Alert {
+  /** The firing id: increasing per owner, the alert resume point. */
+  readonly id: number
+  readonly ruleId: number
+  /** The price (tick) id that fired the rule; null for a test firing. */
+  readonly tickId: number | null
+  /** RFC 3339 time the firing was recorded. */
+  readonly at: string
+  /** A test firing (POST /api/alerts/rules/{id}/test): no price caused it. */
+  readonly test: boolean
+  readonly pair: string | null
+  /** The rule's kind: `above`, `below`, `crosses_up`, `crosses_down`, `crosses`, `pct_move`. */
+  readonly kind: string | null
+  /** `up` / `down` for crossings and moves; null for `above` / `below` and test firings. */
+  readonly direction: string | null
+  /** Why it fired, for people, e.g. "BTC-USD 70001.5 crossed above 70000". */
+  readonly detail: string
+  /** The decimal string of the price that fired it (null for a test firing). */
+  readonly price: string | null
+  /** RFC 3339 time of that price. */
+  readonly ts: string | null
+  /** This is the rule's `count`-th firing. */
+  readonly count: number | null
+  readonly simulated: boolean
+  /** The firing's `data` object as sent (newer daemons may add fields). */
+  readonly data: Readonly<Record<string, unknown>>
+}
+
 export interface FeedEvents {
   price: Tick
   status: StatusEvent
   resync: ResyncEvent
+  alert: Alert
 }
 
 /** The subset of the WHATWG EventSource constructor the client uses. */
@@ -158,6 +193,17 @@ export interface PriceFeedOptions {
   maxClockSkewMs?: number
   /** Resume after this event id (e.g. one saved before a page reload). */
   lastEventId?: number | null
+  /**
+   * Called with each alert event (a firing of the owner's rules), once per firing id;
+   * the same as `feed.on('alert', ...)`. Needs a credential with the `alerts` scope.
+   */
+  onAlert?: ((alert: Alert) => void) | null
+  /**
+   * Resume alerts after this firing id (e.g. `lastAlertId` saved before a page reload):
+   * the daemon first sends the firings above it. Without it, only alerts that fire after
+   * the stream opened are delivered. Sent as `alerts_after`; the client moves it forward.
+   */
+  alertsAfter?: number | null
   /** An EventSource implementation (default: the global one; in Node use the `eventsource` package). */
   EventSource?: EventSourceConstructor
   /** The clock (default `Date.now`). */

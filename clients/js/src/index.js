@@ -21,6 +21,19 @@
 // feed with `authError` set (a 401 first asks `getToken` once for a new token, if given).
 // A `reauth` event (the credential expired or was revoked) closes the stream; the client
 // calls `onReauth`, refreshes the token and reconnects from the last id, so nothing is lost.
+//
+// Alerts (issue 14): a stream whose credential has the `alerts` scope also carries `alert`
+// events, the owner's rule firings. They have no `id:` line, so the price resume point
+// (lastEventId) never moves; their own resume point is the firing id. The client keeps the
+// highest it saw and sends it as `alerts_after` on every connection it opens, so the daemon
+// replays what fired while it was away; an alert with an id already seen is dropped. The
+// EventSource's own reconnect after a dropped connection reuses the URL it was made with;
+// when an alert arrived since, the client closes it and reconnects itself with the new
+// `alerts_after` instead. Either way an alert already seen is dropped by id: none is
+// lost or repeated.
+// Until the first alert (or without `alertsAfter`), the stream starts at "firings from now
+// on": what fires while the very first connection is down before any alert arrived is not
+// replayed (the daemon's firings list and webhooks still have it).
 
 export const DEFAULT_STALE_AFTER_MS = 120_000
 /** `reason` while every price is current but some come from the daemon's simulated source. */
@@ -42,6 +55,7 @@ export const CONNECTING_SNAPSHOT = Object.freeze({
   pairs: Object.freeze({}),
   lastEventId: null,
   lastEventAt: null,
+  lastAlertId: null,
   lastError: null,
   authError: null,
 })
@@ -55,6 +69,8 @@ export function createPriceFeed(options = {}) {
     staleAfterMs = DEFAULT_STALE_AFTER_MS,
     maxClockSkewMs = DEFAULT_MAX_CLOCK_SKEW_MS,
     lastEventId = null,
+    alertsAfter = null,
+    onAlert = null,
     now = Date.now,
     getToken = null,
     onReauth = null,
@@ -72,12 +88,17 @@ export function createPriceFeed(options = {}) {
   const wanted = pairs.map((p) => String(p).trim().toUpperCase()).filter(Boolean)
   const baseUrl = resolveUrl(url, wanted)
   if (getToken !== null && typeof getToken !== 'function') throw new TypeError('createPriceFeed: getToken must be a function')
+  if (onAlert !== null && typeof onAlert !== 'function') throw new TypeError('createPriceFeed: onAlert must be a function')
+  if (alertsAfter != null && !(Number.isSafeInteger(Number(alertsAfter)) && Number(alertsAfter) >= 0)) {
+    throw new RangeError('createPriceFeed: alertsAfter must be a firing id (an integer >= 0)')
+  }
   // Only an implementation that lets us make its requests can send a header; a browser's
   // own EventSource sends cookies only.
   const canSendHeader = EventSourceImpl[Symbol.for('eventsource.supports-fetch-override')] === true
 
   const listeners = new Set()
-  const handlers = { price: new Set(), status: new Set(), resync: new Set() }
+  const handlers = { price: new Set(), status: new Set(), resync: new Set(), alert: new Set() }
+  if (onAlert !== null) handlers.alert.add(onAlert)
   /** @type {Map<string, object>} latest tick per pair */
   const ticks = new Map()
   /** @type {Map<string, {state: string, since: string, reason: string}>} */
@@ -85,9 +106,13 @@ export function createPriceFeed(options = {}) {
   const seenPairs = new Set(wanted)
 
   let source = null
+  /** The alert resume point in the current connection's URL. */
+  let sourceAlertId = null
   let phase = 'connecting' // connecting | open | reconnecting | closed
   let openedAt = 0
   let lastId = lastEventId == null ? null : Number(lastEventId)
+  /** The highest alert (firing) id seen: the alert resume point, apart from lastId. */
+  let lastAlertId = alertsAfter == null ? null : Number(alertsAfter)
   let lastEventAt = null
   let lastError = null
   let backoff = MIN_BACKOFF_MS
@@ -114,6 +139,7 @@ export function createPriceFeed(options = {}) {
   function streamUrl() {
     const target = new URL(baseUrl)
     if (lastId != null) target.searchParams.set('last_event_id', String(lastId))
+    if (lastAlertId != null) target.searchParams.set('alerts_after', String(lastAlertId))
     return target.toString()
   }
 
@@ -134,6 +160,7 @@ export function createPriceFeed(options = {}) {
     if (canSendHeader && typeof fetchImpl === 'function') init.fetch = fetchWithCredentials
     const es = new EventSourceImpl(streamUrl(), init)
     source = es
+    sourceAlertId = lastAlertId
     es.addEventListener('open', () => {
       if (source !== es) return
       phase = 'open'
@@ -147,6 +174,7 @@ export function createPriceFeed(options = {}) {
     es.addEventListener('price', (event) => onEvent(es, event, onPrice))
     es.addEventListener('status', (event) => onEvent(es, event, onStatus))
     es.addEventListener('resync', (event) => onEvent(es, event, onResync))
+    es.addEventListener('alert', (event) => onEvent(es, event, onAlertEvent))
   }
 
   function onEvent(es, event, apply) {
@@ -210,6 +238,19 @@ export function createPriceFeed(options = {}) {
     else if (fresh.length) lastId = Math.max(...fresh.map((t) => t.id))
     else lastId = null
     emit('resync', { reason: String(data?.reason ?? ''), ticks: fresh })
+  }
+
+  function onAlertEvent(data) {
+    const alert = readAlert(data)
+    if (alert === null) {
+      lastError = { message: `malformed alert event: ${JSON.stringify(data).slice(0, 80)}`, at: now() }
+      return
+    }
+    // Per connection the daemon sends increasing ids, and a resume starts above the id
+    // asked for: one at or below the highest seen is a replay of one already delivered.
+    if (lastAlertId != null && alert.id <= lastAlertId) return
+    lastAlertId = alert.id
+    emit('alert', alert)
   }
 
   /** Ask getToken for a token (at most once per accepted one), then run `next`. */
@@ -343,9 +384,10 @@ export function createPriceFeed(options = {}) {
       return
     }
     phase = 'reconnecting'
-    if (es.readyState === CLOSED) {
+    if (es.readyState === CLOSED || lastAlertId !== sourceAlertId) {
       // Browsers give up for good on a non-200 answer (a 503 from a proxy while the
       // daemon restarts, say); keep trying with backoff, resuming from the last id.
+      // EventSource's own retry would send a stale alerts_after: reconnect ourselves.
       es.close()
       scheduleReconnect()
     }
@@ -461,6 +503,7 @@ export function createPriceFeed(options = {}) {
       pairs: out,
       lastEventId: lastId,
       lastEventAt,
+      lastAlertId,
       lastError,
       authError,
     }
@@ -486,7 +529,7 @@ export function createPriceFeed(options = {}) {
     },
     on(type, handler) {
       const set = handlers[type]
-      if (!set) throw new TypeError(`unknown feed event ${JSON.stringify(type)}: use price, status or resync`)
+      if (!set) throw new TypeError(`unknown feed event ${JSON.stringify(type)}: use price, status, resync or alert`)
       set.add(handler)
       return () => set.delete(handler)
     },
@@ -516,6 +559,32 @@ function readTick(data, receivedAt) {
     sources: Object.freeze(Array.isArray(sources) ? sources.map(String) : []),
     simulated: simulated === true,
     receivedAt,
+  })
+}
+
+/** Parse the wire form of an alert (a firing); `null` if it is not one. */
+function readAlert(raw) {
+  if (!raw || typeof raw !== 'object') return null
+  const { id, rule_id: ruleId, tick_id: tickId = null, at, data } = raw
+  if (!Number.isSafeInteger(id) || id <= 0 || !Number.isSafeInteger(ruleId) || typeof at !== 'string') return null
+  if (tickId !== null && !Number.isSafeInteger(tickId)) return null
+  const body = data && typeof data === 'object' && !Array.isArray(data) ? data : {}
+  const text = (value) => (typeof value === 'string' ? value : null)
+  return deepFreeze({
+    id,
+    ruleId,
+    tickId,
+    at,
+    test: body.test === true,
+    pair: text(body.pair),
+    kind: text(body.kind),
+    direction: text(body.direction),
+    detail: text(body.detail) ?? '',
+    price: text(body.price),
+    ts: text(body.ts),
+    count: Number.isSafeInteger(body.count) ? body.count : null,
+    simulated: body.simulated === true,
+    data: body,
   })
 }
 

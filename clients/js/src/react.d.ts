@@ -1,6 +1,6 @@
 import type { PriceFeed, PriceFeedOptions, PriceSnapshot } from './index.js'
 
-export type { AuthError, FeedState, PairSnapshot, PriceFeed, PriceFeedOptions, PriceSnapshot } from './index.js'
+export type { Alert, AuthError, FeedState, PairSnapshot, PriceFeed, PriceFeedOptions, PriceSnapshot } from './index.js'
 
 export interface UseBitcoinPriceOptions extends PriceFeedOptions {
   /** Follow this feed instead of opening one (it is not closed on unmount). */

@@ -1,7 +1,7 @@
 // React binding: `useBitcoinPrice(options)` returns the feed's snapshot and re-renders on
 // every change. React is a peer dependency of this entry only; the core has none.
 
-import { useEffect, useState, useSyncExternalStore } from 'react'
+import { useEffect, useRef, useState, useSyncExternalStore } from 'react'
 
 import { CONNECTING_SNAPSHOT, createPriceFeed } from './index.js'
 
@@ -23,7 +23,8 @@ export function usePriceFeed(feed) {
  * A new connection is made when url, pairs, withCredentials, token, staleAfterMs or
  * maxClockSkewMs change; the old one is closed. getToken, onReauth and onError are taken
  * from the render that opened the connection (prefer getToken to a changing token: it
- * refreshes without a new connection). After a 401/403 the snapshot's `authError` is set
+ * refreshes without a new connection); onAlert is always the latest render's, so it may
+ * close over state without reconnecting. After a 401/403 the snapshot's `authError` is set
  * and the feed stays closed: after a login, change the token or remount the component
  * (a new React `key`) to connect again.
  *
@@ -42,11 +43,15 @@ export function useBitcoinPrice(options = {}) {
         feedOptions.maxClockSkewMs ?? null,
       ])
   const [own, setOwn] = useState(null)
+  const onAlert = useRef(feedOptions.onAlert)
+  useEffect(() => {
+    onAlert.current = feedOptions.onAlert
+  })
   useEffect(() => {
     if (key === null) return undefined
     // Made in the effect, not during render: StrictMode's mount-unmount-mount and
     // server rendering then never leave a connection open behind them.
-    const feed = createPriceFeed(feedOptions)
+    const feed = createPriceFeed({ ...feedOptions, onAlert: (alert) => onAlert.current?.(alert) })
     setOwn({ key, feed })
     return () => {
       feed.close()

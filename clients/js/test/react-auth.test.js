@@ -8,18 +8,10 @@ import { join } from 'node:path'
 import { after, before, test } from 'node:test'
 
 import { EventSource } from 'eventsource'
-import { JSDOM } from 'jsdom'
 
 import { addKey, startDaemon } from '../test-support/daemon.js'
-import { sleep } from '../test-support/wait.js'
+import { StrictMode, createRoot, h, until } from '../test-support/dom.js'
 
-// react-dom decides at import time whether it has a DOM, so the globals come first.
-const dom = new JSDOM('<!doctype html><html><body></body></html>')
-globalThis.window = dom.window
-globalThis.document = dom.window.document
-if (globalThis.navigator === undefined) globalThis.navigator = dom.window.navigator
-const { createElement: h, StrictMode } = await import('react')
-const { createRoot } = await import('react-dom/client')
 const { useBitcoinPrice } = await import('../src/react.js')
 
 let daemon
@@ -40,15 +32,6 @@ function Price({ token }) {
   const snap = useBitcoinPrice({ url: `${daemon.url}/api/price-stream`, pairs: ['BTC-USD'], EventSource, token })
   if (snap.authError) return h('p', { role: 'alert' }, `HTTP ${snap.authError.code}: ${snap.authError.message}`)
   return h('output', null, snap.pairs['BTC-USD']?.price ?? '—')
-}
-
-async function until(check, what, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    if (check()) return
-    await sleep(20)
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${document.body.innerHTML}`)
 }
 
 test('useBitcoinPrice: authError on 401, then prices once a token is given', async () => {

@@ -4,19 +4,13 @@ import assert from 'node:assert/strict'
 import { after, afterEach, before, test } from 'node:test'
 
 import { EventSource } from 'eventsource'
-import { JSDOM } from 'jsdom'
 
+import { StrictMode, createRoot, h, until } from '../test-support/dom.js'
 import { startDaemon } from '../test-support/daemon.js'
 import { startFakeKraken } from '../test-support/fake-kraken.js'
 import { sleep } from '../test-support/wait.js'
 
-// react-dom decides at import time whether it has a DOM, so the globals come first.
-const dom = new JSDOM('<!doctype html><html><body></body></html>')
-globalThis.window = dom.window
-globalThis.document = dom.window.document
-if (globalThis.navigator === undefined) globalThis.navigator = dom.window.navigator // Node 20 has none
-const { createElement: h, StrictMode } = await import('react')
-const { createRoot } = await import('react-dom/client')
+// After test-support/dom.js has set up the DOM globals react-dom looks for.
 const { renderToString } = await import('react-dom/server')
 const { TradeForm } = await import('../examples/TradeForm.js')
 
@@ -41,15 +35,6 @@ after(async () => {
   await daemon?.dispose()
   await kraken?.close()
 })
-
-async function until(check, what, timeoutMs = 10_000) {
-  const deadline = Date.now() + timeoutMs
-  while (Date.now() < deadline) {
-    if (check()) return
-    await sleep(20)
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}: ${document.body.innerHTML}`)
-}
 
 async function sseSubscribers() {
   const text = await (await fetch(`${daemon.url}/metrics`)).text()

@@ -1,7 +1,7 @@
 // Compiled (not run) by test/package.test.js: the declarations accept real usage and
 // reject misuse (each @ts-expect-error must be an error).
 import { CONNECTING_SNAPSHOT, SIMULATED_REASON, createPriceFeed } from 'bittrade-feed-client'
-import type { PriceFeed, PriceSnapshot, Tick } from 'bittrade-feed-client'
+import type { Alert, PriceFeed, PriceSnapshot, Tick } from 'bittrade-feed-client'
 import { EventSource as NodeEventSource } from 'eventsource'
 
 const feed: PriceFeed = createPriceFeed({ url: '/api/price-stream', pairs: ['BTC-USD'], staleAfterMs: 75_000 })
@@ -50,3 +50,16 @@ const code: 401 | 403 | undefined = refused?.code
 void code
 // @ts-expect-error: getToken returns the token, not an object
 createPriceFeed({ getToken: () => ({ token: 'x' }) })
+
+// Alerts: a callback option and an event, with the resume point in the snapshot.
+const alerting = createPriceFeed({
+  onAlert: (alert: Alert) => void `${alert.id} ${alert.detail.toUpperCase()} ${alert.tickId ?? 'test'}`,
+  alertsAfter: 41,
+})
+alerting.on('alert', (alert) => alert.ruleId + (alert.count ?? 0))
+const resumeAlertsAfter: number | null = alerting.getSnapshot().lastAlertId
+void resumeAlertsAfter
+// @ts-expect-error: alertsAfter is a firing id, not a string
+createPriceFeed({ alertsAfter: '41' })
+// @ts-expect-error: an alert is read-only
+alerting.on('alert', (alert) => void (alert.detail = ''))

@@ -182,6 +182,18 @@ async def test_a_firing_already_written_is_not_written_again(fx: Fixture) -> Non
     assert dropped == 2
 
 
+async def test_a_firing_follows_the_price_still_in_the_coalescing_window(fx: Fixture) -> None:
+    """With coalescing on, the window is flushed first: the price, then its alert."""
+    hub = make_hub(fx.store, coalesce_ms=60_000)  # the window ends only by flush()
+    (peer,) = await loopback_peers(1)
+    await attach(hub, peer, "alice")
+    tick = await fx.store.insert(TickDraft("BTC-USD", Decimal(5), 0, ("x",)))
+    hub.publish(tick)
+    hub.publish_alert("alice", await fx.fire("alice"))
+    got = [(i, e) for i, e, _ in await peer.received() if e]
+    assert got == [(str(tick.id), "price"), (None, "alert")]
+
+
 async def test_resume_reads_every_page_in_order(
     fx: Fixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

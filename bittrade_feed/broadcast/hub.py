@@ -165,6 +165,8 @@ class Hub:
 
     def publish_alert(self, owner: str, firing: AlertEvent) -> None:
         """Hand a committed firing to every stream of ``owner`` (cheap; never raises)."""
+        if owner not in self._subs.by_owner:
+            return  # nobody of this owner is connected: nothing to encode or flush
         try:
             # Prices in the coalescing window go first: a firing follows the tick behind it.
             self.flush()

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,9 @@ from bittrade_feed_client import (
     RequestRejected,
     ServiceError,
 )
+from bittrade_feed_client.inbox import AlertInbox
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bittrade_feed.auth.keys import KeyStore, new_key, write_key_file
 from bittrade_feed.auth.scopes import parse_scopes
@@ -303,3 +306,34 @@ def test_alert_accessors_are_typed_and_tolerate_missing_fields() -> None:
     bad = Alert.from_json({**wire, "data": {"price": "NaN"}})
     with pytest.raises(ValueError, match="not finite"):
         _ = bad.price
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    after=st.none() | st.integers(0, 50),
+    offered=st.lists(st.integers(1, 60), max_size=40),
+    limit=st.integers(1, 50),
+)
+def test_the_inbox_hands_out_each_id_once_in_increasing_order(
+    after: int | None, offered: list[int], limit: int
+) -> None:
+    """Whatever the daemon repeats or reorders: the ids handed out strictly increase, are
+    exactly the records (each above every id before it), and the newest ``limit`` stay."""
+
+    async def run() -> list[int]:
+        inbox = AlertInbox(after, limit)
+        for ident in offered:
+            inbox.offer(Alert(ident, 1, None, datetime.now(UTC), {}))
+        inbox.close()
+        taken = []
+        while (alert := await inbox.take()) is not None:
+            taken.append(alert.id)
+        return taken
+
+    records, best = [], after
+    for ident in offered:
+        if best is None or ident > best:
+            records.append(ident)
+            best = ident
+    taken = asyncio.run(run())
+    assert taken == records[-limit:]

@@ -11,7 +11,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -140,10 +140,19 @@ def console() -> Console:
     return Console()
 
 
-async def open_page(browser: Browser, daemon: Daemon, console: Console, **ctx: Any) -> Page:
-    """A fresh page on the dashboard, refusing every request that leaves the daemon."""
+async def open_page(
+    browser: Browser,
+    daemon: Daemon,
+    console: Console,
+    prepare: Callable[[Page], Awaitable[None]] | None = None,
+    **ctx: Any,
+) -> Page:
+    """A fresh page on the dashboard, refusing every request that leaves the daemon;
+    ``prepare`` runs before the page loads (permissions, scripts run before the page's)."""
     context = await browser.new_context(**ctx)
     page = await context.new_page()
+    if prepare is not None:
+        await prepare(page)
     page.on("console", console.on_console)
     page.on("pageerror", console.on_error)
     origin = daemon.url.rstrip("/")
@@ -446,12 +455,14 @@ def key_file(path: Path, scope: str = "pairs:* history", expires: float | None =
 
 
 def auth_config(
-    daemon_config: Callable[..., Config], tmp_path: Path, **key: Any
+    daemon_config: Callable[..., Config], tmp_path: Path, alerts: bool = False, **key: Any
 ) -> tuple[Config, str]:
-    """A config with auth on and one key (``key_file`` arguments), and that key."""
+    """A config with auth on (and alerts if asked) and one key (``key_file`` arguments),
+    and that key."""
     secret = key_file(tmp_path / "keys.toml", **key)
     auth = {"enabled": True, "key_file": str(tmp_path / "keys.toml")}
-    return daemon_config(feed={"interval": 1.0, "stale_after": 2.0}, auth=auth), secret
+    feed = {"interval": 1.0, "stale_after": 2.0}
+    return daemon_config(feed=feed, auth=auth, alerts={"enabled": alerts}), secret
 
 
 def unexpected(console: Console) -> list[str]:

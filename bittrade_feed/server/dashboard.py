@@ -18,10 +18,12 @@ from typing import Any
 from aiohttp import web
 
 from bittrade_feed import __version__
-from bittrade_feed.server.state import current_config
+from bittrade_feed.server.state import CONFIG, current_config
 
 ASSET_TYPES = {
     "dashboard.js": "text/javascript",
+    "alerts.js": "text/javascript",
+    "problem.js": "text/javascript",
     "feed.js": "text/javascript",
     "dashboard.css": "text/css",
 }
@@ -100,6 +102,9 @@ def page_config(app: web.Application) -> dict[str, Any]:
         "version": __version__,
         # The page asks /api/whoami and may show its login form only when auth is on.
         "auth": config.auth.enabled,
+        # The alerts panel asks the rules API only when it is mounted, which is decided at
+        # start (a reload does not mount or unmount it): no 404 in every browser console.
+        "alerts": app[CONFIG].alerts.enabled,
     }
 
 

@@ -7,8 +7,14 @@
 // HttpOnly: this script never sees it, nor keeps the key), and starts the stream after.
 // A 401 on the stream, or a `reauth` event whose whoami check says the session ended,
 // brings the form back; the new stream resumes from the last event id.
+//
+// Alerts (alerts.js): the panel lists and edits the rules over the REST API; the stream's
+// `alert` events show as banners and notifications. A stream restarted after a login
+// resumes alerts after the last one shown, as prices after the last price.
 
+import { createAlertsPanel } from './alerts.js'
 import { createPriceFeed } from './feed.js'
+import { problemText } from './problem.js'
 
 const config = JSON.parse(document.getElementById('feed-config').textContent)
 // The daemon reports a stale pair by itself within stale_after + interval; beyond that
@@ -35,10 +41,13 @@ const STATE_LABELS = {
 
 const $ = (selector, root = document) => root.querySelector(selector)
 const cards = new Map(config.pairs.map((pair) => [pair, makeCard(pair)]))
+const alertsPanel = createAlertsPanel({ pairs: config.pairs, enabled: config.alerts === true, onUnauthorized: () => checkSession(null) })
 /** The live stream; null while logged out. */
 let feed = null
 /** Where a stream restarted after a login resumes (the last feed's last event id). */
 let resumeFrom = null
+/** Where its alerts resume (the last feed's highest alert id). */
+let resumeAlertsFrom = null
 let previousState = null
 let lastSourcesAt = null
 
@@ -91,6 +100,8 @@ function start(principal) {
     pairs: config.pairs,
     staleAfterMs,
     lastEventId: resumeFrom,
+    alertsAfter: resumeAlertsFrom,
+    onAlert: (alert) => alertsPanel.showAlert(alert),
     onError: (err) => {
       if (err.code === 401) showLogin('Your session has ended. Log in again to resume the live prices.')
     },
@@ -108,6 +119,7 @@ function start(principal) {
   previousState = null
   render()
   refreshSources()
+  alertsPanel.load(principal)
 }
 
 /** A 401 or reauth: if whoami agrees the session is over, show the form. */
@@ -120,6 +132,7 @@ async function checkSession(reason) {
 function stopFeed() {
   if (feed === null) return
   resumeFrom = feed.getSnapshot().lastEventId
+  resumeAlertsFrom = feed.getSnapshot().lastAlertId
   feed.close()
   feed = null
 }
@@ -131,6 +144,7 @@ function showLogin(message = '') {
   $('#logout').hidden = true
   $('#who').hidden = true
   $('#banner').hidden = true
+  $('#alert-banners').replaceChildren() // the next person to log in must not see them
   const badge = $('#connection')
   badge.dataset.state = 'closed'
   badge.textContent = 'Logged out'
@@ -191,21 +205,9 @@ async function onLogout() {
     // The cookie may outlive a failed request; the form is shown either way.
   }
   resumeFrom = null
+  resumeAlertsFrom = null
   showLogin()
   $('#login-note').textContent = 'Logged out. Log in again with an API key or a token.'
-}
-
-/** A refusal's problem+json detail, for people to read. */
-async function problemText(res) {
-  let detail = ''
-  try {
-    const doc = await res.json()
-    detail = typeof doc?.detail === 'string' ? doc.detail : ''
-  } catch {
-    // not a problem document
-  }
-  const wait = res.headers.get('Retry-After')
-  return `${detail || `HTTP ${res.status}`}${wait ? ` (retry in ${wait} s)` : ''}`
 }
 
 // -- the live view --------------------------------------------------------------

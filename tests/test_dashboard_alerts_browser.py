@@ -31,6 +31,7 @@ from tests.test_dashboard_browser import (
     browser,
     console,
     daemon,
+    no_sideways_scroll,
     open_page,
     shot,
 )
@@ -178,6 +179,10 @@ async def test_panel_shows_the_field_of_a_refused_rule_and_deletes_a_rule(
     await expect(hysteresis).to_be_focused()
     await expect(page.get_by_label("Level")).not_to_have_attribute("aria-invalid", "true")
     await page.screenshot(path=shot("dashboard-alert-error.png"), full_page=True)
+    await page.set_viewport_size({"width": 390, "height": 844})
+    assert await no_sideways_scroll(page), "the panel fits a phone"
+    await page.screenshot(path=shot("dashboard-alert-error-phone.png"), full_page=True)
+    await page.set_viewport_size({"width": 1200, "height": 800})
 
     # Repeating pct_move: the fields its kind takes, and the error gone on success.
     fields = {"Percent": "3", "Within (s)": "600", "Direction": "down"}

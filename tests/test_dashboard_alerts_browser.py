@@ -218,6 +218,7 @@ async def test_alerts_off_the_panel_says_so_without_a_form(
     )
     await expect(page.locator("#alert-form")).to_be_hidden()
     await expect(page.locator("#alert-rules")).to_be_hidden()
+    await expect(page.locator("#alerts-permission")).to_be_hidden()
     await expect(page.locator(f'article.pair[data-pair="{PAIR}"] .price-value')).to_have_text(
         "73,365.30", timeout=WAIT_MS
     )

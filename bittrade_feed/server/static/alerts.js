@@ -98,6 +98,7 @@ export function createAlertsPanel({ pairs, enabled, onUnauthorized }) {
     if (doc === null) return note(`Could not load the alert rules: ${problem.detail}`)
     rules = Array.isArray(doc?.rules) ? doc.rules : []
     byId('alerts-off').hidden = true
+    byId('alerts-permission').hidden = false
     form.hidden = false
     list.hidden = false
     renderRules()
@@ -108,6 +109,8 @@ export function createAlertsPanel({ pairs, enabled, onUnauthorized }) {
     form.hidden = true
     list.hidden = true
     byId('alert-error').hidden = true
+    byId('alerts-permission').hidden = true // nothing here to be notified of
+    note('')
     const off = byId('alerts-off')
     off.textContent = message
     off.hidden = false

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.pytest_plugin import AiohttpClient
 from aiohttp.test_utils import unused_port
 
@@ -22,7 +23,8 @@ from bittrade_feed.cli import _Daemon
 from bittrade_feed.config import load_config
 from bittrade_feed.models import TickDraft
 from bittrade_feed.server.app import create_app
-from bittrade_feed.server.state import HUB
+from bittrade_feed.server.reload import reload_config
+from bittrade_feed.server.state import HUB, current_config
 from bittrade_feed.store.sqlite import Store
 from tests.childdaemon import (
     START_TIMEOUT,
@@ -311,3 +313,26 @@ async def test_overlapping_reloads_apply_a_pair_change_once(
     data = b"".join(listener.written)
     assert data.count(b"event: status\n") == 1
     assert b'"reason":"no price yet"' in data
+
+
+async def test_alerts_settings_need_a_restart(
+    aiohttp_client: AiohttpClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The engine, the outbox worker and the routes exist (or not) from the start: a reload
+    that turns alerts on, or changes one of their settings, keeps the running values."""
+    path = tmp_path / "feed.toml"
+    base = (
+        f'[database]\npath = "{tmp_path / "feed.sqlite3"}"\n'
+        '[feed]\npairs = ["BTC-USD"]\nsources = { BTC-USD = ["simulated"] }\n'
+        "[aggregation]\nquorum = 1\n"
+    )
+    path.write_text(base)
+    client = await aiohttp_client(create_app(load_config(path), fetch=False))
+    assert (await client.get("/api/alerts/rules")).status == 404
+    path.write_text(base + "[alerts]\nenabled = true\nmax_attempts = 3\n")
+    config, error = await reload_config(client.app, path)
+    assert error is None
+    assert config.alerts.enabled is False and config.alerts.max_attempts == 10
+    assert current_config(client.app).alerts == config.alerts
+    assert (await client.get("/api/alerts/rules")).status == 404
+    assert "alerts.enabled" in capsys.readouterr().out

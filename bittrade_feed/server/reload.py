@@ -16,9 +16,10 @@ from bittrade_feed.server.pairs import apply_pair_changes
 from bittrade_feed.server.state import AUTH, FETCHER, HUB, STORE, TLS, current_config
 from bittrade_feed.server.tls import reload_context
 
-RESTART_SECTIONS = ("server", "database", "stream", "cluster", "auth")
+RESTART_SECTIONS = ("server", "database", "stream", "cluster", "auth", "alerts")
 """Config sections a reload cannot apply: the listeners, the open database, the hub, Redis,
-the issuers and session secret (the key file's rows do reload: ``reload_keys``)."""
+the issuers and session secret (the key file's rows do reload: ``reload_keys``), and the
+alert engine, outbox worker and routes, which are built (or not) at start."""
 
 log = structlog.get_logger("bittrade_feed.server.reload")
 

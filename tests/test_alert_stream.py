@@ -222,7 +222,12 @@ async def test_with_auth_each_owner_gets_only_its_alerts_and_scope_is_needed(
     ):
         for resp in (mine, theirs):
             await frames(resp, 1)  # the opening (the pair's status)
+        # Alice's stream (it has the scope) is told its resume point: firings up to the
+        # latest one existed before it opened. Bob's too (ids are global); the reader's not.
+        (position,) = await frames(mine, 1)
+        assert parse(position)[1:] == ("alerts", {"after": earlier})
         assert (await bobs.receive_json(timeout=5))["event"] == "status"
+        assert await bobs.receive_json(timeout=5) == {"event": "alerts", "data": {"after": earlier}}
         hub = client.app[HUB]
         owners = sorted(str(s.owner) for s in hub.subscribers())
         assert owners == sorted([alice_row.id, bob_row.id, "None"])

@@ -191,7 +191,7 @@ async def test_a_firing_follows_the_price_still_in_the_coalescing_window(fx: Fix
     hub.publish(tick)
     hub.publish_alert("alice", await fx.fire("alice"))
     got = [(i, e) for i, e, _ in await peer.received() if e]
-    assert got == [(str(tick.id), "price"), (None, "alert")]
+    assert got == [(None, "alerts"), (str(tick.id), "price"), (None, "alert")]
 
 
 async def test_resume_reads_every_page_in_order(
@@ -409,3 +409,65 @@ async def test_publish_alert_never_raises(fx: Fixture) -> None:
         hub.publish_alert("alice", Broken())
     assert any("not written" in r.getMessage() for r in records)
     peer.close()
+
+
+def position_of(got: list[tuple[Any, ...]]) -> int | None:
+    """The ``after`` of a subscriber's ``alerts`` event (its resume point), if it got one."""
+    found = [int(data["after"]) for _, event, data in got if event == "alerts"]
+    assert len(found) <= 1 and all(ident is None for ident, e, _ in got if e == "alerts")
+    return found[0] if found else None
+
+
+@pytest.mark.parametrize("seed", range(40))
+async def test_the_opening_position_loses_nothing_before_the_first_alert(
+    fx: Fixture, seed: int
+) -> None:
+    """A first connection (no ``alerts_after``) opens amid commits and publishes, and is
+    closed at a seeded point, maybe before any alert reached it; the client reconnects
+    with the highest of its ``alerts`` position and the ids it saw. Between them the two
+    connections carry every firing of its owner published after the first registered."""
+    rnd = random.Random(seed)
+    for _ in range(rnd.randint(0, 4)):
+        owner = rnd.choice(OWNERS)
+        hub_firing = await fx.fire(owner)
+        del hub_firing  # committed before the daemon started: only the latest id matters
+    hub = make_hub(fx.store)
+    hub.set_alert_source(
+        fx.alerts.firings_after, latest=max((f.id for _, f in fx.fired), default=0)
+    )
+    published: list[int] = []
+    registered: list[int] = []
+    count = rnd.randint(2, 12)
+    first, second = await loopback_peers(2)
+
+    async def publisher() -> None:
+        for _ in range(count):
+            owner = rnd.choice(OWNERS)
+            firing = await fx.fire(owner)
+            for _ in range(rnd.randint(0, 3)):
+                await asyncio.sleep(0)  # between the commit and the publish
+            hub.publish_alert(owner, firing)
+            published.append(firing.id)
+
+    async def client() -> None:
+        for _ in range(rnd.randint(0, 5)):
+            await asyncio.sleep(0)
+        registered.append(len(published))  # no await from here to its registration
+        sub = await hub.subscribe(hub.admit(), first.transport, RAW, PAIRS, None, owner="alice")
+        for _ in range(rnd.randint(0, 6)):
+            await asyncio.sleep(0)
+        hub.detach(sub, "client")
+
+    await asyncio.gather(publisher(), client())
+    got = await first.received()
+    seen = alerts_of(got)
+    position = position_of(got)
+    assert position is not None  # the source did not fail: the opening always says it
+    resume = max([position, *seen])
+    await attach(hub, second, "alice", alerts_after=resume)
+    again = alerts_of(await second.received())
+    owners = {f.id: o for o, f in fx.fired}
+    wanted = {i for i in published[registered[0] :] if owners[i] == "alice"}
+    assert wanted <= set(seen) | set(again)
+    assert seen == sorted(set(seen)) and again == sorted(set(again))
+    assert not set(seen) & set(again)  # the resume point is exact: nothing twice

@@ -347,6 +347,15 @@ class AlertStore:
 
         return await self._store.query(query, "cannot read alert firings")
 
+    async def latest_firing_id(self) -> int:
+        """The highest firing id of any owner (0: none yet)."""
+
+        async def query(conn: aiosqlite.Connection) -> int:
+            (row,) = await conn.execute_fetchall("SELECT COALESCE(MAX(id), 0) FROM alert_firings")
+            return int(row[0])
+
+        return await self._store.query(query, "cannot read alert firings")
+
     async def outbox(self) -> list[tuple[str, int, str, str]]:
         """Undelivered outbox rows as (id, firing id, channel, state), oldest first."""
 

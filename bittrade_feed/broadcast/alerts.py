@@ -12,6 +12,14 @@ any await, until its price opening is written and, with ``alerts_after``, the st
 firings above it are read from the source in pages and written; then the held ones above
 the last written follow. A firing committed before the read is in the pages, one committed
 after is held: no gap, no duplicate, by construction.
+
+Then the stream gets one ``alerts`` event, ``{"after": N}``: every firing of its owner with
+an id up to N has been written to it or was published before it opened, so a client that
+reconnects with ``alerts_after=N`` misses nothing, even if no alert had reached it yet. N
+is the highest of its cursor and ``latest``, the highest firing id published here (or
+known to exist at start, ``Hub.set_alert_source``): firings are published in id order, so
+any firing above ``latest`` is still to be published, and will be held or written. It is
+not sent after a resume that gave up (the client keeps its old point and tries again).
 """
 
 from __future__ import annotations
@@ -67,13 +75,20 @@ class AlertFeed:
         them first, a second publisher repeated them, or they came out of order)."""
         self.source: AlertSource | None = None
         """The resume reader; ``None`` (alerts off, or shutting down): no stored firings."""
+        self.latest = 0
+        """The highest firing id published, or known to exist at start."""
+
+    def note(self, firing_id: int) -> None:
+        """A firing with this id exists (and is published now, or was before)."""
+        self.latest = max(self.latest, firing_id)
 
     def publish(self, owner: str, firing: AlertEvent) -> None:
         """Write ``firing`` to every stream of ``owner`` whose cursor is below its id."""
+        ident = firing.id
+        self.note(ident)
         groups = self._registry.by_owner.get(owner)
         if not groups:
             return
-        ident = firing.id
         frames: Frames = encode("alert", firing.to_json())
         for fmt in FORMATS:
             # A copy: a write may close (and so unregister) a slow subscriber.
@@ -92,8 +107,7 @@ class AlertFeed:
         A cancellation propagates (the hub detaches ``sub``); a failing source is retried
         and then given up on, and the stream goes on live (see ``_replay``).
         """
-        if after is not None:
-            await self._replay(sub)
+        complete = await self._replay(sub) if after is not None else True
         held, sub.alert_held = sub.alert_held or [], None
         if sub.done.done():
             return
@@ -106,11 +120,15 @@ class AlertFeed:
                 newer.append(frames[sub.fmt])
         if len(held) > len(newer):
             self._dropped(len(held) - len(newer))
+        if complete:
+            sub.alert_id = max(sub.alert_id, self.latest)
+            newer.append(encode_for("alerts", {"after": sub.alert_id}, sub.fmt))
         if newer:
             self._write(sub, b"".join(newer), len(newer))
 
-    async def _replay(self, sub: Subscriber) -> None:
-        """Write the source's firings above ``sub.alert_id``, page by page, until caught up.
+    async def _replay(self, sub: Subscriber) -> bool:
+        """Write the source's firings above ``sub.alert_id``, page by page, until caught up
+        (``True``) or given up on (``False``).
 
         A read that fails is retried after each of ``RETRY_DELAYS`` (the held live firings
         keep collecting meanwhile); after the last the resume gives up with an error in
@@ -121,7 +139,7 @@ class AlertFeed:
         while not sub.done.done():
             source = self.source
             if source is None:
-                return
+                return False
             try:
                 page = await source(sub.owner, sub.alert_id, PAGE)
             except Exception as exc:
@@ -132,7 +150,7 @@ class AlertFeed:
                         after=sub.alert_id,
                         reason=str(exc) or type(exc).__name__,
                     )
-                    return
+                    return False
                 log.warning(
                     "alert resume read failed",
                     owner=sub.owner,
@@ -153,7 +171,8 @@ class AlertFeed:
             if newer and not sub.done.done():
                 self._write(sub, b"".join(newer), len(newer))
             if len(page) < PAGE or not newer:
-                return  # caught up (or a source that does not move on: stop, not spin)
+                return True  # caught up (or a source that does not move on: stop, not spin)
+        return False
 
     async def _pause(self, sub: Subscriber, seconds: float) -> None:
         """Wait ``seconds``, or less if ``sub`` is closed meanwhile (shutdown waits for no

@@ -165,6 +165,7 @@ class Hub:
 
     def publish_alert(self, owner: str, firing: AlertEvent) -> None:
         """Hand a committed firing to every stream of ``owner`` (cheap; never raises)."""
+        self._alerts.note(firing.id)
         if owner not in self._subs.by_owner:
             return  # nobody of this owner is connected: nothing to encode or flush
         try:
@@ -175,9 +176,11 @@ class Hub:
             # The caller is the alert engine's commit path: a fault here must not undo it.
             log.exception("alert event not written to streams", owner=owner, id=firing.id)
 
-    def set_alert_source(self, source: AlertSource | None) -> None:
-        """Where resumes (``alerts_after``) read stored firings; ``None``: nowhere."""
+    def set_alert_source(self, source: AlertSource | None, latest: int = 0) -> None:
+        """Where resumes (``alerts_after``) read stored firings (``None``: nowhere), and the
+        highest firing id that exists already (opening streams are told they have it)."""
         self._alerts.source = source
+        self._alerts.note(latest)
 
     @property
     def alert_source(self) -> AlertSource | None:

@@ -107,7 +107,7 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ALERT_STORE], app[ALERT_ENGINE] = alerts, engine
     app[ENDPOINT_STORE], app[OUTBOX] = EndpointStore(app[STORE]), worker
     # The firing rows are the stream channel's log: resumes (alerts_after) read them.
-    hub.set_alert_source(alerts.firings_after)
+    hub.set_alert_source(alerts.firings_after, latest=await alerts.latest_firing_id())
     # A crash loses nothing: a restarted engine replays stored ticks from its cursor.
     task = app[SUPERVISOR].spawn("alerts", engine.run, restart=True)
     # Rows stay pending until an attempt ends: a restarted worker sends them again.

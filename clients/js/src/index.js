@@ -30,10 +30,9 @@
 // EventSource's own reconnect after a dropped connection reuses the URL it was made with;
 // when an alert arrived since, the client closes it and reconnects itself with the new
 // `alerts_after` instead. Either way an alert already seen is dropped by id: none is
-// lost or repeated.
-// Until the first alert (or without `alertsAfter`), the stream starts at "firings from now
-// on": what fires while the very first connection is down before any alert arrived is not
-// replayed (the daemon's firings list and webhooks still have it).
+// lost or repeated. Each opening also carries an `alerts` event, `{"after": N}`: every
+// alert up to N was sent or predates the stream, so the client resumes from N even before
+// its first alert arrives (what fires while the very first connection is down is replayed).
 
 export const DEFAULT_STALE_AFTER_MS = 120_000
 /** `reason` while every price is current but some come from the daemon's simulated source. */
@@ -175,6 +174,7 @@ export function createPriceFeed(options = {}) {
     es.addEventListener('status', (event) => onEvent(es, event, onStatus))
     es.addEventListener('resync', (event) => onEvent(es, event, onResync))
     es.addEventListener('alert', (event) => onEvent(es, event, onAlertEvent))
+    es.addEventListener('alerts', (event) => onEvent(es, event, onAlertPosition))
   }
 
   function onEvent(es, event, apply) {
@@ -251,6 +251,15 @@ export function createPriceFeed(options = {}) {
     if (lastAlertId != null && alert.id <= lastAlertId) return
     lastAlertId = alert.id
     emit('alert', alert)
+  }
+
+  function onAlertPosition(data) {
+    const after = data?.after
+    if (!Number.isSafeInteger(after) || after < 0) {
+      lastError = { message: `malformed alerts event: ${JSON.stringify(data).slice(0, 80)}`, at: now() }
+      return
+    }
+    if (lastAlertId == null || after > lastAlertId) lastAlertId = after
   }
 
   /** Ask getToken for a token (at most once per accepted one), then run `next`. */

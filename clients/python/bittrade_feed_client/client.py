@@ -74,10 +74,11 @@ class FeedClient:
     ``last_event_id`` resumes from an id a previous process saw.
 
     Alerts (``alerts()``) come over the same connection when the credential has the
-    ``alerts`` scope. Every reconnect sends the highest alert id seen as
-    ``alerts_after``, so the daemon sends the ones missed meanwhile; a repeated id is
-    dropped. ``alerts_after`` resumes from an alert id a previous process saw (until an
-    alert arrives, only alerts that fire from the first connection on are received).
+    ``alerts`` scope. Every reconnect sends the highest alert id seen (or the resume
+    point the daemon gave when the stream opened, if higher) as ``alerts_after``, so the
+    daemon sends the ones missed meanwhile, even before the first alert arrived; a
+    repeated id is dropped. ``alerts_after`` resumes from an alert id a previous process
+    saw.
     Unread alerts wait in a buffer of ``buffer``; past that the oldest are dropped.
 
     Ticks wait for the iterator in a buffer of ``buffer`` ticks; while you iterate, a
@@ -401,6 +402,8 @@ class FeedClient:
                 await self._resync(data)
             elif event.type == "alert":
                 self._inbox.offer(Alert.from_json(data))
+            elif event.type == "alerts":
+                self._inbox.advance(_alert_position(data))
         except ValueError as exc:
             # One bad event should not end a subscription; a newer daemon may add fields.
             log.warning("ignored a malformed %s event: %s", event.type, exc)
@@ -470,7 +473,15 @@ class FeedClient:
         self._inbox.close()
 
 
-_JSON_EVENTS = frozenset({"price", "status", "resync", "alert"})
+_JSON_EVENTS = frozenset({"price", "status", "resync", "alert", "alerts"})
+
+
+def _alert_position(data: Any) -> int:
+    """The ``after`` of an ``alerts`` event (``ValueError`` if it is not one)."""
+    after = data.get("after") if isinstance(data, dict) else None
+    if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+        raise ValueError(f"not an alert position: {data!r:.80}")
+    return after
 
 
 def _reauth_reason(data: str) -> str:

@@ -40,6 +40,12 @@ class AlertInbox:
         self._ready.set()
         return True
 
+    def advance(self, after: int) -> None:
+        """The daemon says every alert up to ``after`` was sent or predates the stream:
+        a reconnect resumes from there (the ``alerts`` event of each opening)."""
+        if after >= 0 and (self.last_id is None or after > self.last_id):
+            self.last_id = after
+
     def close(self) -> None:
         """No more alerts will come: a waiting ``take`` returns what is left, then ``None``."""
         self._closed = True

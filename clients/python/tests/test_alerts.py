@@ -109,6 +109,32 @@ async def test_alerts_come_over_the_stream_and_resume_across_a_restart(daemon_fa
     assert [a async for a in alerts] == []  # closed with the feed, nothing else queued
 
 
+async def test_an_alert_fired_before_the_first_one_arrived_is_not_missed(
+    daemon_factory,
+) -> None:
+    """The opening's ``alerts`` event gives the client a resume point before any alert: one
+    that fires while it is away, before it ever got an alert, arrives after the reconnect;
+    one that fired before it first connected does not."""
+    daemon = await daemon_factory(alerts=ALERTS_ON)
+    async with AlertsAPI(daemon.url) as api:
+        rule = await api.create_rule(crossing("73600"))
+        earlier = await api.test_rule(rule.id)  # before the client: not its business
+        async with FeedClient(daemon.url, max_delay=0.3) as feed:
+            await daemon.tick("73300")  # below the level: the rule's first price
+            await until(has_price(feed))
+            assert feed.last_alert_id == earlier.id  # the position, with no alert yet
+            alerts = feed.alerts()
+            await daemon.stop()
+            await daemon.open()
+            await daemon.tick("73700")
+            store = daemon.app[ALERT_STORE]
+            await until(lambda: store.firings_after("local", earlier.id, 10))
+            await daemon.listen()
+            missed = await next_alert(alerts)
+            assert (missed.rule_id, missed.price) == (rule.id, Decimal("73700"))
+            assert missed.id > earlier.id
+
+
 def alert_frame(ident: int) -> bytes:
     """One ``alert`` event as the daemon frames it (no ``id:`` line)."""
     data = {

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from bittrade_feed.alerts.backend import RuleBackend
 from bittrade_feed.alerts.rules import Kind, Rule, RuleState, Window, evaluate
-from bittrade_feed.alerts.store import AlertStore, Commit, StoredFiring, StoredRule
+from bittrade_feed.alerts.store import Commit, StoredFiring, StoredRule
 from bittrade_feed.clock import Clock
 from bittrade_feed.errors import StoreError
 from bittrade_feed.models import Tick
@@ -62,7 +63,7 @@ class AlertEngine:
 
     def __init__(
         self,
-        alerts: AlertStore,
+        alerts: RuleBackend,
         store: Store,
         clock: Clock,
         *,

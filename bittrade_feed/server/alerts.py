@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bittrade_feed.alerts.deliveries import OutboxStore
 from bittrade_feed.alerts.endpoints import EndpointStore
 from bittrade_feed.alerts.engine import AlertEngine
 from bittrade_feed.alerts.outbox import OutboxWorker
@@ -77,7 +78,7 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     metrics = AlertMetrics(app[METRICS].registry)
     policy = policy_of(config)
     worker = OutboxWorker(
-        app[STORE],
+        OutboxStore(app[STORE]),
         app[CLOCK],
         policy,
         lambda: guarded_session(policy, timeout=config.webhook_timeout, user_agent=USER_AGENT),

@@ -9,7 +9,8 @@ live events until the replay is written, so the hand-over has no gap by construc
 One shared timer sends heartbeats and retires streams past their (jittered) lifetime or
 their credential's expiry; the latter, and a revoked credential, get a ``reauth`` event
 before the close, so the client logs in again and resumes with its Last-Event-ID.
-The inputs are ``publish(tick)`` and ``publish_status(status)``.
+The inputs are ``publish(tick)``, ``publish_status(status)`` and
+``publish_alert(owner, firing)`` (alert events, by owner: ``broadcast.alerts``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Sequence
 
 import structlog
 
+from bittrade_feed.broadcast.alerts import AlertEvent, AlertFeed, AlertSource
 from bittrade_feed.broadcast.registry import (
     Full,
     Limited,
@@ -105,6 +107,7 @@ class Hub:
         self._m_opened = [metrics.connections_opened.labels(f.transport) for f in FORMATS]
         self._m_subscribers = [metrics.subscribers.labels(f.transport) for f in FORMATS]
         self._m_dropped = metrics.events_dropped.labels("subscriber")
+        self._alerts = AlertFeed(self._subs, self._write, clock)
 
     # -- set-up -------------------------------------------------------------
 
@@ -159,6 +162,30 @@ class Hub:
         frames = encode("status", status.to_json())
         self._known.set_status(status, frames)
         self._broadcast(status.pair, 0, frames)
+
+    def publish_alert(self, owner: str, firing: AlertEvent) -> None:
+        """Hand a committed firing to every stream of ``owner`` (cheap; never raises)."""
+        try:
+            # Prices in the coalescing window go first: a firing follows the tick behind it.
+            self.flush()
+            self._alerts.publish(owner, firing)
+        except Exception:
+            # The caller is the alert engine's commit path: a fault here must not undo it.
+            log.exception("alert event not written to streams", owner=owner, id=firing.id)
+
+    def set_alert_source(self, source: AlertSource | None) -> None:
+        """Where resumes (``alerts_after``) read stored firings; ``None``: nowhere."""
+        self._alerts.source = source
+
+    @property
+    def alert_source(self) -> AlertSource | None:
+        """The resume reader ``set_alert_source`` gave (``None``: none)."""
+        return self._alerts.source
+
+    @property
+    def alerts_dropped(self) -> int:
+        """Live firings a stream already had (by id) and so did not get again."""
+        return self._alerts.dropped
 
     def _broadcast(self, pair: str, event_id: int, frames: Frames) -> None:
         if not self.config.coalesce_ms:
@@ -286,6 +313,9 @@ class Hub:
         *,
         credential: str = "",
         until: float | None = None,
+        owner: str | None = None,
+        alerts_after: int | None = None,
+        alert_cursor: int = 0,
     ) -> Subscriber:
         """Attach a subscriber and write its opening (snapshot, replay or resync).
 
@@ -295,6 +325,11 @@ class Hub:
         The subscriber is registered before the optional store query; live events
         meanwhile are held and written after the replay, those above the replay's last id
         only. SSE openings begin with the ``retry:`` line.
+
+        With an ``owner`` it gets that owner's ``alert`` events: after the price opening,
+        with ``alerts_after``, the stored firings above it, then live ones. Only ids above
+        ``alert_cursor`` and ``alerts_after`` are written (a resubscribe passes the old
+        stream's ``alert_id``, so no alert is repeated or lost across it).
         """
         if slot.released:
             raise ValueError("subscribe needs a slot from admit() that is not released")
@@ -302,8 +337,16 @@ class Hub:
         # newcomer's opening already contains them (they are in the ring or the store).
         self.flush()
         now = self.clock.monotonic()
+        cursor = max(alert_cursor, alerts_after or 0)
         sub = Subscriber(
-            transport, fmt, pairs, now, expiry(now, self.config.max_lifetime), credential
+            transport,
+            fmt,
+            pairs,
+            now,
+            expiry(now, self.config.max_lifetime),
+            credential,
+            owner,
+            cursor,
         )
         if until is not None:
             # Wall-clock expiry onto the monotonic timer; the earlier deadline wins.
@@ -319,12 +362,24 @@ class Hub:
             # this request was being authenticated cannot miss it.
             self.close(sub, "revoked")
             return sub
+        await self._open_prices(sub, last_id)
+        if sub.owner is not None and sub in self._subs:
+            try:
+                await self._alerts.catch_up(sub, alerts_after)
+            except BaseException:
+                self.detach(sub, "client")
+                raise
+        return sub
+
+    async def _open_prices(self, sub: Subscriber, last_id: int | None) -> None:
+        """Write the price opening: snapshot, ring or store replay, or resync."""
+        pairs = sub.pairs
         plan = decide(last_id, self.max_id, self._ring, self.replay.history_floor, pairs)
         if isinstance(plan, Resync) and plan.label == "ahead" and self.ahead_wait > 0:
             assert last_id is not None
             waited = await self._wait_until_caught_up(sub, last_id)
             if waited is None:
-                return sub  # closed while it waited (shutdown)
+                return  # closed while it waited (shutdown)
             plan = waited
         held = self._take_held(sub)
         if sub.gap is not None:
@@ -343,7 +398,6 @@ class Hub:
             after = plan[-1][0] if plan else last_id or 0
             self._open(sub, plan + self._known.status_events(pairs) + _newer(held, after))
             self.metrics.resumes.labels("ring").inc()
-        return sub
 
     async def _wait_until_caught_up(
         self, sub: Subscriber, last_id: int

@@ -46,6 +46,8 @@ class Subscriber:
     """One open stream, and what the hub has written to it."""
 
     __slots__ = (
+        "alert_held",
+        "alert_id",
         "buffer",
         "credential",
         "done",
@@ -56,6 +58,7 @@ class Subscriber:
         "key",
         "last_id",
         "last_write",
+        "owner",
         "pairs",
         "transport",
     )
@@ -68,6 +71,8 @@ class Subscriber:
         now: float,
         expires: float,
         credential: str = "",
+        owner: str | None = None,
+        alert_id: int = 0,
     ) -> None:
         self.transport = transport
         self.fmt = fmt
@@ -87,6 +92,12 @@ class Subscriber:
         self.gap: str | None = None
         """Why a resync must replace the held events (ids were lost meanwhile)."""
         self.done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.owner = owner
+        """Whose ``alert`` events it gets (``None``: none, its principal lacks ``alerts``)."""
+        self.alert_id = alert_id
+        """The highest firing id written to it (or that its client already had)."""
+        self.alert_held: list[tuple[int, Frames]] | None = None if owner is None else []
+        """Live alerts (firing id, frames) held until its opening and resume are written."""
 
 
 Groups = tuple[set[Subscriber], set[Subscriber], set[Subscriber]]
@@ -115,6 +126,8 @@ class Registry:
         self.by_pair: dict[str, Groups] = {}
         self.by_set: dict[frozenset[str], Groups] = {}
         """The same subscribers by their whole pair set (coalesced windows, resyncs)."""
+        self.by_owner: dict[str, Groups] = {}
+        """Subscribers that get alert events, by owner (owners without one are removed)."""
         self._all: set[Subscriber] = set()
         """Every subscriber once, for the timer (the per-pair sets repeat multi-pair ones)."""
         self._count = [0 for _ in FORMATS]
@@ -177,6 +190,8 @@ class Registry:
         for pair in sub.pairs:
             self.by_pair.setdefault(pair, _groups())[sub.fmt].add(sub)
         self.by_set.setdefault(sub.key, _groups())[sub.fmt].add(sub)
+        if sub.owner is not None:
+            self.by_owner.setdefault(sub.owner, _groups())[sub.fmt].add(sub)
         self._all.add(sub)
         self._count[sub.fmt] += 1
 
@@ -189,6 +204,11 @@ class Registry:
         groups[sub.fmt].discard(sub)
         if not any(groups):
             del self.by_set[sub.key]
+        if sub.owner is not None:
+            mine = self.by_owner[sub.owner]
+            mine[sub.fmt].discard(sub)
+            if not any(mine):
+                del self.by_owner[sub.owner]
         self._count[sub.fmt] -= 1
 
     def all(self) -> list[Subscriber]:

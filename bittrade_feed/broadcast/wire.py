@@ -80,6 +80,14 @@ def encode(event: str, data: Any, event_id: int | str | None = None) -> Frames:
     return chunk(sse), sse, ws_frame(ws_message(event, data))
 
 
+def encode_for(event: str, data: Any, fmt: WireFormat) -> bytes:
+    """One event (without an id) in one wire format: for bytes only one subscriber gets."""
+    if fmt is WireFormat.WS:
+        return ws_frame(ws_message(event, data))
+    sse = sse_frame(event, data)
+    return chunk(sse) if fmt is WireFormat.SSE_CHUNKED else sse
+
+
 def price_frames(tick: Tick) -> Frames:
     """A tick as a ``price`` event carrying its id."""
     return encode("price", tick.to_json(), tick.id)

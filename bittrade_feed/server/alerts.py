@@ -25,7 +25,7 @@ from bittrade_feed.alerts.outbox import OutboxWorker
 from bittrade_feed.alerts.rules import Rule
 from bittrade_feed.alerts.spec import Invalid, parse_rule, rule_body
 from bittrade_feed.alerts.ssrf import Policy, guarded_session
-from bittrade_feed.alerts.store import AlertStore, QuotaExceeded, VersionMismatch
+from bittrade_feed.alerts.store import AlertStore, QuotaExceeded, StoredFiring, VersionMismatch
 from bittrade_feed.auth.principal import principal_of
 from bittrade_feed.config import AlertsConfig
 from bittrade_feed.errors import StoreError
@@ -33,7 +33,7 @@ from bittrade_feed.models import format_ts
 from bittrade_feed.ops.metrics import AlertMetrics
 from bittrade_feed.server.params import int_param
 from bittrade_feed.server.problems import Problem
-from bittrade_feed.server.state import CLOCK, CONFIG, METRICS, STORE, SUPERVISOR, TICKLOG
+from bittrade_feed.server.state import CLOCK, CONFIG, HUB, METRICS, STORE, SUPERVISOR, TICKLOG
 
 ALERT_ENGINE = web.AppKey("alert_engine", AlertEngine)
 ALERT_STORE = web.AppKey("alert_store", AlertStore)
@@ -87,24 +87,34 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
         retry_cap=config.retry_cap,
         metrics=metrics,
     )
+    hub = app[HUB]
+
+    def fired(owner: str, firing: StoredFiring) -> None:
+        # Committed: the owner's streams get it now, and webhooks get it from the outbox.
+        hub.publish_alert(owner, firing)
+        worker.poke()
+
     engine = AlertEngine(
         alerts,
         app[STORE],
         app[CLOCK],
         checkpoint_seconds=config.checkpoint_seconds,
         metrics=metrics,
-        on_fired=lambda _owner, _firing: worker.poke(),
+        on_fired=fired,
     )
     ticklog = app[TICKLOG]
     await engine.load(ticklog.last_id)
     ticklog.add_listener(engine.on_tick, name="alerts")
     app[ALERT_STORE], app[ALERT_ENGINE] = alerts, engine
     app[ENDPOINT_STORE], app[OUTBOX] = EndpointStore(app[STORE]), worker
+    # The firing rows are the stream channel's log: resumes (alerts_after) read them.
+    hub.set_alert_source(alerts.firings_after)
     # A crash loses nothing: a restarted engine replays stored ticks from its cursor.
     task = app[SUPERVISOR].spawn("alerts", engine.run, restart=True)
     # Rows stay pending until an attempt ends: a restarted worker sends them again.
     outbox = app[SUPERVISOR].spawn("alerts-outbox", worker.run, restart=True)
     yield
+    hub.set_alert_source(None)
     await app[SUPERVISOR].cancel(outbox)
     await app[SUPERVISOR].cancel(task)
 
@@ -291,5 +301,6 @@ async def test_fire(request: web.Request) -> web.StreamResponse:
         "detail": f"test firing of alert rule {rule_id}",
     }
     firing = await alerts.test_fire(owner, rule_id, payload, now_ms)
+    request.app[HUB].publish_alert(owner, firing)
     request.app[OUTBOX].poke()
     return web.json_response(firing.to_json(), status=201)

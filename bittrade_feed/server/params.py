@@ -83,14 +83,30 @@ def last_event_id(request: web.Request) -> int | None:
 
 def parse_event_id(raw: Any, name: str) -> int | None:
     """An event id is a non-negative integer of ASCII digits; empty means "none"."""
+    return _optional_id(raw, name, "an event id", param=name)
+
+
+def alerts_after(request: web.Request) -> int | None:
+    """The alert resume point ``?alerts_after=`` (a firing id), else ``None``."""
+    return parse_alerts_after(request.query.get("alerts_after"))
+
+
+def parse_alerts_after(raw: Any) -> int | None:
+    """A firing id to resume alert events after; ``Problem`` 400 with ``field`` if not one."""
+    return _optional_id(raw, "alerts_after", "a firing id", field="alerts_after")
+
+
+def _optional_id(raw: Any, name: str, what: str, **where: Any) -> int | None:
+    """A non-negative integer of ASCII digits, ``None`` for empty; ``where`` names it in
+    the problem (``param``, or ``field`` as the alerts API does)."""
     if raw is None or raw == "":
         return None
     value = ascii_int(raw.strip(" \t") if isinstance(raw, str) else raw)
     if value is None:
         raise Problem(
             400,
-            f"{name} {shown(raw)} is not an event id (a whole number of up to {MAX_DIGITS} digits)",
-            param=name,
+            f"{name} {shown(raw)} is not {what} (a whole number of up to {MAX_DIGITS} digits)",
+            **where,
         )
     return value
 

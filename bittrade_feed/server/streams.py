@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import WSMsgType, web
 from aiohttp.http import HttpVersion11
@@ -25,10 +25,10 @@ from bittrade_feed.config import Config
 from bittrade_feed.server.address import client_address
 from bittrade_feed.server.badinput import note_bad_message
 from bittrade_feed.server.cors import foreign_origin
-from bittrade_feed.server.params import last_event_id, requested_pairs
+from bittrade_feed.server.params import alerts_after, last_event_id, requested_pairs
 from bittrade_feed.server.problems import Problem, handles_own_problems, problem_response
 from bittrade_feed.server.refusals import note_refusal
-from bittrade_feed.server.state import HUB, current_config
+from bittrade_feed.server.state import CONFIG, HUB, current_config
 from bittrade_feed.server.wsops import describe_limit, json_error, parse_op
 
 MAX_WS_MESSAGE = 4096
@@ -80,10 +80,20 @@ def _reserve(request: web.Request, hub: Hub, transport: str, credential: str) ->
         ) from None
 
 
-def _admit(
-    request: web.Request, hub: Hub, transport: str
-) -> tuple[tuple[str, ...], int | None, Slot | None]:
-    """The stream's pairs, resume point and slot (none for HEAD); ``Problem`` if refused.
+class Opening(NamedTuple):
+    """What a stream request asked for, checked, and the slot it holds."""
+
+    pairs: tuple[str, ...]
+    resume: int | None
+    """The price resume point (Last-Event-ID)."""
+    alerts_after: int | None
+    """The alert resume point (a firing id); checked even when alerts are off."""
+    slot: Slot | None
+    """``None`` for HEAD, which holds no subscriber slot."""
+
+
+def _admit(request: web.Request, hub: Hub, transport: str) -> Opening:
+    """The stream's parameters and slot; ``Problem`` if refused.
 
     The pairs are those requested that the principal is granted (all configured ones if
     none were named); asking only for pairs not granted is 403 naming them.
@@ -91,12 +101,13 @@ def _admit(
     principal = principal_of(request)
     pairs = granted_pairs(request, principal, requested_pairs(request, "pairs"))
     resume = last_event_id(request)
+    after = alerts_after(request)
     slot = (
         None
         if request.method == "HEAD"
         else _reserve(request, hub, transport, principal.credential)
     )
-    return pairs, resume, slot
+    return Opening(pairs, resume, after, slot)
 
 
 def _check_origin(request: web.Request) -> None:
@@ -116,11 +127,27 @@ def _check_origin(request: web.Request) -> None:
         raise Problem(403, detail)
 
 
-def _subscribe_options(request: web.Request, transport: str) -> dict[str, Any]:
+def alert_owner(request: web.Request) -> str | None:
+    """Whose alert events the stream gets: its principal's subject if alerts are on and it
+    has the ``alerts`` scope (``local`` with auth off), else nobody's (``None``)."""
+    principal = principal_of(request)
+    if not request.app[CONFIG].alerts.enabled or not principal.alerts:
+        return None
+    return principal.subject
+
+
+def _subscribe_options(request: web.Request, transport: str, opening: Opening) -> dict[str, Any]:
     """The principal's part of ``hub.subscribe``, counting the stream by its auth kind."""
     principal = principal_of(request)
     request.app[HUB].metrics.streams_opened.labels(transport, principal.kind).inc()
-    return {"credential": principal.credential, "until": principal.expires}
+    owner = alert_owner(request)
+    return {
+        "credential": principal.credential,
+        "until": principal.expires,
+        "owner": owner,
+        # Without an owner there is nothing to resume: the parameter is ignored.
+        "alerts_after": opening.alerts_after if owner is not None else None,
+    }
 
 
 @handles_own_problems
@@ -128,20 +155,21 @@ async def price_stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: snapshot or replay, then every price and status as it happens."""
     hub, _ = _app_state(request)
     try:
-        pairs, resume, slot = _admit(request, hub, "sse")
+        opening = _admit(request, hub, "sse")
     except Problem as problem:
         return problem_response(problem)
+    slot = opening.slot
     if slot is None:
         # The headers a GET would get, and no stream: HEAD must not hold a subscriber slot.
         return web.Response(headers=SSE_HEADERS)
     try:
-        return await _serve_sse(request, hub, slot, pairs, resume)
+        return await _serve_sse(request, hub, slot, opening)
     finally:
         hub.release(slot)
 
 
 async def _serve_sse(
-    request: web.Request, hub: Hub, slot: Slot, pairs: tuple[str, ...], resume: int | None
+    request: web.Request, hub: Hub, slot: Slot, opening: Opening
 ) -> web.StreamResponse:
     resp = web.StreamResponse(headers=SSE_HEADERS)
     # Never compressed, whatever Accept-Encoding says: the hub writes pre-framed bytes
@@ -159,7 +187,12 @@ async def _serve_sse(
         return resp
     fmt = WireFormat.SSE_CHUNKED if http11 else WireFormat.SSE_RAW
     sub = await hub.subscribe(
-        slot, transport, fmt, pairs, resume, **_subscribe_options(request, "sse")
+        slot,
+        transport,
+        fmt,
+        opening.pairs,
+        opening.resume,
+        **_subscribe_options(request, "sse", opening),
     )
     try:
         await sub.done
@@ -172,16 +205,18 @@ async def _serve_sse(
 async def ws_stream(request: web.Request) -> web.StreamResponse:
     """WebSocket: the same events as JSON ``{"event": ..., "data": ...}`` text messages.
 
-    The client may send ``{"op": "subscribe", "pairs": [...], "last_event_id": N}`` to
-    change its pairs and resume point, at most ``stream.ws_ops_burst`` at once and then
-    ``stream.ws_ops_per_second``; past that it is closed with code 1008.
+    The client may send ``{"op": "subscribe", "pairs": [...], "last_event_id": N,
+    "alerts_after": M}`` to change its pairs and resume points, at most
+    ``stream.ws_ops_burst`` at once and then ``stream.ws_ops_per_second``; past that it is
+    closed with code 1008.
     """
     hub, config = _app_state(request)
     try:
         _check_origin(request)
-        pairs, resume, slot = _admit(request, hub, "ws")
+        opening = _admit(request, hub, "ws")
     except Problem as problem:
         return problem_response(problem)
+    slot = opening.slot
     try:
         # Compression off: frames are pre-encoded once for every subscriber.
         ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_WS_MESSAGE, autoping=True)
@@ -191,7 +226,7 @@ async def ws_stream(request: web.Request) -> web.StreamResponse:
             return problem_response(
                 Problem(426, PROXY_HINT, headers={"Upgrade": "websocket", "Connection": "Upgrade"})
             )
-        return await _serve_ws(request, ws, hub, config, slot, pairs, resume)
+        return await _serve_ws(request, ws, hub, config, slot, opening)
     finally:
         if slot is not None:
             hub.release(slot)
@@ -203,8 +238,7 @@ async def _serve_ws(
     hub: Hub,
     config: Config,
     slot: Slot,
-    pairs: tuple[str, ...],
-    resume: int | None,
+    opening: Opening,
 ) -> web.StreamResponse:
     await ws.prepare(request)
     transport = request.transport
@@ -213,7 +247,12 @@ async def _serve_ws(
     stream = config.stream
     bucket = TokenBucket(stream.ws_ops_burst, stream.ws_ops_per_second, hub.clock.monotonic)
     sub = await hub.subscribe(
-        slot, transport, WireFormat.WS, pairs, resume, **_subscribe_options(request, "ws")
+        slot,
+        transport,
+        WireFormat.WS,
+        opening.pairs,
+        opening.resume,
+        **_subscribe_options(request, "ws", opening),
     )
     try:
         while True:
@@ -261,12 +300,12 @@ async def _serve_ws_message(
     try:
         if msg.type != WSMsgType.TEXT:
             raise Problem(400, "send JSON text messages")
-        pairs, resume = parse_op(msg.data, known)
+        op = parse_op(msg.data, known)
     except Problem as problem:
         note_bad_message(request.app, client_address(request), problem.detail)
         await ws.send_str(json_error(problem.detail))
         return sub
-    granted, refused = grant(pairs, principal_of(request).pairs)
+    granted, refused = grant(op.pairs, principal_of(request).pairs)
     if refused:
         # The same rule as the handshake: granted pairs are streamed, the rest named.
         request.app[HUB].metrics.refusals.labels("scope").inc()
@@ -274,9 +313,19 @@ async def _serve_ws_message(
         await ws.send_str(json_error(detail + ("" if granted else "; subscription unchanged")))
         if not granted:
             return sub
+    # No await from the detach to the new registration: no live alert falls between the
+    # two, and the old cursor carries over, so none is repeated either.
     hub.detach(sub, "resubscribe")
     new = await hub.subscribe(
-        slot, sub.transport, WireFormat.WS, granted, resume, credential=sub.credential
+        slot,
+        sub.transport,
+        WireFormat.WS,
+        granted,
+        op.last_event_id,
+        credential=sub.credential,
+        owner=sub.owner,
+        alerts_after=op.alerts_after if sub.owner is not None else None,
+        alert_cursor=sub.alert_id,
     )
     # The stream's lifetime (or credential expiry) and heartbeat schedule carry over: ops
     # must not postpone the timer that retires old streams and checks unsent bytes.

@@ -7,16 +7,27 @@ goes back as an ``error`` event; nothing a client sends raises past the handler.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
-from bittrade_feed.server.params import check_pairs, parse_event_id
+from bittrade_feed.server.params import check_pairs, parse_alerts_after, parse_event_id
 from bittrade_feed.server.problems import Problem
 
-OP_HINT = 'the only op is {"op": "subscribe", "pairs": [...], "last_event_id": N}'
+OP_HINT = (
+    'the only op is {"op": "subscribe", "pairs": [...], "last_event_id": N, "alerts_after": M}'
+)
 
 
-def parse_op(text: str, known: tuple[str, ...]) -> tuple[tuple[str, ...], int | None]:
-    """The pairs and resume point of one ``subscribe`` message; ``Problem`` if it is not one."""
+class Op(NamedTuple):
+    """One ``subscribe`` op: pairs, price resume point, alert resume point (optional)."""
+
+    pairs: tuple[str, ...]
+    last_event_id: int | None
+    alerts_after: int | None
+    """``None``: the stream keeps its alert cursor (no alert repeated or lost)."""
+
+
+def parse_op(text: str, known: tuple[str, ...]) -> Op:
+    """One ``subscribe`` message, parsed; ``Problem`` if it is not one."""
     try:
         op = json.loads(text)
     except ValueError:
@@ -31,7 +42,7 @@ def parse_op(text: str, known: tuple[str, ...]) -> tuple[tuple[str, ...], int | 
         raise Problem(400, "pairs must be a non-empty list of pair names", param="pairs")
     pairs = check_pairs(names, known, "pairs")
     resume = parse_event_id(op.get("last_event_id"), "last_event_id")
-    return pairs, resume
+    return Op(pairs, resume, parse_alerts_after(op.get("alerts_after")))
 
 
 def describe_limit(burst: int, rate: float) -> str:

@@ -276,6 +276,23 @@ class AlertEngine:
         await self._alerts.delete(owner, rule_id, version=version)
         self._drop(rule_id)
 
+    def refresh(self, rule_id: int, stored: StoredRule | None) -> None:
+        """Take a rule change made elsewhere (another node of a cluster): ``stored`` is the
+        rule as read after the change (``None``: deleted).
+
+        A version this engine already has changes nothing (a change may be reported more
+        than once, and its live state is newer than the stored one). Otherwise the rule
+        is evaluated from its stored ``last_tick_id`` on, as after ``replace``.
+        """
+        current = self._rules.get(rule_id)
+        if stored is not None and current is not None and current.version >= stored.version:
+            return
+        self._drop(rule_id)
+        if stored is not None:
+            self._add(stored)
+            if not stored.state.done:
+                self._rewind(stored.state.last_tick_id)
+
     def _add(self, stored: StoredRule) -> None:
         entry = Entry(stored.id, stored.owner, stored.rule, stored.state, stored.version)
         self._rules[entry.id] = entry

@@ -40,6 +40,7 @@ from bittrade_feed.alerts.rules import Rule
 from bittrade_feed.alerts.store import StoredRule
 from bittrade_feed.broadcast.hub import Hub
 from bittrade_feed.clock import Clock
+from bittrade_feed.cluster.lease import Lease
 from bittrade_feed.cluster.node import ClusterNode
 from bittrade_feed.errors import StoreError
 from bittrade_feed.feed.ticklog import TickLog
@@ -55,6 +56,15 @@ RETRY_DELAY = 0.5
 
 WorkerFactory = Callable[[OutboxBackend], OutboxWorker]
 T = TypeVar("T")
+
+
+def lease_fence(lease: Lease) -> Callable[[], str | None]:
+    """The alert commit's fence: this node's lease token while it may act as leader.
+
+    Not only "do we hold a token": a leader that has not renewed in time writes nothing
+    either (as it fetches nothing), and Redis refuses a token the lease no longer has.
+    """
+    return lambda: lease.token if lease.leading() else None
 
 
 class RuleWriter:
@@ -110,7 +120,9 @@ class ClusterAlerts:
         prefix = node.config.feed_key
         # The node's clients: Sentinel reconnects move them too. Blocking reads go on the
         # reader, whose timeout is above the block (the lease client's is a quarter lease).
-        self.rules = RedisAlertStore(node.redis, prefix, self._fence, reader=node.reader)
+        self.rules = RedisAlertStore(
+            node.redis, prefix, lease_fence(node.lease), reader=node.reader
+        )
         self.endpoints = RedisEndpointStore(node.redis, prefix)
         self.deliveries = RedisDeliveries(node.redis, prefix)
         self.worker = worker(RedisOutboxStore(node.redis, prefix))
@@ -123,11 +135,6 @@ class ClusterAlerts:
         """The fan-out's position in the ``fired`` stream (kept across a task restart)."""
         self._fan_out_task: asyncio.Task[None] | None = None
         self._failing: dict[str, str] = {}
-
-    def _fence(self) -> str | None:
-        # Not only "do we hold a token": a leader that has not renewed in time must not
-        # write either (Redis refuses a token that is no longer the lease's anyway).
-        return self.node.lease.token if self.node.lease.leading() else None
 
     async def start(self) -> None:
         """Serve resumes from Redis, fan firings out, and register the leader tasks."""

@@ -125,10 +125,11 @@ class ClusterNode:
         self.highest = 0
         """The highest id this daemon has seen assigned (the floor of a new epoch)."""
         self.tasks: list[asyncio.Task[None]] = []
-        # Fatal when it crashes, as on a single daemon.
-        self._leader_tasks = [LeaderTask("fetch-loop", self.fetcher.run, restart=False)]
+        self._leader_tasks: list[LeaderTask] = []
         self._leading: dict[str, asyncio.Task[None]] = {}
         """The leader tasks running now, by name."""
+        # Fatal when it crashes, as on a single daemon.
+        self.lead("fetch-loop", self.fetcher.run, restart=False)
 
     def lead(self, name: str, run: Callable[[], Awaitable[None]], *, restart: bool) -> None:
         """Run ``run()`` as task ``name`` whenever this daemon leads, and cancel it when not.
@@ -139,6 +140,7 @@ class ClusterNode:
         again when it runs next: fencing at Redis refuses what a deposed leader still sends.
         """
         self._leader_tasks.append(LeaderTask(name, run, restart))
+        self.metrics.leader_tasks.labels(name).set(0)  # the series exists on every node
 
     def start(self, *, fetch: bool = True) -> None:
         """Start following and, when ``fetch``, competing for the lease (supervised tasks)."""

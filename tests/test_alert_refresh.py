@@ -40,44 +40,45 @@ async def test_rules_made_elsewhere_fire_from_their_creation_point(rig: Rig, see
     often) its change is reported; a rule deleted elsewhere is dropped."""
     rng = random.Random(seed)
     assert rig.ticklog is not None
-    ticklog = rig.ticklog
-    prices = [rng.randint(95, 105) for _ in range(40)]
     runner = asyncio.create_task(rig.engine.run())
     created: list[tuple[int, int]] = []  # (rule id, its creation point)
     deleted: list[int] = []
 
-    async def elsewhere() -> None:
-        for n in range(6):
-            await asyncio.sleep(rng.random() * 0.003)
-            # The creating node may be a few ticks behind the leader.
-            start = max(0, ticklog.last_id - rng.randint(0, 3))
-            made = await rig.alerts.create("local", UP, last_tick_id=start, now_ms=1, max_rules=99)
-            for _ in range(rng.choice([1, 1, 2])):  # the feed may report a change twice
-                await asyncio.sleep(rng.random() * 0.003)
-                rig.engine.refresh(made.id, await rig.alerts.get("local", made.id))
-            if n % 3 == 2:
-                await rig.alerts.delete("local", made.id, version=None)
-                rig.engine.refresh(made.id, await rig.alerts.get("local", made.id))
-                deleted.append(made.id)
-            else:
-                created.append((made.id, start))
+    async def reported(rule_id: int, times: int, delete: bool) -> None:
+        # The feed reports a change late, sometimes twice, while ticks flow and commit.
+        for _ in range(times):
+            await asyncio.sleep(rng.random() * 0.004)
+            rig.engine.refresh(rule_id, await rig.alerts.get("local", rule_id))
+        if delete:
+            await rig.alerts.delete("local", rule_id, version=None)
+            rig.engine.refresh(rule_id, await rig.alerts.get("local", rule_id))
 
-    async def feed() -> list[Tick]:
-        made = []
-        for price in prices:
-            made.append(await rig.tick(price))
-            await asyncio.sleep(rng.random() * 0.001)
-        return made
-
+    reports = []
+    ticks: list[Tick] = []
     try:
-        _, ticks = await asyncio.gather(elsewhere(), feed())
+        for n in range(40):
+            ticks.append(await rig.tick(rng.randint(95, 105)))
+            if n % 6 == 2:
+                # Made by a node that may be a few ticks behind the leader.
+                start = max(0, rig.ticklog.last_id - rng.randint(0, 3))
+                made = await rig.alerts.create(
+                    "local", UP, last_tick_id=start, now_ms=1, max_rules=99
+                )
+                delete = n % 18 == 14
+                if delete:
+                    deleted.append(made.id)
+                else:
+                    created.append((made.id, start))
+                reports.append(asyncio.create_task(reported(made.id, rng.choice([1, 2]), delete)))
+            await asyncio.sleep(rng.random() * 0.001)
+        await asyncio.gather(*reports)
         await settle(rig, ticks[-1].id)
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
     loaded = {e.id for e in rig.engine.rules()}
     assert loaded == {rule_id for rule_id, _ in created}
-    assert not loaded & set(deleted)
+    assert deleted and not loaded & set(deleted)
     for rule_id, start in created:
         state = RuleState(last_tick_id=start)
         expected = [f.tick_id for t in ticks if (f := evaluate(UP, state, t)) is not None]

@@ -23,7 +23,7 @@ from bittrade_feed.cluster import Fenced
 from bittrade_feed.cluster.alerts import lease_fence
 from bittrade_feed.cluster.scripts import token_term
 from tests.alertbackends import change
-from tests.cluster.nodes import LEASE_MS, Member, cluster_config, member
+from tests.cluster.nodes import LEASE_MS, cluster_config, hand_driven
 from tests.cluster.redisproc import RedisServer
 
 STEPS = 40
@@ -41,14 +41,10 @@ async def test_random_schedule_no_deposed_leader_commits_and_no_tick_fires_twice
 ) -> None:
     """Whatever the order: commits succeed only in non-decreasing term, one per tick."""
     rng = random.Random(seed)
-    configs = [cluster_config(daemon_config, redis_server.url, f"f{i}") for i in range(2)]
     async with contextlib.AsyncExitStack() as stack:
-        nodes: list[Member] = [
-            await stack.enter_async_context(member(c, fetch=False)) for c in configs
-        ]
-        for m in nodes:
-            assert m.role is not None
-            m.role.cancel()  # the schedule drives every lease round trip
+        nodes = await hand_driven(
+            stack, [cluster_config(daemon_config, redis_server.url, f"f{i}") for i in range(2)]
+        )
         stores = [
             RedisAlertStore(m.node.redis, m.node.config.feed_key, lease_fence(m.node.lease))
             for m in nodes
@@ -94,10 +90,8 @@ async def test_a_leader_whose_key_was_taken_is_refused_inside_redis(
 ) -> None:
     """Still valid by its own clock, but another node holds the lease: Redis says FENCED."""
     configs = [cluster_config(daemon_config, redis_server.url, name) for name in ("a", "b")]
-    async with member(configs[0], fetch=False) as a, member(configs[1], fetch=False) as b:
-        for m in (a, b):
-            assert m.role is not None
-            m.role.cancel()
+    async with contextlib.AsyncExitStack() as stack:
+        a, b = await hand_driven(stack, configs)
         store_a = RedisAlertStore(a.node.redis, "bt", lease_fence(a.node.lease))
         stored = await store_a.create("local", RULE, last_tick_id=0, now_ms=1, max_rules=9)
         assert (await a.node.lease.poll()) is not None and a.node.lease.leading()

@@ -207,3 +207,21 @@ async def test_the_pending_listing_matches_sqlite_order(rb: Backend) -> None:
         for h in (hooks if f.rule_id == a.id else hooks[:1])
     )
     assert pending_ids(await rb.rules.outbox()) == [row for _, row in expected]
+
+
+async def test_a_lost_firing_counter_never_repeats_an_id_this_node_saw(rb: Backend) -> None:
+    stored = await rb.rule("alice")
+    fired = [f for t in (1, 2, 3) for f in await rb.rules.commit([change(stored, t)])]
+    # A failover lost the last writes: the counter is back where it was two firings ago.
+    await client(rb).set(BASE + ":ids:firing", fired[0].id)
+    (after,) = await rb.rules.commit([change(stored, 4)])
+    assert after.id == fired[-1].id + 1000
+    test = await rb.rules.test_fire("alice", stored.id, {"test": True}, 5)
+    assert test.id == after.id + 1
+    # A node that only followed the firings knows the floor as well.
+    other = rb.twin()
+    assert isinstance(other.rules, RedisAlertStore)
+    await other.rules.follow_fired("0-0", 5)
+    await client(rb).delete(BASE + ":ids:firing")
+    again = await other.rules.test_fire("alice", stored.id, {"test": True}, 6)
+    assert again.id == test.id + 1000

@@ -225,3 +225,11 @@ async def test_a_lost_firing_counter_never_repeats_an_id_this_node_saw(rb: Backe
     await client(rb).delete(BASE + ":ids:firing")
     again = await other.rules.test_fire("alice", stored.id, {"test": True}, 6)
     assert again.id == test.id + 1000
+
+
+async def test_a_lost_rule_counter_never_repeats_a_rule_id_this_node_saw(rb: Backend) -> None:
+    made = [await rb.rule("alice") for _ in range(3)]
+    await rb.rules.delete("alice", made[-1].id, version=None)
+    await client(rb).delete(BASE + ":ids:rule")
+    again = await rb.rule("alice")
+    assert again.id == made[-1].id + 1000

@@ -10,11 +10,11 @@ firings; an older one goes with its delivered and failed rows (a pending row sta
 its last attempt). The ``fired`` and ``rule-changes`` streams keep about ``FIRED_MAXLEN``
 and ``CHANGES_MAXLEN`` entries.
 
-Ids come from ``INCR`` counters. If Redis loses the firing counter (a restart without
-persistence, a failover that lost the last writes), the next firing id would repeat one a
-stream client or a webhook receiver already holds and drops as a duplicate; so each
-script that records a firing gets the highest firing id this node has seen, and a counter
-at or below it jumps 1000 above it.
+Ids come from ``INCR`` counters. If Redis loses one (a restart without persistence, a
+failover that lost the last writes), the next firing id would repeat one a stream client
+or a webhook receiver already holds and drops as a duplicate (a rule id, one an ETag
+names); so each script that takes an id gets the highest this node has seen (recorded,
+read or followed), and a counter at or below it jumps 1000 above it.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ class RedisAlertStore:
         self._history = history
         self._seen = 0
         """The highest firing id this node has seen: the floor of a counter Redis lost."""
+        self._seen_rule = 0
+        """The same for rule ids."""
         script = redis.register_script
         self._create = script(PRELUDE + CREATE_RULE)
         self._replace = script(PRELUDE + REPLACE_RULE)
@@ -106,11 +108,12 @@ class RedisAlertStore:
         head: list[Any] = [self._keys.base, owner, max_rules, now_ms]
         args = [*head, *self._definition(rule, state)]
         reply = await call(
-            self._create(keys=[self._keys.rules], args=[*args, CHANGES_MAXLEN]),
+            self._create(keys=[self._keys.rules], args=[*args, CHANGES_MAXLEN, self._seen_rule]),
             "cannot create alert rule",
         )
         if int(reply) < 0:
             raise QuotaExceeded(owner, max_rules)
+        self._seen_rule = max(self._seen_rule, int(reply))
         return StoredRule(int(reply), owner, rule, state, 1, now_ms)
 
     async def replace(
@@ -215,7 +218,9 @@ class RedisAlertStore:
             self._read_rules(keys=[self._keys.rules], args=[self._keys.base, index, after, limit]),
             "cannot read alert rules",
         )
-        return [rule_row(r) for r in reply]
+        rules = [rule_row(r) for r in reply]
+        self._seen_rule = max([self._seen_rule, *(r.id for r in rules)])
+        return rules
 
     async def firings(self, owner: str, rule_id: int, limit: int) -> list[StoredFiring]:
         """A rule's newest firings first (empty for another owner's rule)."""

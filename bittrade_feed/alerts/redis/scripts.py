@@ -41,20 +41,26 @@ local function forget_firing(rule_id, owner, fid)
   redis.call('DEL', fk)
 end
 
+-- The next id from counter ``name``, above ``floor`` (the highest the caller has seen).
+-- A counter at or below it means Redis lost it (a restart without persistence, a
+-- failover that lost the last writes): an id handed out before may be held by a client or
+-- a receiver (webhook-id, If-Match), which would take the new one for the old. Jump well
+-- above every id the caller knows of, as the shared log's new epoch does.
+local function next_id(name, floor)
+  local id = redis.call('INCR', k('ids', name))
+  if id <= tonumber(floor) then
+    id = tonumber(floor) + 1000
+    redis.call('SET', k('ids', name), id)
+  end
+  return id
+end
+
 -- Record a firing of rule_id (tick "" for a test firing): the firing, one pending row per
 -- live endpoint of the owner's the rule names, the indexes, the fan-out stream entry, and
 -- the history bound. ``floor``: the highest firing id the caller has seen. Returns the
 -- new firing id.
 local function fire(rule_id, owner, hooks, tick, at_ms, payload, history, fired_maxlen, floor)
-  local fid = redis.call('INCR', k('ids', 'firing'))
-  if fid <= tonumber(floor) then
-    -- Redis lost the counter (a restart without persistence, a failover that lost the
-    -- last writes): an id at or below one handed out before may be held by a client or
-    -- a receiver (webhook-id), which would drop the new firing as a duplicate. Jump well
-    -- above every id the caller knows of, as the shared log's new epoch does.
-    fid = tonumber(floor) + 1000
-    redis.call('SET', k('ids', 'firing'), fid)
-  end
+  local fid = next_id('firing', floor)
   local rows = {}
   for ep in string.gmatch(hooks or '', '[^,]+') do
     local e = redis.call('HMGET', k('endpoint', ep), 'owner', 'disabled_ms')
@@ -164,10 +170,11 @@ return out
 
 CREATE_RULE = """
 -- ARGV: base, owner, max_rules, created_ms, pair, kind, params, frequency, state,
--- last_tick_id, expires_ms ("" = none), hooks, changes maxlen. Returns the id, -1: quota.
+-- last_tick_id, expires_ms ("" = none), hooks, changes maxlen, the highest rule id the
+-- caller has seen. Returns the id, -1: quota.
 local own = k('own-rules', ARGV[2])
 if redis.call('ZCARD', own) >= tonumber(ARGV[3]) then return -1 end
-local id = redis.call('INCR', k('ids', 'rule'))
+local id = next_id('rule', ARGV[14])
 local rk = k('rule', id)
 redis.call('HSET', rk, 'owner', ARGV[2], 'created_ms', ARGV[4], 'version', 1,
   'pair', ARGV[5], 'kind', ARGV[6], 'params', ARGV[7], 'frequency', ARGV[8],

@@ -69,8 +69,12 @@ rule (1000).
 position to pass next time with the ``(owner, firing)`` pairs, oldest first. ``last="$"``
 means "from now": the position returned is then the stream's current end (a concrete id,
 even when nothing arrived), so no firing committed between two calls is missed.
-``follow_rule_changes`` is the same over the ids of rules created, replaced or deleted
-(an id may repeat; read the rule again to learn which).
+Firing ids are handed out one by one and every firing is appended, so the ids a node reads
+are consecutive unless the stream was trimmed past it (it fell more than
+``rules.FIRED_MAXLEN`` entries behind) or Redis lost data: fill such a jump with
+``firings_after``. ``follow_rule_changes`` is the same over the ids of rules created,
+replaced or deleted (an id may repeat; read the rule again to learn what it is now).
+Start it before ``all()`` when taking over, so no change between the two is missed.
 """
 
 from __future__ import annotations

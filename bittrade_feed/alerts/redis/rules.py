@@ -9,6 +9,12 @@ Retention (one daemon's SQLite keeps everything): a rule keeps its newest ``hist
 firings; an older one goes with its delivered and failed rows (a pending row stays until
 its last attempt). The ``fired`` and ``rule-changes`` streams keep about ``FIRED_MAXLEN``
 and ``CHANGES_MAXLEN`` entries.
+
+Ids come from ``INCR`` counters. If Redis loses one (a restart without persistence, a
+failover that lost the last writes), the next firing id would repeat one a stream client
+or a webhook receiver already holds and drops as a duplicate (a rule id, one an ETag
+names); so each script that takes an id gets the highest this node has seen (recorded,
+read or followed), and a counter at or below it jumps 1000 above it.
 """
 
 from __future__ import annotations
@@ -78,6 +84,10 @@ class RedisAlertStore:
         self._keys = AlertKeys.for_prefix(prefix)
         self._fence = fence
         self._history = history
+        self._seen = 0
+        """The highest firing id this node has seen: the floor of a counter Redis lost."""
+        self._seen_rule = 0
+        """The same for rule ids."""
         script = redis.register_script
         self._create = script(PRELUDE + CREATE_RULE)
         self._replace = script(PRELUDE + REPLACE_RULE)
@@ -98,11 +108,12 @@ class RedisAlertStore:
         head: list[Any] = [self._keys.base, owner, max_rules, now_ms]
         args = [*head, *self._definition(rule, state)]
         reply = await call(
-            self._create(keys=[self._keys.rules], args=[*args, CHANGES_MAXLEN]),
+            self._create(keys=[self._keys.rules], args=[*args, CHANGES_MAXLEN, self._seen_rule]),
             "cannot create alert rule",
         )
         if int(reply) < 0:
             raise QuotaExceeded(owner, max_rules)
+        self._seen_rule = max(self._seen_rule, int(reply))
         return StoredRule(int(reply), owner, rule, state, 1, now_ms)
 
     async def replace(
@@ -137,7 +148,7 @@ class RedisAlertStore:
         token = self._fence()
         if token is None:
             raise Fenced("this node is not the cluster leader; alert firings were not saved")
-        args: list[Any] = [self._keys.base, token, self._history, FIRED_MAXLEN]
+        args: list[Any] = [self._keys.base, token, self._history, FIRED_MAXLEN, self._seen]
         for c in changes:
             tick = "" if c.firing is None else str(c.firing.tick_id)
             body = "" if c.firing is None else dump(c.firing.to_json())
@@ -154,7 +165,7 @@ class RedisAlertStore:
                 int(firing_id), c.rule_id, c.firing.tick_id, c.at_ms, c.firing.to_json()
             )
             recorded.append(firing)
-        return recorded
+        return self._saw(recorded)
 
     async def test_fire(
         self, owner: str, rule_id: int, payload: dict[str, Any], now_ms: int
@@ -162,12 +173,14 @@ class RedisAlertStore:
         """A firing no tick caused, with its outbox rows and fan-out entry (not fenced)."""
         args: list[Any] = [self._keys.base, owner, rule_id, dump(payload), now_ms]
         reply = await call(
-            self._test_fire(keys=[self._keys.rules], args=[*args, self._history, FIRED_MAXLEN]),
+            self._test_fire(
+                keys=[self._keys.rules], args=[*args, self._history, FIRED_MAXLEN, self._seen]
+            ),
             f"cannot test-fire alert rule {rule_id}",
         )
         if int(reply) < 0:
             raise VersionMismatch(rule_id, None)
-        return StoredFiring(int(reply), rule_id, None, now_ms, payload)
+        return self._saw([StoredFiring(int(reply), rule_id, None, now_ms, payload)])[0]
 
     def _definition(self, rule: Rule, state: RuleState) -> list[Any]:
         """The script arguments of a create or replace, after the fixed ones."""
@@ -205,7 +218,9 @@ class RedisAlertStore:
             self._read_rules(keys=[self._keys.rules], args=[self._keys.base, index, after, limit]),
             "cannot read alert rules",
         )
-        return [rule_row(r) for r in reply]
+        rules = [rule_row(r) for r in reply]
+        self._seen_rule = max([self._seen_rule, *(r.id for r in rules)])
+        return rules
 
     async def firings(self, owner: str, rule_id: int, limit: int) -> list[StoredFiring]:
         """A rule's newest firings first (empty for another owner's rule)."""
@@ -222,7 +237,7 @@ class RedisAlertStore:
             ),
             "cannot read alert firings",
         )
-        return [firing_row([i, r, t or None, at, p]) for i, r, t, at, p in reply]
+        return self._saw([firing_row([i, r, t or None, at, p]) for i, r, t, at, p in reply])
 
     async def outbox(self) -> list[tuple[str, int, str, str]]:
         """Pending rows as (id, firing id, channel, state), oldest firing first."""
@@ -240,12 +255,18 @@ class RedisAlertStore:
     ) -> tuple[str, list[tuple[str, StoredFiring]]]:
         """Firings committed after ``last`` (``"$"``: from now), as (owner, firing) pairs."""
         position, entries = await follow(self._reader, self._keys.fired, last, block_ms)
-        return position, [(fields["o"], decode_firing(fields["f"])) for _, fields in entries]
+        got = [(fields["o"], decode_firing(fields["f"])) for _, fields in entries]
+        self._saw([firing for _, firing in got])
+        return position, got
 
     async def follow_rule_changes(self, last: str, block_ms: int) -> tuple[str, list[int]]:
         """Ids of rules created, replaced or deleted after ``last`` (``"$"``: from now)."""
         position, entries = await follow(self._reader, self._keys.rule_changes, last, block_ms)
         return position, [int(fields["r"]) for _, fields in entries]
+
+    def _saw(self, firings: list[StoredFiring]) -> list[StoredFiring]:
+        self._seen = max([self._seen, *(f.id for f in firings)])
+        return firings
 
 
 def decode_firing(text: str) -> StoredFiring:

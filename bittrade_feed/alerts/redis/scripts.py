@@ -41,11 +41,26 @@ local function forget_firing(rule_id, owner, fid)
   redis.call('DEL', fk)
 end
 
+-- The next id from counter ``name``, above ``floor`` (the highest the caller has seen).
+-- A counter at or below it means Redis lost it (a restart without persistence, a
+-- failover that lost the last writes): an id handed out before may be held by a client or
+-- a receiver (webhook-id, If-Match), which would take the new one for the old. Jump well
+-- above every id the caller knows of, as the shared log's new epoch does.
+local function next_id(name, floor)
+  local id = redis.call('INCR', k('ids', name))
+  if id <= tonumber(floor) then
+    id = tonumber(floor) + 1000
+    redis.call('SET', k('ids', name), id)
+  end
+  return id
+end
+
 -- Record a firing of rule_id (tick "" for a test firing): the firing, one pending row per
 -- live endpoint of the owner's the rule names, the indexes, the fan-out stream entry, and
--- the history bound. Returns the new firing id.
-local function fire(rule_id, owner, hooks, tick, at_ms, payload, history, fired_maxlen)
-  local fid = redis.call('INCR', k('ids', 'firing'))
+-- the history bound. ``floor``: the highest firing id the caller has seen. Returns the
+-- new firing id.
+local function fire(rule_id, owner, hooks, tick, at_ms, payload, history, fired_maxlen, floor)
+  local fid = next_id('firing', floor)
   local rows = {}
   for ep in string.gmatch(hooks or '', '[^,]+') do
     local e = redis.call('HMGET', k('endpoint', ep), 'owner', 'disabled_ms')
@@ -155,10 +170,11 @@ return out
 
 CREATE_RULE = """
 -- ARGV: base, owner, max_rules, created_ms, pair, kind, params, frequency, state,
--- last_tick_id, expires_ms ("" = none), hooks, changes maxlen. Returns the id, -1: quota.
+-- last_tick_id, expires_ms ("" = none), hooks, changes maxlen, the highest rule id the
+-- caller has seen. Returns the id, -1: quota.
 local own = k('own-rules', ARGV[2])
 if redis.call('ZCARD', own) >= tonumber(ARGV[3]) then return -1 end
-local id = redis.call('INCR', k('ids', 'rule'))
+local id = next_id('rule', ARGV[14])
 local rk = k('rule', id)
 redis.call('HSET', rk, 'owner', ARGV[2], 'created_ms', ARGV[4], 'version', 1,
   'pair', ARGV[5], 'kind', ARGV[6], 'params', ARGV[7], 'frequency', ARGV[8],
@@ -206,14 +222,15 @@ return c
 """
 
 COMMIT = """
--- KEYS: leader. ARGV: base, lease token, history, fired maxlen, then per change: rule id,
+-- KEYS: leader. ARGV: base, lease token, history, fired maxlen, the highest firing id the
+-- caller has seen, then per change: rule id,
 -- version, state, last_tick_id, firing tick ("" = no firing), payload, at_ms.
 -- Returns {change index (from 0), firing id} per firing recorded.
 if redis.call('GET', KEYS[1]) ~= ARGV[2] then
   return redis.error_reply('FENCED the lease is not held by ' .. ARGV[2])
 end
 local out = {}
-for i = 5, #ARGV, 7 do
+for i = 6, #ARGV, 7 do
   local id, tick = ARGV[i], ARGV[i + 4]
   local rk = k('rule', id)
   local cur = redis.call('HMGET', rk, 'version', 'last_tick_id', 'owner', 'hooks')
@@ -221,9 +238,10 @@ for i = 5, #ARGV, 7 do
     local last = math.max(tonumber(cur[2]), tonumber(ARGV[i + 3]))
     redis.call('HSET', rk, 'state', ARGV[i + 2], 'last_tick_id', last)
     if tick ~= '' and redis.call('HEXISTS', k('rule-ticks', id), tick) == 0 then
-      local fid = fire(id, cur[3], cur[4], tick, ARGV[i + 6], ARGV[i + 5], ARGV[3], ARGV[4])
+      local fid = fire(id, cur[3], cur[4], tick, ARGV[i + 6], ARGV[i + 5], ARGV[3], ARGV[4],
+        ARGV[5])
       redis.call('HSET', k('rule-ticks', id), tick, fid)
-      out[#out + 1] = {(i - 5) / 7, fid}
+      out[#out + 1] = {(i - 6) / 7, fid}
     end
   end
 end
@@ -231,12 +249,13 @@ return out
 """
 
 TEST_FIRE = """
--- ARGV: base, owner, rule id, payload, at_ms, history, fired maxlen. The firing id, -1:
+-- ARGV: base, owner, rule id, payload, at_ms, history, fired maxlen, the highest firing
+-- id the caller has seen. The firing id, -1:
 -- no such rule of the owner's.
 local c = check_rule(ARGV[2], ARGV[3], '')
 if c[1] ~= 0 then return -1 end
 local hooks = redis.call('HGET', k('rule', ARGV[3]), 'hooks')
-return fire(ARGV[3], ARGV[2], hooks, '', ARGV[5], ARGV[4], ARGV[6], ARGV[7])
+return fire(ARGV[3], ARGV[2], hooks, '', ARGV[5], ARGV[4], ARGV[6], ARGV[7], ARGV[8])
 """
 
 READ_FIRINGS = f"""

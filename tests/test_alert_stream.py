@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -22,6 +23,7 @@ from aiohttp.test_utils import TestClient
 
 from bittrade_feed.config import Config, parse_config
 from bittrade_feed.models import TickDraft
+from bittrade_feed.server.alerts import ALERT_STORE
 from bittrade_feed.server.state import HUB, TICKLOG
 from tests.authutil import make_key, write_keys
 from tests.streamutil import frames, parse
@@ -139,6 +141,56 @@ async def test_ws_alert_event_resume_and_resubscribe_keep_the_cursor(
         price = await tick(client, "50")
         got = await ws_until(ws, 1, "price")
         assert [m["event"] for m in got] == ["price"] and got[0]["data"]["id"] == price
+
+
+@pytest.mark.parametrize("seed", range(12))
+async def test_ws_resubscribes_while_alerts_fire_lose_and_repeat_nothing(
+    aiohttp_client: AiohttpClient, tmp_path: Path, seed: int
+) -> None:
+    """Subscribe ops (some replaying prices from the store, which holds the alerts for
+    longer) interleaved at seeded points with commits and publishes of firings: the
+    connection gets every firing once, in order."""
+    rnd = random.Random(seed)
+    cfg = config(tmp_path / "f.db")
+    cfg = replace(cfg, stream=replace(cfg.stream, replay_limit=2, ws_ops_burst=100))
+    client = await client_for(aiohttp_client, cfg)
+    rule = await make_rule(client)
+    for _ in range(6):
+        await tick(client, str(rnd.randint(1, 99)))  # below the rule's level: no firing
+    store, hub = client.app[ALERT_STORE], client.app[HUB]
+    fired: list[int] = []
+    async with client.ws_connect("/api/ws?pairs=BTC-USD") as ws:
+        assert (await ws.receive_json(timeout=5))["event"] == "price"  # registered
+
+        async def publisher() -> None:
+            for _ in range(20):
+                for _ in range(rnd.randint(0, 3)):
+                    await asyncio.sleep(0)
+                firing = await store.test_fire("local", rule, {"test": True}, 1)
+                for _ in range(rnd.randint(0, 2)):
+                    await asyncio.sleep(0)  # between the commit and the publish
+                hub.publish_alert("local", firing)
+                fired.append(firing.id)
+
+        async def resubscriber() -> None:
+            for _ in range(10):
+                for _ in range(rnd.randint(0, 4)):
+                    await asyncio.sleep(0)
+                pairs = rnd.choice([["BTC-USD"], ["ETH-USD"], ["BTC-USD", "ETH-USD"]])
+                op: dict[str, Any] = {"op": "subscribe", "pairs": pairs}
+                if rnd.random() < 0.6:
+                    op["last_event_id"] = rnd.randint(0, 6)  # below the ring: the store
+                await ws.send_json(op)
+
+        await asyncio.gather(publisher(), resubscriber())
+        last = await fire(client, rule)  # the end mark
+        got: list[int] = []
+        while not got or got[-1] < last:
+            message = await ws.receive_json(timeout=5)
+            assert message["event"] != "error", message
+            if message["event"] == "alert":
+                got.append(message["data"]["id"])
+    assert got == [*fired, last]
 
 
 def auth_config(tmp_path: Path, *rows: Any) -> Config:

@@ -176,7 +176,22 @@ async def test_a_firing_already_written_is_not_written_again(fx: Fixture) -> Non
     for firing in (one, two, two, one):
         hub.publish_alert("alice", firing)
     assert alerts_of(await peer.received()) == [one.id, two.id]
-    assert hub.alerts_dropped == 2
+    dropped = hub.metrics.registry.get_sample_value(
+        "bittrade_feed_events_dropped_total", {"stage": "subscriber"}
+    )
+    assert dropped == 2
+
+
+async def test_a_firing_follows_the_price_still_in_the_coalescing_window(fx: Fixture) -> None:
+    """With coalescing on, the window is flushed first: the price, then its alert."""
+    hub = make_hub(fx.store, coalesce_ms=60_000)  # the window ends only by flush()
+    (peer,) = await loopback_peers(1)
+    await attach(hub, peer, "alice")
+    tick = await fx.store.insert(TickDraft("BTC-USD", Decimal(5), 0, ("x",)))
+    hub.publish(tick)
+    hub.publish_alert("alice", await fx.fire("alice"))
+    got = [(i, e) for i, e, _ in await peer.received() if e]
+    assert got == [(str(tick.id), "price"), (None, "alert")]
 
 
 async def test_resume_reads_every_page_in_order(
@@ -311,6 +326,22 @@ async def test_a_source_that_keeps_failing_gives_up_and_the_stream_goes_on(
     assert alerts_of(await peer.received()) == [held.id, later.id]
     gave_up = [r for r in records if "gave up" in r.getMessage()]
     assert gave_up and gave_up[0].levelno == logging.ERROR
+
+
+async def test_closing_a_stream_ends_its_retry_wait(fx: Fixture) -> None:
+    """Shutdown during the backoff: the resume stops at once, not after the delay."""
+    hub = make_hub(fx.store)
+    source = Failing(fx, failures=100)
+    hub.set_alert_source(source)
+    (peer,) = await loopback_peers(1)
+    task = asyncio.create_task(attach(hub, peer, "alice", alerts_after=0))
+    await settle()
+    assert source.calls == 1
+    hub.close_all("shutdown")
+    async with asyncio.timeout(1):  # the fake clock never moves: only the close can wake it
+        await task
+    assert source.calls == 1 and hub.count == 0
+    peer.close()
 
 
 async def test_no_source_means_live_alerts_only(fx: Fixture) -> None:

@@ -16,6 +16,7 @@ after is held: no gap, no duplicate, by construction.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
@@ -55,15 +56,17 @@ Write = Callable[[Subscriber, bytes, int], None]
 class AlertFeed:
     """The alert side of the hub: live fan-out by owner, and the resume hand-over."""
 
-    def __init__(self, registry: Registry, write: Write, clock: Clock) -> None:
+    def __init__(
+        self, registry: Registry, write: Write, clock: Clock, dropped: Callable[[int], None]
+    ) -> None:
         self._registry = registry
         self._write = write
         self._clock = clock
+        self._dropped = dropped
+        """Counts firings not written to a stream that already had their id (a resume read
+        them first, a second publisher repeated them, or they came out of order)."""
         self.source: AlertSource | None = None
         """The resume reader; ``None`` (alerts off, or shutting down): no stored firings."""
-        self.dropped = 0
-        """Live firings not written to a stream that already had their id (a resume read
-        them first, or they came late and out of order)."""
 
     def publish(self, owner: str, firing: AlertEvent) -> None:
         """Write ``firing`` to every stream of ``owner`` whose cursor is below its id."""
@@ -81,7 +84,7 @@ class AlertFeed:
                     sub.alert_id = ident
                     self._write(sub, frames[fmt], 1)
                 else:
-                    self.dropped += 1
+                    self._dropped(1)
 
     async def catch_up(self, sub: Subscriber, after: int | None) -> None:
         """After the price opening: the stored firings above ``after``, then the held ones.
@@ -101,7 +104,8 @@ class AlertFeed:
             if ident > sub.alert_id:
                 sub.alert_id = ident
                 newer.append(frames[sub.fmt])
-        self.dropped += len(held) - len(newer)
+        if len(held) > len(newer):
+            self._dropped(len(held) - len(newer))
         if newer:
             self._write(sub, b"".join(newer), len(newer))
 
@@ -136,7 +140,7 @@ class AlertFeed:
                     reason=str(exc) or type(exc).__name__,
                     retry_in=RETRY_DELAYS[failures],
                 )
-                await self._clock.sleep(RETRY_DELAYS[failures])
+                await self._pause(sub, RETRY_DELAYS[failures])
                 failures += 1
                 continue
             failures = 0
@@ -150,3 +154,12 @@ class AlertFeed:
                 self._write(sub, b"".join(newer), len(newer))
             if len(page) < PAGE or not newer:
                 return  # caught up (or a source that does not move on: stop, not spin)
+
+    async def _pause(self, sub: Subscriber, seconds: float) -> None:
+        """Wait ``seconds``, or less if ``sub`` is closed meanwhile (shutdown waits for no
+        backoff)."""
+        sleep = asyncio.ensure_future(self._clock.sleep(seconds))
+        try:
+            await asyncio.wait((sleep, sub.done), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()

@@ -107,7 +107,7 @@ class Hub:
         self._m_opened = [metrics.connections_opened.labels(f.transport) for f in FORMATS]
         self._m_subscribers = [metrics.subscribers.labels(f.transport) for f in FORMATS]
         self._m_dropped = metrics.events_dropped.labels("subscriber")
-        self._alerts = AlertFeed(self._subs, self._write, clock)
+        self._alerts = AlertFeed(self._subs, self._write, clock, self._m_dropped.inc)
 
     # -- set-up -------------------------------------------------------------
 
@@ -165,6 +165,8 @@ class Hub:
 
     def publish_alert(self, owner: str, firing: AlertEvent) -> None:
         """Hand a committed firing to every stream of ``owner`` (cheap; never raises)."""
+        if owner not in self._subs.by_owner:
+            return  # nobody of this owner is connected: nothing to encode or flush
         try:
             # Prices in the coalescing window go first: a firing follows the tick behind it.
             self.flush()
@@ -181,11 +183,6 @@ class Hub:
     def alert_source(self) -> AlertSource | None:
         """The resume reader ``set_alert_source`` gave (``None``: none)."""
         return self._alerts.source
-
-    @property
-    def alerts_dropped(self) -> int:
-        """Live firings a stream already had (by id) and so did not get again."""
-        return self._alerts.dropped
 
     def _broadcast(self, pair: str, event_id: int, frames: Frames) -> None:
         if not self.config.coalesce_ms:

@@ -3,7 +3,8 @@
 One background task owns the connection. It connects, parses, keeps the per-pair
 snapshot and the connection state current, queues ticks for the iterator, and
 reconnects with backoff when the connection drops, resuming from the last event id, so
-callers see neither gaps nor duplicates across a daemon restart.
+callers see neither gaps nor duplicates across a daemon restart. The same connection
+carries the owner's alert events (``alerts()``), resumed by the highest alert id seen.
 """
 
 from __future__ import annotations
@@ -33,8 +34,10 @@ from bittrade_feed_client.connection import (
 )
 from bittrade_feed_client.credentials import Credentials, TokenProvider
 from bittrade_feed_client.errors import AuthError, FeedError, GaveUp
+from bittrade_feed_client.inbox import AlertInbox
 from bittrade_feed_client.models import (
     SIMULATED_REASON,
+    Alert,
     PairStatus,
     State,
     StateChange,
@@ -70,6 +73,13 @@ class FeedClient:
     in a row end the subscription with ``GaveUp`` (default: never give up).
     ``last_event_id`` resumes from an id a previous process saw.
 
+    Alerts (``alerts()``) come over the same connection when the credential has the
+    ``alerts`` scope. Every reconnect sends the highest alert id seen as
+    ``alerts_after``, so the daemon sends the ones missed meanwhile; a repeated id is
+    dropped. ``alerts_after`` resumes from an alert id a previous process saw (until an
+    alert arrives, only alerts that fire from the first connection on are received).
+    Unread alerts wait in a buffer of ``buffer``; past that the oldest are dropped.
+
     Ticks wait for the iterator in a buffer of ``buffer`` ticks; while you iterate, a
     full buffer pauses reading (the daemon replays what it then misses). If you never
     iterate and only call ``latest()``, the oldest ticks in it are dropped.
@@ -89,6 +99,7 @@ class FeedClient:
         max_delay: float = 30.0,
         max_attempts: int | None = None,
         last_event_id: int | None = None,
+        alerts_after: int | None = None,
         on_state: StateCallback | None = None,
         session: aiohttp.ClientSession | None = None,
         buffer: int = 1024,
@@ -101,6 +112,8 @@ class FeedClient:
             raise ValueError("max_attempts must be at least 1 (or None for no limit)")
         if buffer < 1:
             raise ValueError("buffer must hold at least one tick")
+        if alerts_after is not None and alerts_after < 0:
+            raise ValueError("alerts_after must be an alert id (0 or more), or None")
         self._credentials = Credentials(token, api_key, token_provider, connect_timeout)
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
@@ -115,6 +128,7 @@ class FeedClient:
         self._parser = EventStreamParser(str(last_event_id) if last_event_id else "")
         self._last_id = last_event_id or 0
         """Highest tick id handed out: anything at or below it is a duplicate."""
+        self._inbox = AlertInbox(alerts_after, buffer)
         self._latest: dict[str, Tick] = {}
         self._statuses: dict[str, PairStatus] = {}
         self._state = State.CONNECTING
@@ -156,6 +170,11 @@ class FeedClient:
         raw = self._parser.last_event_id
         return int(raw) if raw.isascii() and raw.isdigit() else None
 
+    @property
+    def last_alert_id(self) -> int | None:
+        """The highest alert id received: what a reconnect sends as ``alerts_after``."""
+        return self._inbox.last_id
+
     def latest(self, pair: str) -> Tick | None:
         """The newest price received for ``pair``, without iterating."""
         return self._latest.get(pair.strip().upper())
@@ -177,6 +196,17 @@ class FeedClient:
                     return
         finally:
             self._watchers.remove(queue)
+
+    async def alerts(self) -> AsyncIterator[Alert]:
+        """Every alert of the credential's owner, each id once, in id order.
+
+        Ends when the subscription does (raising its error, as iterating ticks does).
+        Meant for one consumer: two iterators would share the alerts between them.
+        """
+        while (alert := await self._inbox.take()) is not None:
+            yield alert
+        if self._error is not None:
+            raise self._error
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -288,7 +318,10 @@ class FeedClient:
         """One connection, start to end; ``None`` when the daemon says stop (204)."""
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        params = {"pairs": ",".join(self.pairs)} if self.pairs else None
+        params = {"pairs": ",".join(self.pairs)} if self.pairs else {}
+        if self._inbox.last_id is not None:
+            # Every reconnect: the daemon then sends the alerts fired while we were away.
+            params["alerts_after"] = str(self._inbox.last_id)
         try:
             async with asyncio.timeout(self._connect_timeout):
                 resp = await self._session.get(
@@ -366,6 +399,8 @@ class FeedClient:
                 self._statuses[status.pair] = status
             elif event.type == "resync":
                 await self._resync(data)
+            elif event.type == "alert":
+                self._inbox.offer(Alert.from_json(data))
         except ValueError as exc:
             # One bad event should not end a subscription; a newer daemon may add fields.
             log.warning("ignored a malformed %s event: %s", event.type, exc)
@@ -432,9 +467,10 @@ class FeedClient:
         self._finished = True
         self._set_state(State.CLOSED, reason)
         self._readable.set()
+        self._inbox.close()
 
 
-_JSON_EVENTS = frozenset({"price", "status", "resync"})
+_JSON_EVENTS = frozenset({"price", "status", "resync", "alert"})
 
 
 def _reauth_reason(data: str) -> str:

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import aiohttp
 
@@ -26,8 +26,8 @@ MAX_ERROR_BODY = 64 * 1024
 """Read at most this much of an error answer, for its detail."""
 
 
-def stream_url(url: str) -> str:
-    """The stream endpoint for ``url``: a daemon's base URL gets ``/api/price-stream``."""
+def daemon_url(url: str) -> SplitResult:
+    """``url`` split, if it is an http(s) URL with a host; ``ValueError`` otherwise."""
     try:
         parts = urlsplit(url)
         valid = parts.scheme in ("http", "https") and bool(parts.hostname)
@@ -35,6 +35,12 @@ def stream_url(url: str) -> str:
         valid = False
     if not valid:
         raise ValueError(f"{url!r} is not an http:// or https:// URL of a bittrade-feed daemon")
+    return parts
+
+
+def stream_url(url: str) -> str:
+    """The stream endpoint for ``url``: a daemon's base URL gets ``/api/price-stream``."""
+    parts = daemon_url(url)
     if parts.path in ("", "/"):
         parts = parts._replace(path=STREAM_PATH)
     return urlunsplit(parts)

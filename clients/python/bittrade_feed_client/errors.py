@@ -12,10 +12,14 @@
     │                           ``.pairs`` names the refused pairs
     ├── ProtocolError       not an event stream (a 200 of another type, an odd status);
     │                       per the EventSource rules the client gives up instead of retrying
-    └── GaveUp              ``max_attempts`` connections in a row failed; the last
-                            failure is its ``__cause__``
+    ├── GaveUp              ``max_attempts`` connections in a row failed; the last
+    │                       failure is its ``__cause__``
+    └── ServiceError        ``AlertsAPI`` only: a 5xx answer, or none (network error,
+                            timeout); try again later (``.retry_after`` when given)
 
-Network errors, timeouts and 5xx answers are not raised: the client reconnects. A 204
+A problem answer's ``field`` (the request value to fix, e.g. ``level``) is the error's
+``.field``. Network errors, timeouts and 5xx answers to the stream are not raised: the
+client reconnects. A 204
 answer is the daemon's way to say "stop": iteration ends without an error. A 401 is
 retried once, with a fresh token, only when a ``token_provider`` is given; a 403 never.
 """
@@ -30,10 +34,12 @@ class FeedError(Exception):
 class RequestRejected(FeedError):
     """The daemon refused the request with a 4xx answer."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, field: str | None = None) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
         self.detail = detail
+        self.field = field
+        """The request field the daemon names as wrong (``None`` if it names none)."""
 
 
 class Unauthorized(RequestRejected):
@@ -64,3 +70,16 @@ class ProtocolError(FeedError):
 
 class GaveUp(FeedError):
     """Too many connection attempts in a row failed (see ``max_attempts``)."""
+
+
+class ServiceError(FeedError):
+    """An ``AlertsAPI`` call got a 5xx answer, or no answer; the request may be retried.
+
+    ``status`` is ``None`` when no answer came (the network error is the ``__cause__``).
+    """
+
+    def __init__(self, status: int | None, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail if status is None else f"HTTP {status}: {detail}")
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after

@@ -1,4 +1,4 @@
-"""The values a subscriber sees: ticks, per-pair status and the connection state."""
+"""The values a subscriber sees: ticks, per-pair status, alerts and the connection state."""
 
 from __future__ import annotations
 
@@ -57,22 +57,15 @@ class Tick:
     def from_json(cls, data: Any) -> Tick:
         """Build from the wire form; ``ValueError`` if it is not a tick."""
         try:
-            tick_id = data["id"]
-            if isinstance(tick_id, bool) or not isinstance(tick_id, int) or tick_id <= 0:
-                raise ValueError(f"id {tick_id!r} is not a positive integer")
-            # str() first: a float on the wire must not leak binary rounding into Decimal.
-            price = Decimal(str(data["price"]))
-            if not price.is_finite():
-                raise ValueError(f"price {data['price']!r} is not finite")
             return cls(
-                id=tick_id,
+                id=positive_id(data["id"], "id"),
                 pair=str(data["pair"]),
-                price=price,
+                price=parse_decimal(data["price"], "price"),
                 ts=parse_time(data["ts"]),
                 sources=tuple(str(s) for s in data["sources"]),
                 simulated=data.get("simulated") is True,
             )
-        except (KeyError, TypeError, AttributeError, InvalidOperation) as exc:
+        except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a tick: {data!r}") from exc
 
     def to_json(self) -> dict[str, Any]:
@@ -112,6 +105,95 @@ class PairStatus:
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise ValueError(f"not a status: {data!r}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One firing of an alert rule: a stream's ``alert`` event, or an entry of a rule's
+    firings (``AlertsAPI.rule_firings``); both have this form."""
+
+    id: int
+    """The firing id: increasing per daemon, the resume point of alerts (``alerts_after``)."""
+    rule_id: int
+    tick_id: int | None
+    """The price that fired it; ``None`` for a test firing."""
+    at: datetime
+    """When it fired (aware, UTC)."""
+    data: dict[str, Any]
+    """The payload: for a tick ``tick_id, pair, price, ts, kind, direction, detail, count,
+    simulated``; for a test firing ``test, pair, kind, detail``."""
+
+    @classmethod
+    def from_json(cls, data: Any) -> Alert:
+        """Build from the wire form; ``ValueError`` if it is not an alert."""
+        try:
+            tick_id = data["tick_id"]
+            payload = data["data"]
+            if not isinstance(payload, dict):
+                raise ValueError(f"data {payload!r} is not an object")
+            return cls(
+                id=positive_id(data["id"], "id"),
+                rule_id=positive_id(data["rule_id"], "rule_id"),
+                tick_id=None if tick_id is None else positive_id(tick_id, "tick_id"),
+                at=parse_time(data["at"]),
+                data=dict(payload),
+            )
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not an alert: {data!r}") from exc
+
+    @property
+    def test(self) -> bool:
+        """A test firing (``POST /api/alerts/rules/{id}/test``), not caused by a price."""
+        return self.data.get("test") is True
+
+    @property
+    def pair(self) -> str | None:
+        """The rule's pair."""
+        return self._text("pair")
+
+    @property
+    def kind(self) -> str | None:
+        """The rule's kind: ``above``, ``crosses_up``, ``pct_move``, ..."""
+        return self._text("kind")
+
+    @property
+    def detail(self) -> str | None:
+        """One sentence saying what happened."""
+        return self._text("detail")
+
+    @property
+    def price(self) -> Decimal | None:
+        """The price that fired it (``None`` for a test firing); never a float."""
+        raw = self.data.get("price")
+        return None if raw is None else parse_decimal(raw, "price")
+
+    @property
+    def simulated(self) -> bool:
+        """The price came from the daemon's simulated source: never act on it."""
+        return self.data.get("simulated") is True
+
+    def _text(self, key: str) -> str | None:
+        value = self.data.get(key)
+        return value if isinstance(value, str) else None
+
+
+def positive_id(value: Any, name: str) -> int:
+    """A wire id: a positive integer (not a bool); ``ValueError`` naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} {value!r} is not a positive integer")
+    return value
+
+
+def parse_decimal(value: Any, name: str) -> Decimal:
+    """A finite price from the wire (a string, or a JSON number taken by its text)."""
+    try:
+        # str() first: a float on the wire must not leak binary rounding into Decimal.
+        number = Decimal(str(value))
+    except InvalidOperation:
+        raise ValueError(f"{name} {value!r} is not a number") from None
+    if not number.is_finite():
+        raise ValueError(f"{name} {value!r} is not finite")
+    return number
 
 
 def simulated_pairs(latest: Mapping[str, Tick], statuses: Mapping[str, PairStatus]) -> list[str]:

@@ -9,15 +9,21 @@ import asyncio
 from decimal import Decimal
 
 from bittrade_feed_client import (
+    Alert,
+    AlertRule,
+    AlertsAPI,
     AuthError,
     FeedClient,
     FeedError,
     ForbiddenError,
     PairStatus,
+    RequestRejected,
+    ServiceError,
     State,
     StateChange,
     Tick,
     Unauthorized,
+    Webhook,
     subscribe,
 )
 
@@ -90,6 +96,36 @@ async def authenticated(url: str, key: str) -> tuple[str, ...]:
     for tick in subscribe(url, api_key=key, token_provider=lambda: key):
         return (tick.pair,)
     return ()
+
+
+async def alerted(url: str, key: str, saved_alert_id: int | None) -> list[str]:
+    """Alerts: a rule made through the API, its firings off the stream, resumed by id."""
+    lines: list[str] = []
+    async with AlertsAPI(url, api_key=key, timeout=5.0) as api:
+        try:
+            rule: AlertRule = await api.create_rule(
+                {"pair": "BTC-USD", "kind": "crosses_up", "level": "70000", "hysteresis": "50"}
+            )
+        except RequestRejected as exc:
+            return [f"fix {exc.field}: {exc.detail}"]
+        except ServiceError as exc:
+            return [f"try again in {exc.retry_after or 5:g} s"]
+        current = await api.get_rule(rule.id)
+        await api.update_rule(rule.id, {**current.definition, "level": "71000"}, etag=current.etag)
+        hook: Webhook = await api.create_webhook("https://hooks.example/bittrade")
+        secret: str | None = hook.secret
+        lines.append(f"verify with {secret is not None}")
+        firings: list[Alert] = await api.rule_firings(rule.id, limit=10)
+        lines.extend(f.at.isoformat() for f in firings)
+    async with FeedClient(url, api_key=key, alerts_after=saved_alert_id) as feed:
+        async for alert in feed.alerts():
+            price: Decimal | None = alert.price
+            pair: str | None = alert.pair
+            lines.append(f"{alert.id} {alert.rule_id} {pair} {price} {alert.kind} {alert.detail}")
+            saved: int | None = feed.last_alert_id
+            if saved is not None and alert.tick_id is None and alert.test:
+                break
+    return lines
 
 
 def script(url: str) -> list[str]:

@@ -65,10 +65,13 @@ async def runs_alerts(lead: Node, other: Node) -> bool:
 
 
 async def test_a_rule_made_on_a_follower_fires_on_the_leader_and_reaches_every_stream(
-    tmp_path: Path, fx: FakeExchanges, redis_server: RedisServer
+    tmp_path: Path, fx: FakeExchanges, redis_server: RedisServer, aiohttp_server: AiohttpServer
 ) -> None:
     """(a) A rule created through node B fires on a tick the leader fetched; the ``alert``
-    event reaches SSE streams on both nodes; a test firing through B does too."""
+    event reaches SSE streams on both nodes, and its webhook goes out; a test firing
+    through B does both too."""
+    receiver = Receiver()
+    server = await serve(aiohttp_server, receiver)
     async with cluster(tmp_path, fx, redis_server.url, 2, alerts=ALERTS) as nodes:
         lead = await leader_of(nodes)
         (other,) = [n for n in nodes if n is not lead]
@@ -78,7 +81,10 @@ async def test_a_rule_made_on_a_follower_fires_on_the_leader_and_reaches_every_s
         streams = [Client([other.url]).start(), Client([lead.url]).start()]
         await until_prices(streams, 1)
         before = (await other.cluster())["position"]
-        status, rule = await other.post(RULES, {"pair": PAIR, "kind": "above", "level": "1"})
+        status, endpoint = await other.post(HOOKS, {"url": str(server.make_url("/hook"))})
+        assert status == 201, endpoint
+        body = {"pair": PAIR, "kind": "above", "level": "1", "webhooks": [endpoint["id"]]}
+        status, rule = await other.post(RULES, body)
         assert status == 201, rule
 
         async def on_both(firing_id: int | None = None) -> bool:
@@ -89,6 +95,7 @@ async def test_a_rule_made_on_a_follower_fires_on_the_leader_and_reaches_every_s
         status, test = await other.post(f"{RULES}/{rule['id']}/test")
         assert status == 201, test
         await eventually(lambda: on_both(test["id"]), 10, "the test firing on both streams")
+        await receiver.wait_for(2)  # both webhooks, sent by the leader's worker
         await asyncio.sleep(3 * INTERVAL)  # a "once" rule: later ticks must fire nothing
         listed = [await firings(n, rule["id"]) for n in nodes]
         status, tick = await lead.json(f"/api/prices?pair={PAIR}&since=0&limit=10000")
@@ -103,6 +110,10 @@ async def test_a_rule_made_on_a_follower_fires_on_the_leader_and_reaches_every_s
     for s in streams:
         # Each firing once per stream, in increasing id.
         assert [a["id"] for a in alerts_of(s)] == [fired["id"], tested["id"]]
+    sent = {
+        h["webhook-id"]: Webhook(endpoint["secret"]).verify(raw, h) for _, raw, h in receiver.got
+    }
+    assert sent.keys() == {f"alert_{f['id']}_webhook_{endpoint['id']}" for f in (fired, tested)}
 
 
 async def test_leader_kill_9_mid_delivery_the_next_leader_delivers_with_the_same_id(

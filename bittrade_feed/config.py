@@ -362,9 +362,9 @@ def _build(r: Reader) -> Config:
         _build_exchanges(r),
         stream,
         log,
-        cluster=(cluster := _build_cluster(r)),
+        cluster=_build_cluster(r),
         auth=build_auth(r),
-        alerts=_build_alerts(r, cluster),
+        alerts=_build_alerts(r),
     )
 
 
@@ -393,8 +393,8 @@ def _build_cluster(r: Reader) -> ClusterConfig:
 
 
 # --- [alerts] (issue 14) ----------------------------------------------------------------
-def _build_alerts(r: Reader, cluster: ClusterConfig) -> AlertsConfig:
-    alerts = AlertsConfig(
+def _build_alerts(r: Reader) -> AlertsConfig:
+    return AlertsConfig(
         enabled=r.get("alerts.enabled", False, boolean),
         max_rules_per_owner=r.get("alerts.max_rules_per_owner", 100, integer(1, 100_000)),
         checkpoint_seconds=r.get("alerts.checkpoint_seconds", 10.0, number(0.1, 3600)),
@@ -407,11 +407,6 @@ def _build_alerts(r: Reader, cluster: ClusterConfig) -> AlertsConfig:
         retry_base=r.get("alerts.retry_base", 5.0, number(0.01, 3600)),
         retry_cap=r.get("alerts.retry_cap", 3600.0, number(0.01, 86_400)),
     )
-    if alerts.enabled and cluster.enabled:
-        # Each daemon keeps its own SQLite: rules and firings are not shared yet, so
-        # every node would evaluate and notify on its own.
-        r.fail("alerts.enabled", "is not supported with [cluster] yet; set it to false")
-    return alerts
 
 
 # --- end [alerts] -------------------------------------------------------------------------

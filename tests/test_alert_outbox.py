@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 
-from bittrade_feed.alerts.deliveries import Deliveries, Retry
+from bittrade_feed.alerts.deliveries import Deliveries, OutboxStore, Retry
 from bittrade_feed.alerts.endpoints import Endpoint, EndpointStore
 from bittrade_feed.alerts.outbox import OutboxWorker, backoff
 from bittrade_feed.alerts.spec import parse_rule
@@ -71,7 +71,7 @@ class Rig:
 
     def worker(self, policy: Policy = LOOPBACK, max_attempts: int = 5) -> OutboxWorker:
         return OutboxWorker(
-            self.store,
+            OutboxStore(self.store),
             SystemClock(),
             policy,
             lambda: guarded_session(policy, timeout=5, user_agent="test"),

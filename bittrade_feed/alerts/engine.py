@@ -24,8 +24,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from bittrade_feed.alerts.backend import RuleBackend
 from bittrade_feed.alerts.rules import Kind, Rule, RuleState, Window, evaluate
-from bittrade_feed.alerts.store import AlertStore, Commit, StoredFiring, StoredRule
+from bittrade_feed.alerts.store import Commit, StoredFiring, StoredRule
 from bittrade_feed.clock import Clock
 from bittrade_feed.errors import StoreError
 from bittrade_feed.models import Tick
@@ -62,7 +63,7 @@ class AlertEngine:
 
     def __init__(
         self,
-        alerts: AlertStore,
+        alerts: RuleBackend,
         store: Store,
         clock: Clock,
         *,
@@ -274,6 +275,23 @@ class AlertEngine:
         """Delete a rule, its firings and its undelivered outbox rows."""
         await self._alerts.delete(owner, rule_id, version=version)
         self._drop(rule_id)
+
+    def refresh(self, rule_id: int, stored: StoredRule | None) -> None:
+        """Take a rule change made elsewhere (another node of a cluster): ``stored`` is the
+        rule as read after the change (``None``: deleted).
+
+        A version this engine already has changes nothing (a change may be reported more
+        than once, and its live state is newer than the stored one). Otherwise the rule
+        is evaluated from its stored ``last_tick_id`` on, as after ``replace``.
+        """
+        current = self._rules.get(rule_id)
+        if stored is not None and current is not None and current.version >= stored.version:
+            return
+        self._drop(rule_id)
+        if stored is not None:
+            self._add(stored)
+            if not stored.state.done:
+                self._rewind(stored.state.last_tick_id)
 
     def _add(self, stored: StoredRule) -> None:
         entry = Entry(stored.id, stored.owner, stored.rule, stored.state, stored.version)

@@ -1,4 +1,7 @@
-"""The webhook outbox worker: delivers the ``alert_outbox`` webhook rows, at least once.
+"""The webhook outbox worker: delivers the outbox's webhook rows, at least once.
+
+The rows are read and written through ``backend.OutboxBackend``: SQLite on one daemon
+(``deliveries.OutboxStore``), Redis in a cluster.
 
 A row is written in the firing's own transaction, and its state changes only after an
 attempt has ended, so a crash (or a cancel) at any point leaves it ``pending`` and the
@@ -18,23 +21,21 @@ A row whose endpoint was deleted or disabled meanwhile is ``failed`` without a r
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager, suppress
-from dataclasses import dataclass
-from typing import Any
 
 import aiohttp
-import aiosqlite
 import structlog
 
-from bittrade_feed.alerts.endpoints import COLUMNS, Endpoint, endpoint_row
+from bittrade_feed.alerts.backend import Due, OutboxBackend
+from bittrade_feed.alerts.endpoints import Endpoint
 from bittrade_feed.alerts.ssrf import Policy
 from bittrade_feed.alerts.webhook import Outcome, message, send, signed_headers
 from bittrade_feed.clock import Clock
 from bittrade_feed.ops.metrics import AlertMetrics
-from bittrade_feed.store.sqlite import Store
+
+__all__ = ["BATCH", "POLL_S", "Due", "OutboxWorker", "backoff"]
 
 log = structlog.get_logger("bittrade_feed.alerts.outbox")
 
@@ -42,14 +43,8 @@ BATCH = 50
 """Due rows read at once."""
 POLL_S = 5.0
 """Longest sleep between looks at the outbox (new rows also wake the worker)."""
-ENDPOINT_COLUMNS = ", ".join(f"e.{c}" for c in COLUMNS.split(", "))
-DUE_SQL = (
-    f"SELECT o.id, o.attempts, f.at_ms, f.payload, {ENDPOINT_COLUMNS} "  # noqa: S608
-    "FROM alert_outbox o JOIN alert_firings f ON f.id = o.firing_id "
-    "LEFT JOIN alert_endpoints e ON e.id = o.endpoint_id "
-    "WHERE o.state = 'pending' AND o.channel = 'webhook' AND o.next_at_ms <= ? "
-    "ORDER BY o.next_at_ms, o.id LIMIT ?"
-)
+MAX_ERROR = 300
+"""Characters of an attempt's error kept in the row."""
 
 SessionFactory = Callable[[], AbstractAsyncContextManager[aiohttp.ClientSession]]
 
@@ -67,30 +62,12 @@ def backoff(
     return max(wait, retry_after) if retry_after is not None else wait
 
 
-@dataclass(frozen=True, slots=True)
-class Due:
-    """One pending webhook row, with what sending it needs."""
-
-    id: str
-    attempts: int
-    fired_ms: int
-    payload: dict[str, Any]
-    endpoint: Endpoint | None
-    """``None``: the endpoint was deleted since the row was queued."""
-
-
-def _due(row: Sequence[Any]) -> Due:
-    ident, attempts, at_ms, payload, *rest = row
-    endpoint = None if rest[0] is None else endpoint_row(rest)
-    return Due(str(ident), int(attempts), int(at_ms), json.loads(payload), endpoint)
-
-
 class OutboxWorker:
     """Sends due webhook rows until cancelled; ``poke`` when new rows were committed."""
 
     def __init__(
         self,
-        store: Store,
+        rows: OutboxBackend,
         clock: Clock,
         policy: Policy,
         session: SessionFactory,
@@ -101,7 +78,7 @@ class OutboxWorker:
         metrics: AlertMetrics | None = None,
         rand: random.Random | None = None,
     ) -> None:
-        self._store = store
+        self._rows = rows
         self._clock = clock
         self._policy = policy
         self._session = session
@@ -122,7 +99,8 @@ class OutboxWorker:
             while True:
                 # Cleared before reading, so a poke during the read is not lost.
                 self._wake.clear()
-                rows = await self._store.query(self._read_due, "cannot read the alert outbox")
+                now_ms = round(self._clock.time() * 1000)
+                rows = await self._rows.due(now_ms, BATCH)
                 for row in rows:
                     await self._attempt(session, row)
                 await self._count_depth()
@@ -132,34 +110,15 @@ class OutboxWorker:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), pause)
 
-    async def _read_due(self, conn: aiosqlite.Connection) -> list[Due]:
-        now_ms = round(self._clock.time() * 1000)
-        return [_due(r) for r in await conn.execute_fetchall(DUE_SQL, (now_ms, BATCH))]
-
     async def _sleep_for(self) -> float:
-        async def query(conn: aiosqlite.Connection) -> int | None:
-            (row,) = await conn.execute_fetchall(
-                "SELECT MIN(next_at_ms) FROM alert_outbox "
-                "WHERE state = 'pending' AND channel = 'webhook'"
-            )
-            return None if row[0] is None else int(row[0])
-
-        nearest = await self._store.query(query, "cannot read the alert outbox")
+        nearest = await self._rows.nearest_due_ms()
         if nearest is None:
             return POLL_S
         return min(POLL_S, max(0.0, nearest / 1000 - self._clock.time()))
 
     async def _count_depth(self) -> None:
-        if self._metrics is None:
-            return
-
-        async def query(conn: aiosqlite.Connection) -> int:
-            (row,) = await conn.execute_fetchall(
-                "SELECT COUNT(*) FROM alert_outbox WHERE state = 'pending' AND channel = 'webhook'"
-            )
-            return int(row[0])
-
-        self._metrics.outbox_depth.set(await self._store.query(query, "cannot count the outbox"))
+        if self._metrics is not None:
+            self._metrics.outbox_depth.set(await self._rows.depth())
 
     async def _attempt(self, session: aiohttp.ClientSession, row: Due) -> None:
         endpoint, now = row.endpoint, self._clock.time()
@@ -202,44 +161,17 @@ class OutboxWorker:
                 outcome.retry_after,
             )
             next_ms = round((self._clock.time() + wait) * 1000)
-            await self._store.transact(
-                lambda conn: conn.execute_fetchall(
-                    "UPDATE alert_outbox SET attempts = attempts + 1, next_at_ms = ?, "
-                    "last_error = ? WHERE id = ? AND state = 'pending'",
-                    (next_ms, outcome.error[:300], row.id),
-                ),
-                "cannot reschedule a webhook",
-            )
+            await self._rows.reschedule(row.id, next_ms, outcome.error[:MAX_ERROR])
             self._count("retry")
 
     async def _finish(
         self, row: Due, state: str, error: str | None, *, outcome: str | None = None
     ) -> None:
-        await self._store.transact(
-            lambda conn: conn.execute_fetchall(
-                "UPDATE alert_outbox SET state = ?, attempts = attempts + 1, last_error = ? "
-                "WHERE id = ? AND state = 'pending'",
-                (state, None if error is None else error[:300], row.id),
-            ),
-            "cannot record a webhook attempt",
-        )
+        await self._rows.finish(row.id, state, None if error is None else error[:MAX_ERROR])
         self._count(outcome or state)
 
     async def _disable(self, row: Due, endpoint: Endpoint) -> None:
-        now_ms = round(self._clock.time() * 1000)
-
-        async def body(conn: aiosqlite.Connection) -> None:
-            await conn.execute_fetchall(
-                "UPDATE alert_endpoints SET disabled_ms = ? WHERE id = ? AND disabled_ms IS NULL",
-                (now_ms, endpoint.id),
-            )
-            await conn.execute_fetchall(
-                "UPDATE alert_outbox SET state = 'failed', attempts = attempts + 1, "
-                "last_error = 'HTTP 410: endpoint disabled' WHERE id = ? AND state = 'pending'",
-                (row.id,),
-            )
-
-        await self._store.transact(body, "cannot disable a webhook endpoint")
+        await self._rows.disable(row.id, endpoint.id, round(self._clock.time() * 1000))
         log.warning("webhook endpoint disabled", endpoint=endpoint.id, reason="HTTP 410")
         self._count("gone")
         if self._metrics is not None:

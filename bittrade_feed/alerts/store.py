@@ -103,35 +103,39 @@ def outbox_id(firing_id: int, channel: str, endpoint_id: str | None = None) -> s
     return f"alert_{firing_id}_{channel}{tail}"
 
 
-def _rule_row(row: Sequence[Any]) -> StoredRule:
+def rule_row(row: Sequence[Any]) -> StoredRule:
+    """A ``StoredRule`` from the ``RULE_COLUMNS`` of a row (a Redis rule hash too)."""
     ident, owner, pair, kind, params, frequency, state, last_id, version, created, expires = row
-    rule = from_stored(Stored(pair, kind, json.loads(params), json.loads(frequency), expires))
+    until = None if expires is None else int(expires)
+    rule = from_stored(Stored(pair, kind, json.loads(params), json.loads(frequency), until))
     restored = RuleState.from_json(json.loads(state))
     restored.last_tick_id = int(last_id)
     return StoredRule(int(ident), str(owner), rule, restored, int(version), int(created))
 
 
-def _firing_row(row: Sequence[Any]) -> StoredFiring:
+def firing_row(row: Sequence[Any]) -> StoredFiring:
+    """A ``StoredFiring`` from the ``FIRING_COLUMNS`` of a row (a Redis firing hash too)."""
     ident, rule_id, tick_id, at_ms, payload = row
     tick = None if tick_id is None else int(tick_id)
     return StoredFiring(int(ident), int(rule_id), tick, int(at_ms), json.loads(payload))
 
 
-def _definition(stored: Stored, state: RuleState, last_tick_id: int) -> tuple[Any, ...]:
+def definition(stored: Stored, state: RuleState, last_tick_id: int) -> tuple[Any, ...]:
     """The values of the columns a create writes and a replace rewrites, in the order both
     statements name them: pair, kind, params, frequency, state, last_tick_id, expires_ms."""
     return (
         stored.pair,
         stored.kind,
-        _dump(stored.params),
-        _dump(stored.frequency),
-        _dump(state.to_json()),
+        dump(stored.params),
+        dump(stored.frequency),
+        dump(state.to_json()),
         last_tick_id,
         stored.expires_ms,
     )
 
 
-def _dump(value: object) -> str:
+def dump(value: object) -> str:
+    """Compact, key-sorted JSON: how both backends store states, params and payloads."""
     return json.dumps(value, separators=(",", ":"), sort_keys=True)
 
 
@@ -158,7 +162,7 @@ class AlertStore:
             cursor = await conn.execute(
                 "INSERT INTO alert_rules (owner, created_ms, version, pair, kind, params, "
                 "frequency, state, last_tick_id, expires_ms) VALUES (?,?,1,?,?,?,?,?,?,?)",
-                (owner, now_ms, *_definition(stored, state, last_tick_id)),
+                (owner, now_ms, *definition(stored, state, last_tick_id)),
             )
             ident = cursor.lastrowid
             await cursor.close()
@@ -185,7 +189,7 @@ class AlertStore:
                 "UPDATE alert_rules SET pair = ?, kind = ?, params = ?, frequency = ?, "
                 "state = ?, last_tick_id = ?, expires_ms = ?, version = version + 1 "
                 "WHERE id = ?",
-                (*_definition(stored, state, last_tick_id), rule_id),
+                (*definition(stored, state, last_tick_id), rule_id),
             )
             return StoredRule(rule_id, owner, rule, state, current.version + 1, current.created_ms)
 
@@ -223,7 +227,7 @@ class AlertStore:
                     "UPDATE alert_rules SET state = ?, last_tick_id = MAX(last_tick_id, ?) "
                     "WHERE id = ? AND version = ?",
                     (
-                        _dump(change.state),
+                        dump(change.state),
                         int(change.state["last_tick_id"]),
                         change.rule_id,
                         change.version,
@@ -273,7 +277,7 @@ class AlertStore:
     ) -> StoredFiring:
         cursor = await conn.execute(
             "INSERT INTO alert_firings (rule_id, tick_id, at_ms, payload) VALUES (?, ?, ?, ?)",
-            (rule_id, tick_id, at_ms, _dump(payload)),
+            (rule_id, tick_id, at_ms, dump(payload)),
         )
         ident = cursor.lastrowid
         await cursor.close()
@@ -302,7 +306,7 @@ class AlertStore:
             f"SELECT {RULE_COLUMNS} FROM alert_rules WHERE id = ? AND owner = ?",  # noqa: S608
             (rule_id, owner),
         )
-        return next((_rule_row(row) for row in rows), None)
+        return next((rule_row(row) for row in rows), None)
 
     # -- reads -----------------------------------------------------------------------
 
@@ -329,7 +333,7 @@ class AlertStore:
 
         async def query(conn: aiosqlite.Connection) -> list[StoredFiring]:
             return [
-                _firing_row(r) for r in await conn.execute_fetchall(sql, (rule_id, owner, limit))
+                firing_row(r) for r in await conn.execute_fetchall(sql, (rule_id, owner, limit))
             ]
 
         return await self._store.query(query, "cannot read alert firings")
@@ -343,7 +347,7 @@ class AlertStore:
         )
 
         async def query(conn: aiosqlite.Connection) -> list[StoredFiring]:
-            return [_firing_row(r) for r in await conn.execute_fetchall(sql, (after, owner, limit))]
+            return [firing_row(r) for r in await conn.execute_fetchall(sql, (after, owner, limit))]
 
         return await self._store.query(query, "cannot read alert firings")
 
@@ -372,6 +376,6 @@ class AlertStore:
         sql = f"SELECT {RULE_COLUMNS} FROM alert_rules {where}"  # noqa: S608 - fixed text
 
         async def query(conn: aiosqlite.Connection) -> list[StoredRule]:
-            return [_rule_row(r) for r in await conn.execute_fetchall(sql, params)]
+            return [rule_row(r) for r in await conn.execute_fetchall(sql, params)]
 
         return await self._store.query(query, "cannot read alert rules")

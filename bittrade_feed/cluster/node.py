@@ -2,9 +2,11 @@
 
 ``start()`` runs two tasks (three with Sentinel: one asks the sentinels every quarter
 lease which server is primary, and reconnects when it moved). The *role* task renews or
-acquires the lease every quarter lease and runs the fetch loop only while this daemon
-leads; while it does not, the fetcher is told of each price (``Fetcher.follow``) and of
-each turn (``Fetcher.following``), so stale/live, ``/readyz`` and the watchdog stay true.
+acquires the lease every quarter lease and runs the *leader tasks* only while this daemon
+leads: the fetch loop, and whatever else registered with ``lead()`` (the alert engine and
+the webhook outbox); while it does not, the fetcher is told of each price
+(``Fetcher.follow``) and of each turn (``Fetcher.following``), so stale/live, ``/readyz``
+and the watchdog stay true.
 The fetch loop's sink is ``publish``, which appends through the fenced script and never
 touches SQLite. The *follower* task reads the log back and commits every entry through
 ``TickLog.apply``, whose listeners (the hub) broadcast it: the leader serves its own
@@ -19,6 +21,8 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -49,6 +53,16 @@ MAX_BLOCK = 2.0
 """Longest blocking read, in seconds (shorter with short leases, so health stays fresh)."""
 MAX_RESUME_WAIT = 2.0
 """Longest a resume point ahead of this daemon waits for its follower, in seconds."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderTask:
+    """A task that runs only while this daemon leads (see ``ClusterNode.lead``)."""
+
+    name: str
+    run: Callable[[], Awaitable[None]]
+    restart: bool
+    """Restart it when it crashes (``False``: a crash is fatal, as for the fetch loop)."""
 
 
 def default_node_name() -> str:
@@ -111,7 +125,22 @@ class ClusterNode:
         self.highest = 0
         """The highest id this daemon has seen assigned (the floor of a new epoch)."""
         self.tasks: list[asyncio.Task[None]] = []
-        self._fetch_task: asyncio.Task[None] | None = None
+        self._leader_tasks: list[LeaderTask] = []
+        self._leading: dict[str, asyncio.Task[None]] = {}
+        """The leader tasks running now, by name."""
+        # Fatal when it crashes, as on a single daemon.
+        self.lead("fetch-loop", self.fetcher.run, restart=False)
+
+    def lead(self, name: str, run: Callable[[], Awaitable[None]], *, restart: bool) -> None:
+        """Run ``run()`` as task ``name`` whenever this daemon leads, and cancel it when not.
+
+        It may be called before or after ``start()``: the role task starts what is
+        registered at its next turn while leading. A task is cancelled the moment the
+        lease is lost (or not renewed in time), so it must keep nothing it cannot find
+        again when it runs next: fencing at Redis refuses what a deposed leader still sends.
+        """
+        self._leader_tasks.append(LeaderTask(name, run, restart))
+        self.metrics.leader_tasks.labels(name).set(0)  # the series exists on every node
 
     def start(self, *, fetch: bool = True) -> None:
         """Start following and, when ``fetch``, competing for the lease (supervised tasks)."""
@@ -139,7 +168,7 @@ class ClusterNode:
             for task in pending:
                 task.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
-        await self._stop_fetching()
+        await self._step_down()
         await self.lease.release()
         await self.redis.aclose()
         await self.reader.aclose()
@@ -192,15 +221,11 @@ class ClusterNode:
             elif obs is not None:
                 self.highest = max(self.highest, obs.last_id)
             leading = fetch and self.lease.leading()
-            if leading and self._fetch_task is None:
-                log.info("leading: fetching", node=self.name, term=token_term(self.lease.leader))
-                # Fatal when it crashes, as on a single daemon.
-                self._fetch_task = self.supervisor.spawn(
-                    "fetch-loop", self.fetcher.run, restart=False
-                )
-            elif not leading and self._fetch_task is not None:
-                log.warning("stepping down: fetch loop stopped", node=self.name)
-                await self._stop_fetching()
+            if leading:
+                self._take_up()
+            elif self._leading:
+                log.warning("stepping down: leader tasks stopped", node=self.name)
+                await self._step_down()
             if not leading:
                 self.fetcher.following(
                     self._turn_bound, caught_up=self.health.ready(self.clock.monotonic())
@@ -223,10 +248,30 @@ class ClusterNode:
         if not self.lease.leading():
             self.fetcher.follow(tick)
 
-    async def _stop_fetching(self) -> None:
-        task, self._fetch_task = self._fetch_task, None
-        if task is not None:
+    def _take_up(self) -> None:
+        """Start every leader task that is not running (all of them on a new lease)."""
+        missing = [t for t in self._leader_tasks if t.name not in self._leading]
+        if not missing:
+            return
+        if not self._leading:
+            log.info(
+                "leading: fetching",
+                node=self.name,
+                term=token_term(self.lease.leader),
+                tasks=[t.name for t in missing],
+            )
+        for task in missing:
+            self._leading[task.name] = self.supervisor.spawn(
+                task.name, task.run, restart=task.restart
+            )
+            self.metrics.leader_tasks.labels(task.name).set(1)
+
+    async def _step_down(self) -> None:
+        """Cancel every leader task and wait for each to end."""
+        running, self._leading = self._leading, {}
+        for name, task in running.items():
             await self.supervisor.cancel(task)
+            self.metrics.leader_tasks.labels(name).set(0)
 
     def checks(self) -> dict[str, dict[str, Any]]:
         """The cluster entries of ``/readyz``."""
@@ -248,7 +293,8 @@ class ClusterNode:
             "lag_ids": h.lag_ids,
             "holes": self.follower.holes,
             "epoch_changes": self.follower.epoch_changes,
-            "fetching": self._fetch_task is not None,
+            "fetching": "fetch-loop" in self._leading,
+            "leader_tasks": sorted(self._leading),
             "ready": h.ready(now),
             "checks": h.checks(now),
             "lease_ms": self.config.lease_ms,

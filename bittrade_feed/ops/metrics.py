@@ -321,6 +321,12 @@ class ClusterMetrics:
         self.leader = Gauge(
             "bittrade_feed_cluster_leader", "1 while this daemon holds the lease.", registry=r
         )
+        self.leader_tasks = Gauge(
+            "bittrade_feed_cluster_leader_task",
+            "1 while this daemon runs the leader task (fetch-loop, alerts, alerts-outbox).",
+            ["task"],
+            registry=r,
+        )
         self.term = Gauge(
             "bittrade_feed_cluster_term", "Fencing term of the current lease holder.", registry=r
         )

@@ -14,30 +14,60 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
+from bittrade_feed.alerts.backend import (
+    DeliveryBackend,
+    EndpointBackend,
+    OutboxBackend,
+    RuleBackend,
+)
+from bittrade_feed.alerts.deliveries import Deliveries, OutboxStore
 from bittrade_feed.alerts.endpoints import EndpointStore
-from bittrade_feed.alerts.engine import AlertEngine
+from bittrade_feed.alerts.engine import AlertEngine, OnFired
 from bittrade_feed.alerts.outbox import OutboxWorker
 from bittrade_feed.alerts.rules import Rule
 from bittrade_feed.alerts.spec import Invalid, parse_rule, rule_body
 from bittrade_feed.alerts.ssrf import Policy, guarded_session
-from bittrade_feed.alerts.store import AlertStore, QuotaExceeded, StoredFiring, VersionMismatch
+from bittrade_feed.alerts.store import (
+    AlertStore,
+    QuotaExceeded,
+    StoredFiring,
+    StoredRule,
+    VersionMismatch,
+)
 from bittrade_feed.auth.principal import principal_of
 from bittrade_feed.config import AlertsConfig
 from bittrade_feed.errors import StoreError
 from bittrade_feed.models import format_ts
 from bittrade_feed.ops.metrics import AlertMetrics
+from bittrade_feed.server.cluster import CLUSTER
 from bittrade_feed.server.params import int_param
 from bittrade_feed.server.problems import Problem
 from bittrade_feed.server.state import CLOCK, CONFIG, HUB, METRICS, STORE, SUPERVISOR, TICKLOG
 
-ALERT_ENGINE = web.AppKey("alert_engine", AlertEngine)
-ALERT_STORE = web.AppKey("alert_store", AlertStore)
-ENDPOINT_STORE = web.AppKey("endpoint_store", EndpointStore)
+
+class RuleEditor(Protocol):
+    """Rule changes made through the API: the engine on one daemon (it evaluates them at
+    once), ``cluster.alerts.RuleWriter`` in a cluster (the leader's engine reads them)."""
+
+    async def create(self, owner: str, rule: Rule, *, max_rules: int) -> StoredRule: ...  # noqa: D102
+    async def replace(  # noqa: D102
+        self, owner: str, rule_id: int, rule: Rule, *, version: int | None
+    ) -> StoredRule: ...
+    async def delete(self, owner: str, rule_id: int, *, version: int | None) -> None: ...  # noqa: D102
+
+
+# Each is SQLite on one daemon and Redis in a cluster (``alerts.backend``).
+ALERT_ENGINE: web.AppKey[RuleEditor] = web.AppKey("alert_engine")
+ALERT_STORE: web.AppKey[RuleBackend] = web.AppKey("alert_store")
+ENDPOINT_STORE: web.AppKey[EndpointBackend] = web.AppKey("endpoint_store")
+DELIVERY_STORE: web.AppKey[DeliveryBackend] = web.AppKey("alert_deliveries")
 OUTBOX = web.AppKey("alert_outbox", OutboxWorker)
+ON_FIRED: web.AppKey[OnFired] = web.AppKey("alert_on_fired")
+"""What follows a committed firing (a rule's, or a test firing through the API)."""
 MAX_BODY = 16 * 1024
 """Bytes a rule body may have; a rule is a few hundred."""
 MAX_FIRINGS = 1000
@@ -67,17 +97,12 @@ def add_alert_routes(app: web.Application) -> None:
     )
 
 
-async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Load the rules and run the engine (after the tick log, before the fetcher)."""
+def _worker(app: web.Application, outbox: OutboxBackend, metrics: AlertMetrics) -> OutboxWorker:
+    """The webhook worker on ``outbox`` (SQLite, or Redis in a cluster)."""
     config = app[CONFIG].alerts
-    if not config.enabled:
-        yield
-        return
-    alerts = AlertStore(app[STORE])
-    metrics = AlertMetrics(app[METRICS].registry)
     policy = policy_of(config)
-    worker = OutboxWorker(
-        app[STORE],
+    return OutboxWorker(
+        outbox,
         app[CLOCK],
         policy,
         lambda: guarded_session(policy, timeout=config.webhook_timeout, user_agent=USER_AGENT),
@@ -86,6 +111,18 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
         retry_cap=config.retry_cap,
         metrics=metrics,
     )
+
+
+async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One daemon: load the rules and run the engine (after the tick log, before the
+    fetcher). A cluster's alerts start in ``cluster_alerts_ctx`` instead."""
+    config = app[CONFIG].alerts
+    if not config.enabled or app[CONFIG].cluster.enabled:
+        yield
+        return
+    alerts = AlertStore(app[STORE])
+    metrics = AlertMetrics(app[METRICS].registry)
+    worker = _worker(app, OutboxStore(app[STORE]), metrics)
     hub = app[HUB]
 
     def fired(owner: str, firing: StoredFiring) -> None:
@@ -104,8 +141,9 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     ticklog = app[TICKLOG]
     await engine.load(ticklog.last_id)
     ticklog.add_listener(engine.on_tick, name="alerts")
-    app[ALERT_STORE], app[ALERT_ENGINE] = alerts, engine
-    app[ENDPOINT_STORE], app[OUTBOX] = EndpointStore(app[STORE]), worker
+    app[ALERT_STORE], app[ALERT_ENGINE], app[ON_FIRED] = alerts, engine, fired
+    app[ENDPOINT_STORE], app[DELIVERY_STORE] = EndpointStore(app[STORE]), Deliveries(app[STORE])
+    app[OUTBOX] = worker
     # The firing rows are the stream channel's log: resumes (alerts_after) read them.
     hub.set_alert_source(alerts.firings_after, latest=await alerts.latest_firing_id())
     # A crash loses nothing: a restarted engine replays stored ticks from its cursor.
@@ -116,6 +154,38 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     hub.set_alert_source(None)
     await app[SUPERVISOR].cancel(outbox)
     await app[SUPERVISOR].cancel(task)
+
+
+async def cluster_alerts_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A cluster: the alert data in Redis, the engine and the outbox on the leader only,
+    alert events on every node from the ``fired`` stream (after ``cluster_ctx``, which
+    made the node; stopped before the node leaves)."""
+    config = app[CONFIG]
+    if not (config.alerts.enabled and config.cluster.enabled):
+        yield
+        return
+    from bittrade_feed.cluster.alerts import ClusterAlerts  # noqa: PLC0415 - needs redis
+
+    metrics = AlertMetrics(app[METRICS].registry)
+    alerts = ClusterAlerts(
+        app[CLUSTER],
+        app[TICKLOG],
+        app[STORE],
+        app[HUB],
+        app[CLOCK],
+        app[SUPERVISOR],
+        metrics,
+        lambda outbox: _worker(app, outbox, metrics),
+        checkpoint_seconds=config.alerts.checkpoint_seconds,
+    )
+    worker = alerts.worker
+    app[ALERT_STORE], app[ALERT_ENGINE] = alerts.rules, alerts.writer
+    app[ENDPOINT_STORE], app[DELIVERY_STORE] = alerts.endpoints, alerts.deliveries
+    # Streams get a test firing from the fan-out, as every other one, on every node.
+    app[OUTBOX], app[ON_FIRED] = worker, lambda _owner, _firing: worker.poke()
+    await alerts.start()
+    yield
+    await alerts.stop()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -300,6 +370,5 @@ async def test_fire(request: web.Request) -> web.StreamResponse:
         "detail": f"test firing of alert rule {rule_id}",
     }
     firing = await alerts.test_fire(owner, rule_id, payload, now_ms)
-    request.app[HUB].publish_alert(owner, firing)
-    request.app[OUTBOX].poke()
+    request.app[ON_FIRED](owner, firing)
     return web.json_response(firing.to_json(), status=201)

@@ -32,7 +32,7 @@ from bittrade_feed.feed.ticklog import TickLog
 from bittrade_feed.models import SIMULATED_SOURCE, FeedStatus, format_ts
 from bittrade_feed.ops.metrics import Metrics, new_registry
 from bittrade_feed.ops.supervise import Supervisor
-from bittrade_feed.server.alerts import add_alert_routes, alerts_ctx
+from bittrade_feed.server.alerts import add_alert_routes, alerts_ctx, cluster_alerts_ctx
 from bittrade_feed.server.badinput import install as install_bad_input_log
 from bittrade_feed.server.cluster import CLUSTER_FETCH, cluster_checks, cluster_ctx, get_cluster
 from bittrade_feed.server.cors import install as install_cors
@@ -111,6 +111,7 @@ def create_app(
             alerts_ctx,
             _fetcher_ctx,
             cluster_ctx,
+            cluster_alerts_ctx,
             _retention_ctx,
         ]
     )

@@ -19,12 +19,13 @@ from typing import Any
 
 from aiohttp import web
 
-from bittrade_feed.alerts.deliveries import Deliveries, Retry
-from bittrade_feed.alerts.endpoints import Endpoint, EndpointStore
+from bittrade_feed.alerts.backend import EndpointBackend, Retry
+from bittrade_feed.alerts.endpoints import Endpoint
 from bittrade_feed.alerts.ssrf import Refused, check_url, guarded_session
 from bittrade_feed.alerts.webhook import message, send, signed_headers
 from bittrade_feed.models import format_ts
 from bittrade_feed.server.alerts import (
+    DELIVERY_STORE,
     ENDPOINT_STORE,
     OUTBOX,
     USER_AGENT,
@@ -35,7 +36,7 @@ from bittrade_feed.server.alerts import (
 )
 from bittrade_feed.server.params import int_param
 from bittrade_feed.server.problems import Problem
-from bittrade_feed.server.state import CLOCK, CONFIG, STORE
+from bittrade_feed.server.state import CLOCK, CONFIG
 
 PREFIX = "/api/alerts/webhooks"
 DELIVERIES = "/api/alerts/deliveries"
@@ -60,7 +61,7 @@ def add_webhook_routes(app: web.Application) -> None:
     )
 
 
-def _endpoints(request: web.Request) -> EndpointStore:
+def _endpoints(request: web.Request) -> EndpointBackend:
     return request.app[ENDPOINT_STORE]
 
 
@@ -182,7 +183,7 @@ async def list_failed(request: web.Request) -> web.StreamResponse:
     """GET the caller's failed webhook deliveries, newest first (``limit``, default 100)."""
     owner = require_owner(request)
     limit = int_param(request, "limit", 100, 1, MAX_LISTED)
-    failed = await Deliveries(request.app[STORE]).failed(owner, limit)
+    failed = await request.app[DELIVERY_STORE].failed(owner, limit)
     return web.json_response(
         {
             "deliveries": [
@@ -204,7 +205,7 @@ async def list_failed(request: web.Request) -> web.StreamResponse:
 async def retry_delivery(request: web.Request) -> web.StreamResponse:
     """POST: queue a failed delivery again (202); 404 unknown, 409 not failed or no endpoint."""
     owner, ident = require_owner(request), request.match_info["id"]
-    result = await Deliveries(request.app[STORE]).retry(owner, ident, _now_ms(request))
+    result = await request.app[DELIVERY_STORE].retry(owner, ident, _now_ms(request))
     shown = ident[:80]
     if result is Retry.NOT_FOUND:
         raise Problem(404, f"no webhook delivery {shown!r}")

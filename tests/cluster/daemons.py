@@ -44,6 +44,15 @@ class Node:
             return 599, None
         return status, json.loads(body) if body.startswith(("{", "[")) else body
 
+    async def post(self, path: str, body: Any = None) -> tuple[int, Any]:
+        """Status and decoded body of ``POST path`` with a JSON body."""
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(self.url + path, json=body, timeout=aiohttp.ClientTimeout(5)) as resp,
+        ):
+            text = await resp.text()
+            return resp.status, json.loads(text) if text.startswith(("{", "[")) else text
+
     async def cluster(self) -> dict[str, Any]:
         """Its ``/api/cluster`` view (empty if it does not answer)."""
         status, body = await self.json("/api/cluster")
@@ -89,9 +98,10 @@ async def node(
     port: int = 0,
     server: dict[str, Any] | None = None,
     feed: dict[str, Any] | None = None,
+    alerts: dict[str, Any] | None = None,
     **cluster_keys: Any,
 ) -> AsyncIterator[Node]:
-    """One daemon of the cluster (started, not yet answering)."""
+    """One daemon of the cluster (started, not yet answering); ``alerts``: its [alerts]."""
     home = tmp / name
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -101,6 +111,7 @@ async def node(
         port,
         feed={"interval": INTERVAL, **(feed or {})},
         cluster={"redis_url": redis_url, "node_name": name, "lease_ms": LEASE_MS, **cluster_keys},
+        **({"alerts": alerts} if alerts else {}),
     )
     raw["server"].update(server or {})
     path = write_config(home / "config.toml", raw)
@@ -131,6 +142,23 @@ async def leader_of(nodes: list[Node], timeout: float = 10.0) -> Node:
 
     found: Node = await eventually(one, timeout, "exactly one leader")
     return found
+
+
+async def until_prices(clients: list[Client], more: int, timeout: float = 10.0) -> None:
+    """Wait until every client has ``more`` price events beyond what it has now."""
+    goal = [len(c.price_ids()) + more for c in clients]
+
+    async def done() -> bool:
+        return all(len(c.price_ids()) >= g for c, g in zip(clients, goal, strict=True))
+
+    await eventually(done, timeout, f"{more} more prices on every client")
+
+
+async def not_leading(n: Node) -> dict[str, Any] | None:
+    """Its view once it has stepped down and seen another holder (a fresh lease round)."""
+    view = await n.cluster()
+    fresh = view and view["leader"] and not view["leader"].startswith(n.name + ":")
+    return view if fresh and not view["is_leader"] else None
 
 
 @dataclass

@@ -70,6 +70,16 @@ async def member(config: Config, *, fetch: bool = True) -> AsyncIterator[Member]
             assert supervisor.failed is None, supervisor.failed
 
 
+async def hand_driven(stack: contextlib.AsyncExitStack, configs: list[Config]) -> list[Member]:
+    """Started nodes whose role tasks are stopped: the test drives every lease round trip."""
+    members = [await stack.enter_async_context(member(c, fetch=False)) for c in configs]
+    for m in members:
+        assert m.role is not None
+        m.role.cancel()
+        await asyncio.gather(m.role, return_exceptions=True)
+    return members
+
+
 async def _no_sink(draft: object) -> Any:
     raise AssertionError("ClusterNode.start replaces the sink")
 

@@ -31,7 +31,9 @@ from tests.cluster.daemons import (
     eventually,
     leader_of,
     node,
+    not_leading,
     received,
+    until_prices,
 )
 from tests.cluster.proxy import BlackholeProxy
 from tests.cluster.redisproc import RedisServer, SentinelSet, free_port, running
@@ -56,16 +58,6 @@ async def check_histories(nodes: list[Node], payloads: dict[int, Any]) -> None:
         for ident, tick in (await history(n)).items():
             old = merged.setdefault(ident, tick)
             assert old == tick, f"{n.name}: id {ident} stored as {tick}, elsewhere {old}"
-
-
-async def until_prices(clients: list[Client], more: int, timeout: float = 10.0) -> None:
-    """Wait until every client has ``more`` price events beyond what it has now."""
-    goal = [len(c.price_ids()) + more for c in clients]
-
-    async def done() -> bool:
-        return all(len(c.price_ids()) >= g for c, g in zip(clients, goal, strict=True))
-
-    await eventually(done, timeout, f"{more} more prices on every client")
 
 
 async def stop_all(clients: list[Client]) -> None:
@@ -168,7 +160,7 @@ async def test_paused_leader_is_fenced_and_steps_down(
             await asyncio.sleep(LEASE)
         finally:
             lead.daemon.signal(signal.SIGCONT)
-        view = await eventually(lambda: _not_leading(lead), 5, "the paused leader to step down")
+        view = await eventually(lambda: not_leading(lead), 5, "the paused leader to step down")
         assert view["leader"] == (await new.cluster())["node"] + f":{view['term']}"
         assert view["term"] > old_term
         late = Client([lead.url]).start()
@@ -178,13 +170,6 @@ async def test_paused_leader_is_fenced_and_steps_down(
         await check_histories(nodes, payloads)
         fenced = await lead.metric("bittrade_feed_cluster_fenced_publishes_total")
         assert fenced >= 0  # reported: a publish in flight at SIGCONT is refused, if any
-
-
-async def _not_leading(n: Node) -> dict[str, Any] | None:
-    """Its view once it has stepped down and seen another holder (a fresh lease round)."""
-    view = await n.cluster()
-    fresh = view and view["leader"] and not view["leader"].startswith(n.name + ":")
-    return view if fresh and not view["is_leader"] else None
 
 
 async def test_redis_restart_without_persistence_new_epoch_and_resync(

@@ -88,6 +88,7 @@ async def test_a_change_of_an_edited_rule_is_skipped(backend: Backend) -> None:
 
 async def test_firings_page_oldest_first_per_owner(backend: Backend) -> None:
     a1, a2, b = await backend.rule("alice"), await backend.rule("alice"), await backend.rule("bob")
+    assert await backend.rules.latest_firing_id() == 0
     made = []
     for tick in range(1, 6):
         made += await backend.rules.commit([change(a1, tick), change(b, tick), change(a2, tick)])
@@ -104,6 +105,7 @@ async def test_firings_page_oldest_first_per_owner(backend: Backend) -> None:
     test = await backend.rules.test_fire("alice", a1.id, {"test": True}, 9_000)
     assert (test.tick_id, test.payload) == (None, {"test": True})
     assert (await backend.rules.firings_after("alice", mine[-1], 10)) == [test]
+    assert await backend.rules.latest_firing_id() == test.id  # of any owner
     with pytest.raises(VersionMismatch):
         await backend.rules.test_fire("bob", a1.id, {"test": True}, 9_000)
 

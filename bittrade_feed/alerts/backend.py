@@ -18,6 +18,7 @@ The protocols::
         async def all(self) -> list[StoredRule]
         async def firings(self, owner, rule_id, limit) -> list[StoredFiring]    # newest first
         async def firings_after(self, owner, after, limit) -> list[StoredFiring]  # oldest first
+        async def latest_firing_id(self) -> int                 # 0: none yet
         async def outbox(self) -> list[tuple[str, int, str, str]]  # pending: id, firing, ...
 
     class EndpointBackend(Protocol):
@@ -147,6 +148,7 @@ class RuleBackend(Protocol):
     async def firings_after(  # noqa: D102
         self, owner: str, after: int, limit: int
     ) -> list[StoredFiring]: ...
+    async def latest_firing_id(self) -> int: ...  # noqa: D102
     async def outbox(self) -> list[tuple[str, int, str, str]]: ...  # noqa: D102
 
 

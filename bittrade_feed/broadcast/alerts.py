@@ -16,10 +16,12 @@ after is held: no gap, no duplicate, by construction.
 Then the stream gets one ``alerts`` event, ``{"after": N}``: every firing of its owner with
 an id up to N has been written to it or was published before it opened, so a client that
 reconnects with ``alerts_after=N`` misses nothing, even if no alert had reached it yet. N
-is the highest of its cursor and ``latest``, the highest firing id published here (or
-known to exist at start, ``Hub.set_alert_source``): firings are published in id order, so
-any firing above ``latest`` is still to be published, and will be held or written. It is
-not sent after a resume that gave up (the client keeps its old point and tries again).
+is the highest of its cursor and ``latest``, the highest firing id that exists (told by
+``Hub.set_alert_source`` or ``Hub.alerts_known``, then raised by each publish): firings
+are published in id order, so any firing above ``latest`` is still to be published, and
+will be held or written. It is not sent while ``latest`` is unknown (a cluster node that
+has not reached Redis yet: telling a new client "0" would make its reconnect replay the
+owner's whole history), nor after a resume that gave up (the client keeps its old point).
 """
 
 from __future__ import annotations
@@ -75,12 +77,20 @@ class AlertFeed:
         them first, a second publisher repeated them, or they came out of order)."""
         self.source: AlertSource | None = None
         """The resume reader; ``None`` (alerts off, or shutting down): no stored firings."""
-        self.latest = 0
-        """The highest firing id published, or known to exist at start."""
+        self.latest: int | None = None
+        """The highest firing id that exists (``None``: not known yet)."""
+        self._published = 0
+        """The highest firing id published here."""
 
     def note(self, firing_id: int) -> None:
-        """A firing with this id exists (and is published now, or was before)."""
-        self.latest = max(self.latest, firing_id)
+        """A firing with this id is published now."""
+        self._published = max(self._published, firing_id)
+        if self.latest is not None:
+            self.latest = max(self.latest, firing_id)
+
+    def known(self, latest: int) -> None:
+        """Every firing up to ``latest`` exists already (read from the store)."""
+        self.latest = max(latest, self._published, self.latest or 0)
 
     def publish(self, owner: str, firing: AlertEvent) -> None:
         """Write ``firing`` to every stream of ``owner`` whose cursor is below its id."""
@@ -120,7 +130,7 @@ class AlertFeed:
                 newer.append(frames[sub.fmt])
         if len(held) > len(newer):
             self._dropped(len(held) - len(newer))
-        if complete:
+        if complete and self.latest is not None:
             sub.alert_id = max(sub.alert_id, self.latest)
             newer.append(encode_for("alerts", {"after": sub.alert_id}, sub.fmt))
         if newer:

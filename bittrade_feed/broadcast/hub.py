@@ -176,11 +176,18 @@ class Hub:
             # The caller is the alert engine's commit path: a fault here must not undo it.
             log.exception("alert event not written to streams", owner=owner, id=firing.id)
 
-    def set_alert_source(self, source: AlertSource | None, latest: int = 0) -> None:
-        """Where resumes (``alerts_after``) read stored firings (``None``: nowhere), and the
-        highest firing id that exists already (opening streams are told they have it)."""
+    def set_alert_source(self, source: AlertSource | None, latest: int | None = None) -> None:
+        """Where resumes (``alerts_after``) read stored firings (``None``: nowhere), and, if
+        known, the highest firing id that exists (opening streams are told their resume
+        point only once it is known: ``alerts_known``)."""
         self._alerts.source = source
-        self._alerts.note(latest)
+        if latest is not None:
+            self._alerts.known(latest)
+
+    def alerts_known(self, latest: int) -> None:
+        """The highest firing id that exists, read from the store after this hub was
+        already following new firings (so none above it can be missed)."""
+        self._alerts.known(latest)
 
     @property
     def alert_source(self) -> AlertSource | None:

@@ -134,6 +134,7 @@ class ClusterAlerts:
         self._fired_at = "$"
         """The fan-out's position in the ``fired`` stream (kept across a task restart)."""
         self._fan_out_task: asyncio.Task[None] | None = None
+        self._latest_known = False
         self._failing: dict[str, str] = {}
 
     async def start(self) -> None:
@@ -169,6 +170,15 @@ class ClusterAlerts:
             self._fail("fan-out", str(exc))
             return False
         self._recovered("fan-out")
+        if not self._latest_known:
+            # Read after the position is pinned: a firing above the counter is appended
+            # after it, so this node publishes it; streams may now be told their point.
+            try:
+                self.hub.alerts_known(await self.rules.latest_firing_id())
+            except StoreError as exc:
+                self._fail("fan-out", str(exc))
+            else:
+                self._latest_known = True
         for owner, firing in fired:
             self.hub.publish_alert(owner, firing)
         if fired:

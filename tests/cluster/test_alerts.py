@@ -110,6 +110,10 @@ async def test_a_rule_made_on_a_follower_fires_on_the_leader_and_reaches_every_s
     for s in streams:
         # Each firing once per stream, in increasing id.
         assert [a["id"] for a in alerts_of(s)] == [fired["id"], tested["id"]]
+        # Every node read the firing counter from Redis, so each opening was told its
+        # resume point (no firing existed yet).
+        positions = [data for event, _, data, _ in s.events if event == "alerts"]
+        assert positions and all(p == {"after": 0} for p in positions)
     sent = {
         h["webhook-id"]: Webhook(endpoint["secret"]).verify(raw, h) for _, raw, h in receiver.got
     }

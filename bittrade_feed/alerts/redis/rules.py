@@ -239,6 +239,12 @@ class RedisAlertStore:
         )
         return self._saw([firing_row([i, r, t or None, at, p]) for i, r, t, at, p in reply])
 
+    async def latest_firing_id(self) -> int:
+        """The highest firing id handed out (0: none yet): the counter, which the scripts
+        raise in the same atomic step that appends the firing to the ``fired`` stream."""
+        value = await call(self._redis.get(self._keys.firing_ids), "cannot read alert firings")
+        return int(value or 0)
+
     async def outbox(self) -> list[tuple[str, int, str, str]]:
         """Pending rows as (id, firing id, channel, state), oldest firing first."""
         reply: Any = await call(

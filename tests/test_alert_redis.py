@@ -255,3 +255,13 @@ async def test_a_cancelled_caller_always_stops(rb: Backend, seed: int) -> None:
         task.cancel()
         done, _ = await asyncio.wait({task}, timeout=2)
         assert done and task.cancelled()
+
+
+async def test_a_due_entry_without_its_row_is_dropped_not_a_crash(rb: Backend) -> None:
+    hook = await rb.endpoint()
+    stored = await rb.rule("alice", hook)
+    await rb.rules.commit([change(stored, 1), change(stored, 2)])
+    first, second = await rb.outbox.due(NEVER, 10)
+    await client(rb).delete(BASE + ":row:" + first.id)  # an operator removed it by hand
+    assert [d.id for d in await rb.outbox.due(NEVER, 10)] == [second.id]
+    assert await rb.outbox.depth() == 1

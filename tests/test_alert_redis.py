@@ -265,3 +265,12 @@ async def test_a_due_entry_without_its_row_is_dropped_not_a_crash(rb: Backend) -
     await client(rb).delete(BASE + ":row:" + first.id)  # an operator removed it by hand
     assert [d.id for d in await rb.outbox.due(NEVER, 10)] == [second.id]
     assert await rb.outbox.depth() == 1
+
+
+async def test_all_reads_every_rule_across_pages(
+    rb: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_rules, "PAGE", 3)
+    made = [await rb.rule(owner) for owner in ["alice", "bob"] * 4]
+    await rb.rules.delete("alice", made[2].id, version=None)
+    assert [r.id for r in await rb.rules.all()] == [r.id for r in made if r != made[2]]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 
+import aiosqlite
 import pytest
 from redis.asyncio import Redis
 
@@ -61,6 +62,7 @@ class Backend:
     make_twin: Callable[[], Stores]
     redis: Redis | None = None
     server: RedisServer | None = None
+    sqlite: Store | None = None
     token: list[str | None] = field(default_factory=lambda: [TOKEN])
     """``fence()`` answers ``token[0]``: set it to act as a deposed leader."""
 
@@ -93,6 +95,30 @@ class Backend:
         return await self.rules.create(
             owner, rule, last_tick_id=0, now_ms=1_000, max_rules=max_rules
         )
+
+    async def states(self) -> dict[str, tuple[str, int, str | None]]:
+        """Every outbox row's (state, attempts, last_error), read behind the stores' backs."""
+        if self.redis is None:
+            return await self._sqlite_states()
+        rows: dict[str, tuple[str, int, str | None]] = {}
+        prefix = "{" + PREFIX + "}:alert:row:"
+        for key in await self.redis.keys(prefix + "*"):
+            state, attempts, error = await self.redis.hmget(
+                key, ["state", "attempts", "last_error"]
+            )
+            rows[key.removeprefix(prefix)] = (state, int(attempts), error)
+        return rows
+
+    async def _sqlite_states(self) -> dict[str, tuple[str, int, str | None]]:
+        assert self.sqlite is not None
+
+        async def query(conn: aiosqlite.Connection) -> dict[str, tuple[str, int, str | None]]:
+            rows = await conn.execute_fetchall(
+                "SELECT id, state, attempts, last_error FROM alert_outbox WHERE channel='webhook'"
+            )
+            return {str(r[0]): (str(r[1]), int(r[2]), r[3]) for r in rows}
+
+        return await self.sqlite.query(query, "test read")
 
     async def endpoint(self, owner: str = "alice", url: str = "https://a.example.com/") -> Endpoint:
         """A new endpoint of ``owner``."""
@@ -130,7 +156,7 @@ async def open_backend(name: str, tmp_path: Path, *, history: int = 1000) -> Asy
     if name == "sqlite":
         store = await Store.open(tmp_path / "alerts.db")
         try:
-            yield Backend(name, _sqlite_stores(store), lambda: _sqlite_stores(store))
+            yield Backend(name, _sqlite_stores(store), lambda: _sqlite_stores(store), sqlite=store)
         finally:
             await store.close()
         return
@@ -151,7 +177,7 @@ async def open_backend(name: str, tmp_path: Path, *, history: int = 1000) -> Asy
                 lambda: redis_stores(client(), token, history),
                 main,
                 server,
-                token,
+                token=token,
             )
         finally:
             for c in clients:

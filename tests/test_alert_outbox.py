@@ -1,4 +1,5 @@
-"""The webhook outbox worker against local aiohttp receivers (127.0.0.1 on the allow-list)."""
+"""The webhook outbox worker against local aiohttp receivers (127.0.0.1 on the allow-list),
+over each backend: SQLite, and Redis (where the restarted worker is another node's)."""
 
 from __future__ import annotations
 
@@ -18,15 +19,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 
-from bittrade_feed.alerts.deliveries import Deliveries, OutboxStore, Retry
-from bittrade_feed.alerts.endpoints import Endpoint, EndpointStore
+from bittrade_feed.alerts.backend import EndpointBackend, OutboxBackend, Retry
+from bittrade_feed.alerts.endpoints import Endpoint
 from bittrade_feed.alerts.outbox import OutboxWorker, backoff
 from bittrade_feed.alerts.spec import parse_rule
 from bittrade_feed.alerts.ssrf import Policy, guarded_session
-from bittrade_feed.alerts.store import AlertStore
 from bittrade_feed.clock import SystemClock
 from bittrade_feed.ops.metrics import AlertMetrics
-from bittrade_feed.store.sqlite import Store
+from tests.alertbackends import BACKENDS, Backend, open_backend
 
 LOOPBACK = Policy.of(allow_http=True, allow=["127.0.0.1/32"])
 WAIT = 10.0
@@ -64,14 +64,18 @@ class Receiver:
 
 @dataclass
 class Rig:
-    store: Store
-    alerts: AlertStore
-    endpoints: EndpointStore
+    backend: Backend
     metrics: AlertMetrics
 
-    def worker(self, policy: Policy = LOOPBACK, max_attempts: int = 5) -> OutboxWorker:
+    @property
+    def endpoints(self) -> EndpointBackend:
+        return self.backend.endpoints
+
+    def worker(
+        self, policy: Policy = LOOPBACK, max_attempts: int = 5, rows: OutboxBackend | None = None
+    ) -> OutboxWorker:
         return OutboxWorker(
-            OutboxStore(self.store),
+            rows or self.backend.outbox,
             SystemClock(),
             policy,
             lambda: guarded_session(policy, timeout=5, user_agent="test"),
@@ -87,20 +91,20 @@ class Rig:
         body = {"pair": "BTC-USD", "kind": "above", "level": "1"}
         rule = parse_rule({**body, "webhooks": [e.id for e in endpoints]})
         now_ms = round(time.time() * 1000)
-        stored = await self.alerts.create("local", rule, last_tick_id=0, now_ms=now_ms, max_rules=9)
-        firing = await self.alerts.test_fire("local", stored.id, {"pair": "BTC-USD"}, now_ms)
+        alerts = self.backend.rules
+        stored = await alerts.create("local", rule, last_tick_id=0, now_ms=now_ms, max_rules=9)
+        firing = await alerts.test_fire("local", stored.id, {"pair": "BTC-USD"}, now_ms)
         return f"alert_{firing.id}_webhook_{endpoints[0].id}"
 
     def count(self, outcome: str) -> float:
         return self.metrics.deliveries.labels(outcome)._value.get()
 
 
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    store = await Store.open(tmp_path / "f.db")
-    metrics = AlertMetrics(CollectorRegistry())
-    yield Rig(store, AlertStore(store), EndpointStore(store), metrics)
-    await store.close()
+@pytest.fixture(params=BACKENDS)
+async def rig(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Rig]:
+    """The worker over each backend (SQLite on one daemon, Redis in a cluster)."""
+    async with open_backend(request.param, tmp_path) as backend:
+        yield Rig(backend, AlertMetrics(CollectorRegistry()))
 
 
 async def serve(aiohttp_server: AiohttpServer, receiver: Receiver) -> TestServer:
@@ -110,16 +114,7 @@ async def serve(aiohttp_server: AiohttpServer, receiver: Receiver) -> TestServer
 
 
 def states(rig: Rig) -> Callable[[], object]:
-    async def read() -> dict[str, tuple[str, int, str | None]]:
-        async def query(conn: object) -> dict[str, tuple[str, int, str | None]]:
-            rows = await conn.execute_fetchall(  # type: ignore[attr-defined]
-                "SELECT id, state, attempts, last_error FROM alert_outbox WHERE channel='webhook'"
-            )
-            return {str(r[0]): (str(r[1]), int(r[2]), r[3]) for r in rows}
-
-        return await rig.store.query(query, "test read")
-
-    return read
+    return rig.backend.states
 
 
 async def until(check: Callable[[], object], predicate: Callable[[object], bool]) -> object:
@@ -211,7 +206,7 @@ async def test_410_disables_the_endpoint(rig: Rig, aiohttp_server: AiohttpServer
     stored = await rig.endpoints.get("local", endpoint.id)
     assert stored is not None and stored.disabled_ms is not None
     assert rig.metrics.endpoints_disabled._value.get() == 1
-    assert await Deliveries(rig.store).retry("local", first, 0) is Retry.ENDPOINT_GONE
+    assert await rig.backend.deliveries.retry("local", first, 0) is Retry.ENDPOINT_GONE
     assert rig.count("gone") == 1
 
 
@@ -278,7 +273,8 @@ async def test_a_worker_killed_mid_send_delivers_after_restart_with_the_same_id(
     await stop(task)  # killed after the commit, before the send ended
     assert (await states(rig)())[row][0] == "pending"  # type: ignore[index]
     receiver.hold.set()
-    task = await run(rig.worker())  # the restarted daemon's worker
+    # The restarted daemon's worker (in a cluster: the new leader's, on its own connection).
+    task = await run(rig.worker(rows=rig.backend.twin().outbox))
     try:
         await receiver.wait_for(2)
         await until(states(rig), lambda s: s[row][0] == "delivered")  # type: ignore[index]

@@ -4,6 +4,7 @@ and Redis failures as ``StoreError``s (real redis-server on a free loopback port
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -233,3 +234,43 @@ async def test_a_lost_rule_counter_never_repeats_a_rule_id_this_node_saw(rb: Bac
     await client(rb).delete(BASE + ":ids:rule")
     again = await rb.rule("alice")
     assert again.id == made[-1].id + 1000
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_a_cancelled_caller_always_stops(rb: Backend, seed: int) -> None:
+    """redis-py may answer a command after its task was cancelled: the stores re-raise the
+    cancel, so a supervised worker being stopped stops (and shutdown never hangs)."""
+    rng = random.Random(seed)
+    stored = await rb.rule("alice")
+
+    async def busy() -> None:
+        while True:
+            await rb.outbox.depth()
+            await rb.rules.get("alice", stored.id)
+            await rb.rules.test_fire("alice", stored.id, {"test": True}, 1)
+
+    for _ in range(40):
+        task = asyncio.create_task(busy())
+        await asyncio.sleep(rng.uniform(0, 0.004))
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert done and task.cancelled()
+
+
+async def test_a_due_entry_without_its_row_is_dropped_not_a_crash(rb: Backend) -> None:
+    hook = await rb.endpoint()
+    stored = await rb.rule("alice", hook)
+    await rb.rules.commit([change(stored, 1), change(stored, 2)])
+    first, second = await rb.outbox.due(NEVER, 10)
+    await client(rb).delete(BASE + ":row:" + first.id)  # an operator removed it by hand
+    assert [d.id for d in await rb.outbox.due(NEVER, 10)] == [second.id]
+    assert await rb.outbox.depth() == 1
+
+
+async def test_all_reads_every_rule_across_pages(
+    rb: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_rules, "PAGE", 3)
+    made = [await rb.rule(owner) for owner in ["alice", "bob"] * 4]
+    await rb.rules.delete("alice", made[2].id, version=None)
+    assert [r.id for r in await rb.rules.all()] == [r.id for r in made if r != made[2]]

@@ -1,9 +1,9 @@
 """The Redis keys of the alert data, under the cluster's ``{prefix}`` hash tag.
 
-Fixed keys are passed to the scripts as ``KEYS``; the per-rule, per-owner and per-row keys
-are built inside the scripts from ``AlertKeys.base`` (the id is only known there, e.g. a
-new rule's id from ``INCR``). All of them carry the same hash tag, so they live in one
-Redis Cluster slot with the shared log and the leader key the commit is fenced by.
+The scripts build every key they touch from ``AlertKeys.base`` (a new rule's or
+firing's id is only known inside the script, from ``INCR``), and get one fixed key of the
+same slot as ``KEYS[1]`` for routing (the leader key, for the fenced commit). All of them
+carry the same hash tag, so they live in one Redis Cluster slot with the shared log.
 
 Layout (``B`` = ``{prefix}:alert``)::
 

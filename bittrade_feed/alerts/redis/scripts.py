@@ -363,16 +363,20 @@ local out = {{}}
 for _, row in ipairs(redis.call('ZRANGEBYSCORE', k('due'), '-inf', ARGV[2], 'LIMIT', 0,
     tonumber(ARGV[3]))) do
   local r = redis.call('HMGET', k('row', row), 'attempts', 'at_ms', 'payload', 'endpoint_id')
-  local item = {{row, r[1], r[2], r[3]}}
-  local ek = k('endpoint', r[4])
-  if redis.call('EXISTS', ek) == 1 then
-    item[5] = r[4]
-    local e = redis.call('HMGET', ek, {_fields(ENDPOINT_FIELDS)})
-    for i = 1, #e do item[5 + i] = e[i] end
+  if not r[3] then
+    redis.call('ZREM', k('due'), row)  -- no row behind it (removed by hand): nothing to send
   else
-    item[5] = false
+    local item = {{row, r[1], r[2], r[3]}}
+    local ek = k('endpoint', r[4])
+    if redis.call('EXISTS', ek) == 1 then
+      item[5] = r[4]
+      local e = redis.call('HMGET', ek, {_fields(ENDPOINT_FIELDS)})
+      for i = 1, #e do item[5 + i] = e[i] end
+    else
+      item[5] = false
+    end
+    out[#out + 1] = item
   end
-  out[#out + 1] = item
 end
 return out
 """

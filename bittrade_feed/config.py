@@ -194,10 +194,10 @@ class ClusterConfig:
 # --- [alerts] (issue 14) ----------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class AlertsConfig:
-    """Price alert rules evaluated on every committed tick (off while delivery is built)."""
+    """Price alert rules evaluated on every committed tick, delivered on streams and webhooks."""
 
     enabled: bool = False
-    """Off by default: webhooks are delivered, but stream delivery has not landed yet."""
+    """Off by default: turning it on opens an API that stores rules and creates webhooks."""
     max_rules_per_owner: int = 100
     checkpoint_seconds: float = 10.0
     """How often rule states changed by ticks that fired nothing are saved; a restart

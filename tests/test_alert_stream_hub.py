@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
@@ -138,6 +138,29 @@ def alerts_of(got: list[tuple[Any, ...]]) -> list[int]:
     return found
 
 
+async def publish_seeded(
+    hub: Hub,
+    fx: Fixture,
+    rnd: random.Random,
+    count: int,
+    published: list[int],
+    repeats: float = 0.0,
+) -> None:
+    """Commit and publish ``count`` firings of random owners, yielding a seeded number of
+    times between each commit and its publish; with ``repeats``, that share of publishes
+    is followed by a second publisher repeating an older firing."""
+    for _ in range(count):
+        owner = rnd.choice(OWNERS)
+        firing = await fx.fire(owner)
+        for _ in range(rnd.randint(0, 3)):
+            await asyncio.sleep(0)  # between the commit and the publish
+        hub.publish_alert(owner, firing)
+        published.append(firing.id)
+        if rnd.random() < repeats:
+            again_owner, again = rnd.choice(fx.fired)
+            hub.publish_alert(again_owner, again)
+
+
 @pytest.fixture
 async def fx(tmp_path: Path) -> Fixture:
     store = await Store.open(tmp_path / "feed.sqlite3")
@@ -242,17 +265,8 @@ async def test_resume_hand_over_has_no_gap_and_no_duplicate(
     peers = await loopback_peers(len(resumes) + 1)
     live_from: list[int] = []
 
-    async def publisher() -> None:
-        for _ in range(count):
-            owner = rnd.choice(OWNERS)
-            firing = await fx.fire(owner)
-            for _ in range(rnd.randint(0, 3)):
-                await asyncio.sleep(0)  # between the commit and the publish
-            hub.publish_alert(owner, firing)
-            published.append(firing.id)
-            if rnd.random() < 0.2:  # a second publisher repeats an older one
-                again_owner, again = rnd.choice(fx.fired)
-                hub.publish_alert(again_owner, again)
+    def publisher() -> Awaitable[None]:
+        return publish_seeded(hub, fx, rnd, count, published, repeats=0.2)
 
     async def resumer(peer: Peer, owner: str, after: int, last_id: int | None) -> None:
         for _ in range(rnd.randint(0, 4)):
@@ -440,14 +454,8 @@ async def test_the_opening_position_loses_nothing_before_the_first_alert(
     count = rnd.randint(2, 12)
     first, second = await loopback_peers(2)
 
-    async def publisher() -> None:
-        for _ in range(count):
-            owner = rnd.choice(OWNERS)
-            firing = await fx.fire(owner)
-            for _ in range(rnd.randint(0, 3)):
-                await asyncio.sleep(0)  # between the commit and the publish
-            hub.publish_alert(owner, firing)
-            published.append(firing.id)
+    def publisher() -> Awaitable[None]:
+        return publish_seeded(hub, fx, rnd, count, published)
 
     async def client() -> None:
         for _ in range(rnd.randint(0, 5)):

@@ -214,6 +214,9 @@ async def test_with_auth_each_owner_gets_only_its_alerts_and_scope_is_needed(
     alice_rule = await make_rule(client, bearer(alice))
     bob_rule = await make_rule(client, bearer(bob))
     earlier = await fire(client, alice_rule, bearer(alice))
+    async with asyncio.timeout(5):  # published by the fan-out (it reads the store)
+        while client.app[HUB].alert_latest != earlier:
+            await asyncio.sleep(0.01)
     sse = {"pairs": "BTC-USD"}
     async with (
         client.get(STREAM, params=sse, headers=bearer(alice)) as mine,

@@ -351,6 +351,21 @@ class AlertStore:
 
         return await self._store.query(query, "cannot read alert firings")
 
+    async def fired_after(self, after: int, limit: int) -> list[tuple[str, StoredFiring]]:
+        """Every owner's firings above ``after`` as (owner, firing), oldest first (the
+        fan-out to the streams; a firing of a rule deleted since is gone with it)."""
+        columns = ", ".join(f"f.{c}" for c in FIRING_COLUMNS.split(", "))
+        sql = (
+            f"SELECT r.owner, {columns} FROM alert_firings f "  # noqa: S608
+            "JOIN alert_rules r ON r.id = f.rule_id WHERE f.id > ? ORDER BY f.id LIMIT ?"
+        )
+
+        async def query(conn: aiosqlite.Connection) -> list[tuple[str, StoredFiring]]:
+            rows = await conn.execute_fetchall(sql, (after, limit))
+            return [(str(r[0]), firing_row(r[1:])) for r in rows]
+
+        return await self._store.query(query, "cannot read alert firings")
+
     async def latest_firing_id(self) -> int:
         """The highest firing id of any owner (0: none yet)."""
 

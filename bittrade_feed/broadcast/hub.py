@@ -190,6 +190,11 @@ class Hub:
         self._alerts.known(latest)
 
     @property
+    def alert_latest(self) -> int | None:
+        """The highest firing id known to exist (``None``: not known yet)."""
+        return self._alerts.latest
+
+    @property
     def alert_source(self) -> AlertSource | None:
         """The resume reader ``set_alert_source`` gave (``None``: none)."""
         return self._alerts.source

@@ -27,6 +27,7 @@ from bittrade_feed.alerts.backend import (
 from bittrade_feed.alerts.deliveries import Deliveries, OutboxStore
 from bittrade_feed.alerts.endpoints import EndpointStore
 from bittrade_feed.alerts.engine import AlertEngine, OnFired
+from bittrade_feed.alerts.fanout import FanOut
 from bittrade_feed.alerts.outbox import OutboxWorker
 from bittrade_feed.alerts.rules import Rule
 from bittrade_feed.alerts.spec import Invalid, parse_rule, rule_body
@@ -125,9 +126,13 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     worker = _worker(app, OutboxStore(app[STORE]), metrics)
     hub = app[HUB]
 
-    def fired(owner: str, firing: StoredFiring) -> None:
-        # Committed: the owner's streams get it now, and webhooks get it from the outbox.
-        hub.publish_alert(owner, firing)
+    latest = await alerts.latest_firing_id()
+    fan_out = FanOut(alerts, hub, app[CLOCK], latest)
+
+    def fired(_owner: str, _firing: StoredFiring) -> None:
+        # Committed: streams get it through the fan-out (in id order), webhooks from the
+        # outbox.
+        fan_out.poke()
         worker.poke()
 
     engine = AlertEngine(
@@ -145,7 +150,8 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ENDPOINT_STORE], app[DELIVERY_STORE] = EndpointStore(app[STORE]), Deliveries(app[STORE])
     app[OUTBOX] = worker
     # The firing rows are the stream channel's log: resumes (alerts_after) read them.
-    hub.set_alert_source(alerts.firings_after, latest=await alerts.latest_firing_id())
+    hub.set_alert_source(alerts.firings_after, latest=latest)
+    streams = app[SUPERVISOR].spawn("alerts-fan-out", fan_out.run, restart=True)
     # A crash loses nothing: a restarted engine replays stored ticks from its cursor.
     task = app[SUPERVISOR].spawn("alerts", engine.run, restart=True)
     # Rows stay pending until an attempt ends: a restarted worker sends them again.
@@ -154,6 +160,7 @@ async def alerts_ctx(app: web.Application) -> AsyncIterator[None]:
     hub.set_alert_source(None)
     await app[SUPERVISOR].cancel(outbox)
     await app[SUPERVISOR].cancel(task)
+    await app[SUPERVISOR].cancel(streams)
 
 
 async def cluster_alerts_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -128,11 +128,15 @@ async def test_deleting_a_rule_takes_its_firings_and_rows(backend: Backend) -> N
 
 async def test_endpoints_quota_rotate_and_delete(backend: Backend) -> None:
     e1 = await backend.endpoints.create("alice", "https://1.example.com/", now_ms=5, limit=2)
-    e2 = await backend.endpoints.create("alice", "https://2.example.com/", now_ms=6, limit=2)
+    e2 = await backend.endpoints.create(
+        "alice", "https://2.example.com/", now_ms=6, limit=2, body_format="alertmanager"
+    )
+    assert (e1.format, e2.format) == ("standard", "alertmanager")
     with pytest.raises(QuotaExceeded):
         await backend.endpoints.create("alice", "https://3.example.com/", now_ms=7, limit=2)
     assert [e.id for e in await backend.endpoints.owned("alice")] == [e1.id, e2.id]
     assert await backend.endpoints.get("alice", e1.id) == e1
+    assert await backend.endpoints.get("alice", e2.id) == e2  # the format is kept
     assert await backend.endpoints.get("bob", e1.id) is None
     assert await backend.endpoints.rotate("bob", e1.id, now_ms=10, overlap_ms=100) is None
     rotated = await backend.endpoints.rotate("alice", e1.id, now_ms=10, overlap_ms=100)
@@ -142,6 +146,8 @@ async def test_endpoints_quota_rotate_and_delete(backend: Backend) -> None:
     assert await backend.endpoints.get("alice", e1.id) == rotated
     stored = await backend.rule("alice", e1, e2)
     (firing,) = await backend.rules.commit([change(stored, 1)])
+    due = {d.id: d.endpoint for d in await backend.outbox.due(2**62, 10)}
+    assert due[f"alert_{firing.id}_webhook_{e2.id}"] == e2  # the worker sees its format
     assert not await backend.endpoints.delete("bob", e1.id)
     assert await backend.endpoints.delete("alice", e1.id)
     assert await backend.endpoints.get("alice", e1.id) is None

@@ -46,6 +46,7 @@ async def test_create_shows_the_secret_once_list_never(
         {
             "id": made["id"],
             "url": "https://hooks.example.com/a",
+            "format": "standard",
             "created": made["created"],
             "disabled": None,
             "old_secret_until": None,
@@ -250,6 +251,48 @@ async def test_the_daemon_delivers_a_firing_to_the_rules_endpoint(
     body, headers = receiver.got[0]
     assert headers["webhook-id"] == f"alert_{firing}_webhook_{made['id']}"
     assert Webhook(made["secret"]).verify(body, headers)["data"]["test"] is True
+
+
+async def test_an_alertmanager_endpoint_gets_alertmanager_json_signed_the_same_way(
+    aiohttp_client: AiohttpClient, aiohttp_server: AiohttpServer, tmp_path: Path
+) -> None:
+    """``"format": "alertmanager"``: the firing as Alertmanager's webhook JSON (version 4),
+    with the same Standard Webhooks headers; a bad format is a 422 naming the field."""
+    receiver, server = await serve(aiohttp_server)
+    cfg = config(tmp_path / "f.db", **LOOPBACK)
+    client = await client_for(aiohttp_client, cfg, FakeClock(time.time()))
+    url = str(server.make_url("/hook"))
+    bad = await client.post(HOOKS, json={"url": url, "format": "slack"})
+    assert bad.status == 422 and (await bad.json())["field"] == "format"
+    made = await (await client.post(HOOKS, json={"url": url, "format": "alertmanager"})).json()
+    assert made["format"] == "alertmanager"
+    listed = (await (await client.get(HOOKS)).json())["webhooks"]
+    assert [w["format"] for w in listed] == ["alertmanager"]
+    rule = {"pair": "BTC-USD", "kind": "above", "level": "1", "webhooks": [made["id"]]}
+    rule_id = (await (await client.post(RULES, json=rule)).json())["id"]
+    firing = (await (await client.post(f"{RULES}/{rule_id}/test")).json())["id"]
+    for _ in range(100):
+        if receiver.got:
+            break
+        await asyncio.sleep(0.02)
+    body, headers = receiver.got[0]
+    assert headers["webhook-id"] == f"alert_{firing}_webhook_{made['id']}"
+    doc = Webhook(made["secret"]).verify(body, headers)  # the signature covers this body
+    assert (doc["version"], doc["status"], doc["receiver"]) == ("4", "firing", "bittrade-feed")
+    (alert,) = doc["alerts"]
+    assert alert["labels"] == {
+        "alertname": "BittradeFeedPriceAlert",
+        "pair": "BTC-USD",
+        "kind": "above",
+    }
+    assert alert["annotations"]["summary"] == f"test firing of alert rule {rule_id}"
+    assert alert["endsAt"] == "0001-01-01T00:00:00Z" and alert["status"] == "firing"
+    assert doc["commonLabels"] == alert["labels"] and doc["truncatedAlerts"] == 0
+    tested = await (await client.post(f"{HOOKS}/{made['id']}/test")).json()
+    assert tested["delivered"] is True
+    body, headers = receiver.got[-1]
+    (alert,) = Webhook(made["secret"]).verify(body, headers)["alerts"]
+    assert alert["labels"]["alertname"] == "BittradeFeedTest"
 
 
 async def test_failed_deliveries_are_listed_and_retried_once(

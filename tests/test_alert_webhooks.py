@@ -17,6 +17,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from bittrade_feed.alerts.ssrf import Policy, Refused, check_address, check_url, guarded_session
 from bittrade_feed.alerts.webhook import (
+    body_for,
     message,
     new_secret,
     retry_after,
@@ -265,3 +266,46 @@ async def test_unreachable_is_an_error_not_a_raise() -> None:
     assert not outcome.refused
     assert outcome.error
     assert isinstance(outcome.error, str)
+
+
+def test_the_alertmanager_body_is_one_firing_alert_with_a_stable_fingerprint() -> None:
+    """Alertmanager's webhook JSON (version 4): a group of one ``firing`` alert whose
+    labels and annotations come from the firing; a retry (same id) has the same body."""
+    data = {
+        "tick_id": 1842,
+        "pair": "BTC-USD",
+        "price": "70012.5",
+        "ts": "2026-11-23T20:31:00.123Z",
+        "kind": "crosses_up",
+        "direction": "up",
+        "detail": "BTC-USD 70012.5 crossed above 70000",
+        "count": 1,
+        "simulated": False,
+    }
+    body = body_for("alertmanager", "alert.fired", data, 1_764_000_000.0, "alert_7_webhook_ep_1")
+    assert body == body_for(
+        "alertmanager", "alert.fired", data, 1_764_000_000.0, "alert_7_webhook_ep_1"
+    )
+    doc = json.loads(body)
+    labels = {
+        "alertname": "BittradeFeedPriceAlert",
+        "pair": "BTC-USD",
+        "kind": "crosses_up",
+        "direction": "up",
+    }
+    (alert,) = doc["alerts"]
+    assert alert["labels"] == labels == doc["commonLabels"]
+    assert alert["annotations"] == {
+        "summary": "BTC-USD 70012.5 crossed above 70000",
+        "price": "70012.5",
+        "tick_id": "1842",
+    }
+    assert alert["startsAt"] == data["ts"] and alert["endsAt"] == "0001-01-01T00:00:00Z"
+    assert len(alert["fingerprint"]) == 16
+    other = json.loads(body_for("alertmanager", "alert.fired", data, 1.0, "alert_8_webhook_ep_1"))
+    assert other["alerts"][0]["fingerprint"] != alert["fingerprint"]
+    assert doc["groupKey"] == (
+        '{}:{alertname="BittradeFeedPriceAlert", direction="up", kind="crosses_up", pair="BTC-USD"}'
+    )
+    assert (doc["version"], doc["status"], doc["truncatedAlerts"]) == ("4", "firing", 0)
+    assert body_for("standard", "alert.fired", data, 1.0, "x") == message("alert.fired", data, 1.0)

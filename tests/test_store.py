@@ -20,6 +20,7 @@ import pytest
 from bittrade_feed.errors import StoreConflict, StoreError, StoreOutOfOrder, StoreTimeout
 from bittrade_feed.models import Tick, TickDraft
 from bittrade_feed.store.lane import Job, Lane
+from bittrade_feed.store.schema import AddColumn
 from bittrade_feed.store.sqlite import MIGRATIONS, Store, WriteStatus
 from tests.test_ticklog import SLOW, rigged, stored
 
@@ -385,3 +386,33 @@ async def test_a_write_cancelled_at_shutdown_is_rolled_back_by_the_next(tmp_path
         assert [(t.id, t.pair) for t in ticks] == [(1, "BTC-USD")]
         assert store.write_status().ok
     assert list(stored(path).values()) == [("BTC-USD", "100.5", 2, "kraken,bitstamp")]
+
+
+async def test_the_format_column_step_runs_again_safely(tmp_path: Path) -> None:
+    """The endpoint format step adds its column once: a database set back to the version
+    before it (by hand) opens again with its formats kept; one without it gets the default."""
+    before = next(i for i, m in enumerate(MIGRATIONS) if isinstance(m, AddColumn))
+    path = tmp_path / "f.db"
+    async with await Store.open(path):
+        pass
+    con = sqlite3.connect(path, isolation_level=None)
+    con.execute(
+        "INSERT INTO alert_endpoints (id, owner, url, secret, created_ms, format) "
+        "VALUES ('ep_1', 'a', 'https://x/', 's', 1, 'alertmanager')"
+    )
+    con.execute(f"PRAGMA user_version = {before}")
+    con.close()
+    async with await Store.open(path):
+        pass
+    con = sqlite3.connect(path, isolation_level=None)
+    assert con.execute("SELECT format FROM alert_endpoints").fetchall() == [("alertmanager",)]
+    assert con.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+    # A database from before the step: the column comes with the default.
+    con.execute("ALTER TABLE alert_endpoints DROP COLUMN format")
+    con.execute(f"PRAGMA user_version = {before}")
+    con.close()
+    async with await Store.open(path):
+        pass
+    con = sqlite3.connect(path, isolation_level=None)
+    assert con.execute("SELECT format FROM alert_endpoints").fetchall() == [("standard",)]
+    con.close()

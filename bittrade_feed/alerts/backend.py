@@ -22,7 +22,7 @@ The protocols::
         async def outbox(self) -> list[tuple[str, int, str, str]]  # pending: id, firing, ...
 
     class EndpointBackend(Protocol):
-        async def create(self, owner, url, *, now_ms, limit) -> Endpoint
+        async def create(self, owner, url, *, now_ms, limit, body_format="standard") -> Endpoint
         async def delete(self, owner, endpoint_id) -> bool
         async def rotate(self, owner, endpoint_id, *, now_ms, overlap_ms) -> Endpoint | None
         async def get(self, owner, endpoint_id) -> Endpoint | None
@@ -155,7 +155,9 @@ class RuleBackend(Protocol):
 class EndpointBackend(Protocol):
     """Webhook endpoints of owners; the secret leaves only through create and rotate."""
 
-    async def create(self, owner: str, url: str, *, now_ms: int, limit: int) -> Endpoint: ...  # noqa: D102
+    async def create(  # noqa: D102
+        self, owner: str, url: str, *, now_ms: int, limit: int, body_format: str = "standard"
+    ) -> Endpoint: ...
     async def delete(self, owner: str, endpoint_id: str) -> bool: ...  # noqa: D102
     async def rotate(  # noqa: D102
         self, owner: str, endpoint_id: str, *, now_ms: int, overlap_ms: int

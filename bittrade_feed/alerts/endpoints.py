@@ -21,7 +21,7 @@ from bittrade_feed.alerts.store import QuotaExceeded
 from bittrade_feed.alerts.webhook import new_secret
 from bittrade_feed.store.sqlite import Store
 
-COLUMNS = "id, owner, url, secret, old_secret, old_until_ms, disabled_ms, created_ms"
+COLUMNS = "id, owner, url, secret, old_secret, old_until_ms, disabled_ms, created_ms, format"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,8 @@ class Endpoint:
     old_until_ms: int | None
     disabled_ms: int | None
     created_ms: int
+    format: str = "standard"
+    """The body format (``webhook.BODY_FORMATS``)."""
 
     def signing_keys(self, now_ms: int) -> list[str]:
         """The secrets that sign now: the current one, and the old one until it expires."""
@@ -47,7 +49,7 @@ class Endpoint:
 
 def endpoint_row(row: Sequence[Any]) -> Endpoint:
     """An ``Endpoint`` from the ``COLUMNS`` of a row."""
-    ident, owner, url, secret, old, until, disabled, created = row
+    ident, owner, url, secret, old, until, disabled, created, body_format = row
     return Endpoint(
         str(ident),
         str(owner),
@@ -57,6 +59,7 @@ def endpoint_row(row: Sequence[Any]) -> Endpoint:
         None if until is None else int(until),
         None if disabled is None else int(disabled),
         int(created),
+        str(body_format or "standard"),  # a Redis hash from before formats has none
     )
 
 
@@ -66,7 +69,9 @@ class EndpointStore:
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def create(self, owner: str, url: str, *, now_ms: int, limit: int) -> Endpoint:
+    async def create(
+        self, owner: str, url: str, *, now_ms: int, limit: int, body_format: str = "standard"
+    ) -> Endpoint:
         """A new endpoint with a fresh secret; ``QuotaExceeded`` if the owner is full."""
         endpoint = Endpoint(
             ENDPOINT_PREFIX + secrets.token_hex(8),
@@ -77,6 +82,7 @@ class EndpointStore:
             None,
             None,
             now_ms,
+            body_format,
         )
 
         async def body(conn: aiosqlite.Connection) -> Endpoint:
@@ -89,8 +95,8 @@ class EndpointStore:
                     owner, limit, "webhook endpoints", "alerts.max_endpoints_per_owner"
                 )
             await conn.execute_fetchall(
-                f"INSERT INTO alert_endpoints ({COLUMNS}) VALUES (?,?,?,?,NULL,NULL,NULL,?)",  # noqa: S608
-                (endpoint.id, owner, url, endpoint.secret, now_ms),
+                f"INSERT INTO alert_endpoints ({COLUMNS}) VALUES (?,?,?,?,NULL,NULL,NULL,?,?)",  # noqa: S608
+                (endpoint.id, owner, url, endpoint.secret, now_ms, body_format),
             )
             return endpoint
 

@@ -31,7 +31,7 @@ import structlog
 from bittrade_feed.alerts.backend import Due, OutboxBackend
 from bittrade_feed.alerts.endpoints import Endpoint
 from bittrade_feed.alerts.ssrf import Policy
-from bittrade_feed.alerts.webhook import Outcome, message, send, signed_headers
+from bittrade_feed.alerts.webhook import Outcome, body_for, send, signed_headers
 from bittrade_feed.clock import Clock
 from bittrade_feed.ops.metrics import AlertMetrics
 
@@ -126,7 +126,7 @@ class OutboxWorker:
             why = "endpoint deleted" if endpoint is None else "endpoint disabled (410)"
             await self._finish(row, "failed", why)
             return
-        body = message("alert.fired", row.payload, row.fired_ms / 1000)
+        body = body_for(endpoint.format, "alert.fired", row.payload, row.fired_ms / 1000, row.id)
         headers = signed_headers(row.id, body, endpoint.signing_keys(round(now * 1000)), now)
         outcome = await send(session, self._policy, endpoint.url, body, headers, now=now)
         await self._settle(row, endpoint, outcome)

@@ -14,6 +14,7 @@ Retry-After, 410 gone, or a refusal that no retry can fix).
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import secrets
 from collections.abc import Sequence
@@ -42,10 +43,69 @@ def new_secret() -> str:
 
 def message(kind: str, data: dict[str, Any], at: float) -> bytes:
     """The body: ``{"type", "timestamp", "data"}`` as the spec's payload structure."""
-    stamp = datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
     return json.dumps(
-        {"type": kind, "timestamp": stamp, "data": data}, separators=(",", ":")
+        {"type": kind, "timestamp": _rfc3339(at), "data": data}, separators=(",", ":")
     ).encode()
+
+
+BODY_FORMATS = ("standard", "alertmanager")
+"""An endpoint's body format: Standard Webhooks' ``{type, timestamp, data}``, or the JSON
+Prometheus Alertmanager posts to a ``webhook_config`` receiver (version 4), for receivers
+that already take Alertmanager's. Both are signed the same way."""
+ALERTNAMES = {"alert.fired": "BittradeFeedPriceAlert", "alert.test": "BittradeFeedTest"}
+NEVER_ENDS = "0001-01-01T00:00:00Z"
+"""Alertmanager's ``endsAt`` of an alert that has not resolved (a firing never does)."""
+
+
+def body_for(body_format: str, kind: str, data: dict[str, Any], at: float, msg_id: str) -> bytes:
+    """The request body of one delivery in the endpoint's format (``BODY_FORMATS``)."""
+    if body_format == "alertmanager":
+        return alertmanager(kind, data, at, msg_id)
+    return message(kind, data, at)
+
+
+def alertmanager(kind: str, data: dict[str, Any], at: float, msg_id: str) -> bytes:
+    """One firing as an Alertmanager webhook notification (a group of one ``firing`` alert).
+
+    Labels: ``alertname`` and, when the firing has them, ``pair``, ``kind``, ``direction``;
+    annotations: ``summary`` (the detail) and the price and tick. The fingerprint derives
+    from the ``webhook-id``, so a retry carries the same one.
+    """
+    name = ALERTNAMES.get(kind, "BittradeFeedAlert")
+    labels = {"alertname": name}
+    labels.update({k: str(data[k]) for k in ("pair", "kind", "direction") if data.get(k)})
+    annotations = {"summary": str(data.get("detail") or name)}
+    annotations.update({k: str(data[k]) for k in ("price", "tick_id") if data.get(k) is not None})
+    starts = data.get("ts") or _rfc3339(at)
+    group = ", ".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    alert = {
+        "status": "firing",
+        "labels": labels,
+        "annotations": annotations,
+        "startsAt": starts,
+        "endsAt": NEVER_ENDS,
+        "generatorURL": "",
+        "fingerprint": hashlib.sha256(msg_id.encode()).hexdigest()[:16],
+    }
+    return json.dumps(
+        {
+            "version": "4",
+            "groupKey": "{}:{" + group + "}",
+            "truncatedAlerts": 0,
+            "status": "firing",
+            "receiver": "bittrade-feed",
+            "groupLabels": {"alertname": name},
+            "commonLabels": labels,
+            "commonAnnotations": annotations,
+            "externalURL": "",
+            "alerts": [alert],
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _rfc3339(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat().replace("+00:00", "Z")
 
 
 def signed_headers(msg_id: str, body: bytes, keys: Sequence[str], at: float) -> dict[str, str]:

@@ -22,7 +22,7 @@ from aiohttp import web
 from bittrade_feed.alerts.backend import EndpointBackend, Retry
 from bittrade_feed.alerts.endpoints import Endpoint
 from bittrade_feed.alerts.ssrf import Refused, check_url, guarded_session
-from bittrade_feed.alerts.webhook import message, send, signed_headers
+from bittrade_feed.alerts.webhook import BODY_FORMATS, body_for, send, signed_headers
 from bittrade_feed.models import format_ts
 from bittrade_feed.server.alerts import (
     DELIVERY_STORE,
@@ -74,6 +74,7 @@ def _shown(endpoint: Endpoint, now_ms: int, *, secret: bool = False) -> dict[str
     shown: dict[str, Any] = {
         "id": endpoint.id,
         "url": endpoint.url,
+        "format": endpoint.format,
         "created": format_ts(endpoint.created_ms),
         "disabled": None if endpoint.disabled_ms is None else format_ts(endpoint.disabled_ms),
         "old_secret_until": None if rotating is None else format_ts(rotating),
@@ -83,13 +84,17 @@ def _shown(endpoint: Endpoint, now_ms: int, *, secret: bool = False) -> dict[str
     return shown
 
 
-async def _url(request: web.Request) -> str:
+async def _endpoint_body(request: web.Request) -> tuple[str, str]:
+    """The ``url`` and ``format`` of a create request (``Problem`` naming the field)."""
     body = await read_body(request)
     if not isinstance(body, dict):
         raise Problem(400, "the body must be a JSON object", field="body")
     for name in body:
-        if name != "url":
+        if name not in ("url", "format"):
             raise Problem(422, f"{str(name)[:40]} is not a field of a webhook endpoint", field=name)
+    body_format = body.get("format", "standard")
+    if body_format not in BODY_FORMATS:
+        raise Problem(422, f"format must be one of {', '.join(BODY_FORMATS)}", field="format")
     raw = body.get("url")
     if not isinstance(raw, str) or not raw:
         raise Problem(422, "url is required: a string", field="url")
@@ -99,7 +104,7 @@ async def _url(request: web.Request) -> str:
         check_url(raw, policy_of(request.app[CONFIG].alerts))
     except Refused as exc:
         raise Problem(422, f"url {exc.reason}", field="url") from None
-    return raw
+    return raw, str(body_format)
 
 
 async def _owned(request: web.Request, owner: str) -> Endpoint:
@@ -114,10 +119,12 @@ async def _owned(request: web.Request, owner: str) -> Endpoint:
 async def create_endpoint(request: web.Request) -> web.StreamResponse:
     """POST: a new endpoint; 201 with its secret (shown this once) and Location."""
     owner = require_owner(request)
-    url = await _url(request)
+    url, body_format = await _endpoint_body(request)
     limit = request.app[CONFIG].alerts.max_endpoints_per_owner
     now_ms = _now_ms(request)
-    endpoint = await _endpoints(request).create(owner, url, now_ms=now_ms, limit=limit)
+    endpoint = await _endpoints(request).create(
+        owner, url, now_ms=now_ms, limit=limit, body_format=body_format
+    )
     response = web.json_response(_shown(endpoint, now_ms, secret=True), status=201)
     response.headers["Location"] = f"{PREFIX}/{endpoint.id}"
     return response
@@ -161,7 +168,8 @@ async def test_endpoint(request: web.Request) -> web.StreamResponse:
     config = request.app[CONFIG].alerts
     now = request.app[CLOCK].time()
     msg_id = f"test_{endpoint.id}_{secrets.token_hex(6)}"
-    body = message("alert.test", {"endpoint": endpoint.id, "test": True}, now)
+    data = {"endpoint": endpoint.id, "test": True, "detail": f"test of webhook {endpoint.id}"}
+    body = body_for(endpoint.format, "alert.test", data, now, msg_id)
     headers = signed_headers(msg_id, body, endpoint.signing_keys(round(now * 1000)), now)
     policy = policy_of(config)
     async with guarded_session(

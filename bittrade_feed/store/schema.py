@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 
@@ -12,9 +13,20 @@ import aiosqlite
 from bittrade_feed.errors import StoreError
 from bittrade_feed.models import Tick, TickDraft
 
+
 # One entry per schema version; PRAGMA user_version says how many have been applied.
 # Never edit a released entry: append a new one.
-MIGRATIONS: tuple[str, ...] = (
+@dataclass(frozen=True, slots=True)
+class AddColumn:
+    """A migration step adding a column unless the table has it: SQLite's ``ADD COLUMN``
+    has no ``IF NOT EXISTS``, and every step must be safe to run again (see below)."""
+
+    table: str
+    column: str
+    declaration: str
+
+
+MIGRATIONS: tuple[str | AddColumn, ...] = (
     """
     CREATE TABLE ticks (
         id      INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -98,6 +110,9 @@ MIGRATIONS: tuple[str, ...] = (
     """
     DELETE FROM alert_outbox WHERE channel = 'stream';
     """,
+    # A webhook endpoint's body format: Standard Webhooks' (every endpoint made before)
+    # or Alertmanager's webhook JSON.
+    AddColumn("alert_endpoints", "format", "TEXT NOT NULL DEFAULT 'standard'"),
 )
 
 COLUMNS = "id, pair, price, ts_ms, sources"
@@ -143,11 +158,30 @@ async def migrate(conn: aiosqlite.Connection, path: Path) -> None:
             f"{path} has schema version {version}, newer than this release understands "
             f"({len(MIGRATIONS)}); upgrade bittrade-feed"
         )
-    for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+    for number, step in enumerate(MIGRATIONS[version:], start=version + 1):
+        if isinstance(step, AddColumn):
+            await _add_column(conn, step, number)
+            continue
         # executescript commits first; the version bump lands in the same transaction.
         await conn.executescript(
-            f"BEGIN IMMEDIATE; {script}; PRAGMA user_version = {number}; COMMIT;"
+            f"BEGIN IMMEDIATE; {step}; PRAGMA user_version = {number}; COMMIT;"
         )
+
+
+async def _add_column(conn: aiosqlite.Connection, step: AddColumn, number: int) -> None:
+    """Add the column (if missing) and bump the version in one write transaction."""
+    await conn.execute_fetchall("BEGIN IMMEDIATE")
+    try:
+        columns = await conn.execute_fetchall(f"PRAGMA table_info({step.table})")
+        if step.column not in {str(row[1]) for row in columns}:
+            await conn.execute_fetchall(
+                f"ALTER TABLE {step.table} ADD COLUMN {step.column} {step.declaration}"
+            )
+        await conn.execute_fetchall(f"PRAGMA user_version = {number}")
+    except BaseException:
+        await conn.execute_fetchall("ROLLBACK")
+        raise
+    await conn.execute_fetchall("COMMIT")
 
 
 async def scalar(conn: aiosqlite.Connection, sql: str) -> int:

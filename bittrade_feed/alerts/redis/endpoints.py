@@ -41,10 +41,12 @@ class RedisEndpointStore:
         self._rotate = redis.register_script(PRELUDE + ROTATE_ENDPOINT)
         self._read = redis.register_script(PRELUDE + READ_ENDPOINTS)
 
-    async def create(self, owner: str, url: str, *, now_ms: int, limit: int) -> Endpoint:
+    async def create(
+        self, owner: str, url: str, *, now_ms: int, limit: int, body_format: str = "standard"
+    ) -> Endpoint:
         """A new endpoint with a fresh secret; ``QuotaExceeded`` if the owner is full."""
         ident, secret = ENDPOINT_PREFIX + secrets.token_hex(8), new_secret()
-        args: list[Any] = [self._keys.base, owner, limit, ident, url, secret, now_ms]
+        args: list[Any] = [self._keys.base, owner, limit, ident, url, secret, now_ms, body_format]
         reply = int(
             await call(
                 self._create(keys=[self._keys.rules], args=args), "cannot create webhook endpoint"
@@ -54,7 +56,7 @@ class RedisEndpointStore:
             raise QuotaExceeded(owner, limit, "webhook endpoints", "alerts.max_endpoints_per_owner")
         if reply == -2:  # 64 random bits collided: as SQLite's primary key would refuse it
             raise ClusterUnavailable(f"cannot create webhook endpoint: id {ident} is taken")
-        return Endpoint(ident, owner, url, secret, None, None, None, now_ms)
+        return Endpoint(ident, owner, url, secret, None, None, None, now_ms, body_format)
 
     async def delete(self, owner: str, endpoint_id: str) -> bool:
         """Delete the owner's endpoint and its pending rows; ``False`` if there is none."""

@@ -148,6 +148,7 @@ ENDPOINT_FIELDS = (
     "old_until_ms",
     "disabled_ms",
     "created_ms",
+    "format",
 )
 """The endpoint hash fields in ``endpoints.COLUMNS`` order (after the id)."""
 
@@ -287,13 +288,13 @@ return out
 """
 
 CREATE_ENDPOINT = """
--- ARGV: base, owner, limit, id, url, secret, created_ms. 1, -1: quota, -2: id taken.
+-- ARGV: base, owner, limit, id, url, secret, created_ms, format. 1, -1: quota, -2: id taken.
 local own = k('own-endpoints', ARGV[2])
 if redis.call('ZCARD', own) >= tonumber(ARGV[3]) then return -1 end
 local ek = k('endpoint', ARGV[4])
 if redis.call('EXISTS', ek) == 1 then return -2 end
 redis.call('HSET', ek, 'owner', ARGV[2], 'url', ARGV[5], 'secret', ARGV[6],
-  'created_ms', ARGV[7])
+  'created_ms', ARGV[7], 'format', ARGV[8])
 redis.call('ZADD', own, ARGV[7], ARGV[4])
 return 1
 """

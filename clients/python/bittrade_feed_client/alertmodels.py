@@ -73,6 +73,8 @@ class Webhook:
     """When a 410 answer disabled it (``None``: it is in use)."""
     old_secret_until: datetime | None
     """Until when the previous secret signs too, after a rotation."""
+    format: str = "standard"
+    """The body format: ``standard`` (Standard Webhooks) or ``alertmanager``."""
     secret: str | None = None
     """``whsec_...``: verify deliveries with it (Standard Webhooks); shown once."""
 
@@ -86,6 +88,7 @@ class Webhook:
                 created=parse_time(data["created"]),
                 disabled=_optional_time(data["disabled"]),
                 old_secret_until=_optional_time(data["old_secret_until"]),
+                format=str(data.get("format") or "standard"),
                 secret=None if data.get("secret") is None else str(data["secret"]),
             )
         except (KeyError, TypeError, AttributeError) as exc:

@@ -130,9 +130,10 @@ class AlertsAPI:
 
     # -- webhook endpoints -----------------------------------------------------------
 
-    async def create_webhook(self, url: str) -> Webhook:
-        """A new endpoint; keep its ``secret``, it is shown this once."""
-        body, _ = await self._call("POST", WEBHOOKS, body={"url": url})
+    async def create_webhook(self, url: str, body_format: str = "standard") -> Webhook:
+        """A new endpoint; keep its ``secret``, it is shown this once. ``body_format``:
+        ``standard`` (Standard Webhooks) or ``alertmanager`` (Alertmanager's webhook JSON)."""
+        body, _ = await self._call("POST", WEBHOOKS, body={"url": url, "format": body_format})
         return Webhook.from_json(body)
 
     async def list_webhooks(self) -> list[Webhook]:

@@ -238,6 +238,9 @@ async def test_webhook_and_delivery_helpers_round_trip(
         assert rotated.old_secret_until is not None
         await api.delete_webhook(webhook.id)
         assert await api.list_webhooks() == []
+        other = await api.create_webhook(str(hook.make_url("/hook")), body_format="alertmanager")
+        assert (other.format, webhook.format) == ("alertmanager", "standard")
+        assert [w.format for w in await api.list_webhooks()] == ["alertmanager"]
         with pytest.raises(RequestRejected) as gone:
             await api.delete_webhook(webhook.id)
         assert gone.value.status == 404

@@ -317,29 +317,33 @@ async def test_a_failing_source_is_retried_and_the_resume_completes(fx: Fixture)
     assert alerts_of(await peer.received()) == fx.ids("alice")
 
 
-async def test_a_source_that_keeps_failing_gives_up_and_the_stream_goes_on(
+async def test_a_source_that_keeps_failing_gives_up_and_closes_the_stream(
     fx: Fixture,
 ) -> None:
-    """Past the last retry: an error in the log, the held live alerts, then live ones."""
-    await fx.fire("alice")
+    """Past the last retry: an error in the log and the stream closed (``unavailable``),
+    before any live alert could move its client's point past the unread ones; the
+    client's reconnect with the same ``alerts_after`` then gets them all."""
+    missed = await fx.fire("alice")
     hub = make_hub(fx.store)
     clock = hub.clock
     assert isinstance(clock, FakeClock)
     hub.set_alert_source(Failing(fx, failures=100))
-    (peer,) = await loopback_peers(1)
+    first, second = await loopback_peers(2)
     with captured_logs() as records:
-        task = asyncio.create_task(attach(hub, peer, "alice", alerts_after=0))
+        task = asyncio.create_task(attach(hub, first, "alice", alerts_after=0))
         await settle()
         held = await fx.fire("alice")
         hub.publish_alert("alice", held)
         await clock.advance(sum(alert_feed.RETRY_DELAYS) + 1)
         await task
-    assert hub.count == 1
-    later = await fx.fire("alice")
-    hub.publish_alert("alice", later)
-    assert alerts_of(await peer.received()) == [held.id, later.id]
+    assert hub.count == 0
+    got = await first.received()
+    assert alerts_of(got) == [] and position_of(got) is None
     gave_up = [r for r in records if "gave up" in r.getMessage()]
     assert gave_up and gave_up[0].levelno == logging.ERROR
+    hub.set_alert_source(fx.alerts.firings_after)
+    await attach(hub, second, "alice", alerts_after=0)
+    assert alerts_of(await second.received()) == [missed.id, held.id]
 
 
 async def test_closing_a_stream_ends_its_retry_wait(fx: Fixture) -> None:

@@ -67,10 +67,16 @@ class AlertFeed:
     """The alert side of the hub: live fan-out by owner, and the resume hand-over."""
 
     def __init__(
-        self, registry: Registry, write: Write, clock: Clock, dropped: Callable[[int], None]
+        self,
+        registry: Registry,
+        write: Write,
+        close: Callable[[Subscriber, str], None],
+        clock: Clock,
+        dropped: Callable[[int], None],
     ) -> None:
         self._registry = registry
         self._write = write
+        self._close = close
         self._clock = clock
         self._dropped = dropped
         """Counts firings not written to a stream that already had their id (a resume read
@@ -115,7 +121,7 @@ class AlertFeed:
         """After the price opening: the stored firings above ``after``, then the held ones.
 
         A cancellation propagates (the hub detaches ``sub``); a failing source is retried
-        and then given up on, and the stream goes on live (see ``_replay``).
+        and then given up on, closing the stream (see ``_replay``).
         """
         complete = await self._replay(sub) if after is not None else True
         held, sub.alert_held = sub.alert_held or [], None
@@ -142,7 +148,8 @@ class AlertFeed:
 
         A read that fails is retried after each of ``RETRY_DELAYS`` (the held live firings
         keep collecting meanwhile); after the last the resume gives up with an error in
-        the log, so a broken source costs the stream its missed firings, never the stream.
+        the log and closes the stream (``unavailable``): its client reconnects with the
+        ``alerts_after`` it had, so a broken source costs a reconnect, never a firing.
         """
         assert sub.owner is not None
         failures = 0
@@ -155,11 +162,14 @@ class AlertFeed:
             except Exception as exc:
                 if failures == len(RETRY_DELAYS):
                     log.error(
-                        "alert resume gave up; the stream goes on with live alerts only",
+                        "alert resume gave up; closing the stream (its client resumes again)",
                         owner=sub.owner,
                         after=sub.alert_id,
                         reason=str(exc) or type(exc).__name__,
                     )
+                    # Going on live would let a newer alert move the client's point past the
+                    # missed ones; closed, it reconnects with the point it had.
+                    self._close(sub, "unavailable")
                     return False
                 log.warning(
                     "alert resume read failed",

@@ -107,7 +107,7 @@ class Hub:
         self._m_opened = [metrics.connections_opened.labels(f.transport) for f in FORMATS]
         self._m_subscribers = [metrics.subscribers.labels(f.transport) for f in FORMATS]
         self._m_dropped = metrics.events_dropped.labels("subscriber")
-        self._alerts = AlertFeed(self._subs, self._write, clock, self._m_dropped.inc)
+        self._alerts = AlertFeed(self._subs, self._write, self.close, clock, self._m_dropped.inc)
 
     # -- set-up -------------------------------------------------------------
 

@@ -40,6 +40,7 @@ CLOSE_REASONS = (
     "removed",
     "expired",
     "revoked",
+    "unavailable",
 )
 SKIP_REASONS = ("no_quorum", "jump_held", "store_error")
 JUMP_OUTCOMES = ("held", "confirmed", "rejected")

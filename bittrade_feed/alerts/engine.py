@@ -1,11 +1,13 @@
-"""The alert engine: every committed tick through every rule of its pair, saved durably.
+"""The alert engine: every committed tick through the rules of its pair, saved durably.
 
 The tick log calls ``on_tick`` (a listener: synchronous, cheap, never raises) which only
 queues the tick; the engine's own task (``run``) evaluates and commits, so alert work
 never delays the broadcast. The queue is bounded: when it overflows, or when a rule is
 created or edited, the engine drops what is queued and reads the stored ticks again from
 its cursor ("resync"). Evaluation skips every tick at or below a rule's
-``last_tick_id``, so reading a tick twice fires nothing twice.
+``last_tick_id``, so reading a tick twice fires nothing twice. Each pair's rules are in a
+``PairIndex`` (``alerts.index``): a tick visits only the rules it can change, with the
+same firings and states as running every rule; its docstring says why.
 
 Durability: a firing, its rule's new state and its outbox rows are one transaction
 (``AlertStore.commit``), retried until it succeeds before anything later is evaluated. A
@@ -20,11 +22,11 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import structlog
 
-from bittrade_feed.alerts.rules import Kind, Rule, RuleState, Window, evaluate
+from bittrade_feed.alerts.index import Entry, PairIndex
+from bittrade_feed.alerts.rules import Kind, Rule, RuleState, Window
 from bittrade_feed.alerts.store import AlertStore, Commit, StoredFiring, StoredRule
 from bittrade_feed.clock import Clock
 from bittrade_feed.errors import StoreError
@@ -45,16 +47,7 @@ WARM_LIMIT = 100_000
 OnFired = Callable[[str, StoredFiring], None]
 """Called with the owner and each firing once it is committed (delivery hooks in here)."""
 
-
-@dataclass(slots=True)
-class Entry:
-    """A loaded rule: its definition, the version it has, and its live state."""
-
-    id: int
-    owner: str
-    rule: Rule
-    state: RuleState
-    version: int
+__all__ = ["AlertEngine", "Entry", "OnFired"]
 
 
 class AlertEngine:
@@ -77,7 +70,7 @@ class AlertEngine:
         self._metrics = metrics
         self._on_fired = on_fired
         self._rules: dict[int, Entry] = {}
-        self._by_pair: dict[str, list[Entry]] = {}
+        self._by_pair: dict[str, PairIndex] = {}
         self._pending: deque[Tick] = deque()
         self._resync = False
         self._wake = asyncio.Event()
@@ -96,7 +89,8 @@ class AlertEngine:
         return self._cursor
 
     def rules(self) -> list[Entry]:
-        """The loaded rules (for tests and metrics)."""
+        """The loaded rules (for tests and metrics), each state as of the latest tick."""
+        self._catch_up()
         return list(self._rules.values())
 
     async def load(self, head: int) -> None:
@@ -200,11 +194,10 @@ class AlertEngine:
         changes: list[Commit] = []
         now_ms = round(self._clock.time() * 1000)
         for tick in ticks:
-            for entry in self._by_pair.get(tick.pair, ()):
-                before = entry.state.last_tick_id
-                firing = evaluate(entry.rule, entry.state, tick)
-                if entry.state.last_tick_id == before:
-                    continue
+            index = self._by_pair.get(tick.pair)
+            if index is None:
+                continue
+            for entry, firing in index.evaluate(tick):
                 if firing is None:
                     self._dirty.add(entry.id)
                     continue
@@ -213,7 +206,14 @@ class AlertEngine:
                 changes.append(Commit(entry.id, entry.version, state, firing, now_ms))
         return changes
 
+    def _catch_up(self) -> None:
+        # Rules the index did not visit saw the ticks all the same: their last_tick_id
+        # moved, so they are saved at the checkpoint exactly as if each tick had visited.
+        for index in self._by_pair.values():
+            self._dirty.update(entry.id for entry in index.lagging())
+
     def _checkpoints(self) -> list[Commit]:
+        self._catch_up()
         now_ms = round(self._clock.time() * 1000)
         changes = [
             Commit(e.id, e.version, e.state.to_json(), None, now_ms)
@@ -278,18 +278,17 @@ class AlertEngine:
     def _add(self, stored: StoredRule) -> None:
         entry = Entry(stored.id, stored.owner, stored.rule, stored.state, stored.version)
         self._rules[entry.id] = entry
-        self._by_pair.setdefault(entry.rule.pair, []).append(entry)
+        self._by_pair.setdefault(entry.rule.pair, PairIndex()).add(entry)
         self._count()
 
     def _drop(self, rule_id: int) -> None:
         entry = self._rules.pop(rule_id, None)
         self._dirty.discard(rule_id)
-        if entry is not None:
-            others = [e for e in self._by_pair.get(entry.rule.pair, []) if e.id != rule_id]
-            if others:
-                self._by_pair[entry.rule.pair] = others
-            else:
-                self._by_pair.pop(entry.rule.pair, None)
+        index = None if entry is None else self._by_pair.get(entry.rule.pair)
+        if entry is not None and index is not None:
+            index.remove(rule_id)
+            if not index:
+                del self._by_pair[entry.rule.pair]
         self._count()
 
     def _rewind(self, tick_id: int) -> None:

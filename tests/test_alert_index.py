@@ -1,0 +1,240 @@
+"""The rule index gives exactly what running every rule on every tick gives.
+
+The reference below is the engine's evaluation before the index: ``evaluate`` on every
+rule of the tick's pair, in the order the rules were added, marking a rule dirty when its
+``last_tick_id`` moved without a firing. Hypothesis drives both through the same random
+rule sets (every kind, random levels, bands, frequencies, expiry and saved states, as
+rules loaded at start have) and the same random operations: ticks of two pairs (times
+that may stand still or step back), rules added in step with the ticks, behind them (then
+the stored ticks since are replayed, as the engine's rewind does) or ahead of them,
+replaced, deleted, replays of ticks already seen, and checkpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bittrade_feed.alerts.engine import AlertEngine
+from bittrade_feed.alerts.index import PairIndex
+from bittrade_feed.alerts.rules import (
+    DIRECTIONS,
+    Frequency,
+    Kind,
+    Rule,
+    RuleState,
+    evaluate,
+)
+from bittrade_feed.alerts.store import StoredRule
+from bittrade_feed.models import Tick
+from tests.fakeclock import FakeClock
+
+PAIRS = ("BTC-USD", "ETH-USD")
+T0 = 1_763_900_000_000
+D = Decimal
+
+prices = st.integers(180, 220).map(lambda n: D(n) / 2)
+"""90 to 110 in steps of 0.5: often exactly at a level or a band edge."""
+steps = st.sampled_from([1000, 1000, 1000, 500, 0, 2000, -500])
+"""Milliseconds from one tick's time to the next: mostly on, sometimes still or back."""
+
+frequencies = st.one_of(
+    st.just(Frequency()),
+    st.builds(
+        Frequency,
+        repeat=st.just(True),
+        cooldown_s=st.integers(0, 3),
+        max_count=st.none() | st.integers(1, 4),
+    ),
+)
+
+
+@st.composite
+def rules(draw: st.DrawFn) -> Rule:
+    kind = draw(st.sampled_from(list(Kind)))
+    common: dict[str, Any] = {
+        "frequency": draw(frequencies),
+        "expires_ms": draw(st.none() | st.integers(0, 40).map(lambda n: T0 + n * 500)),
+    }
+    pair = draw(st.sampled_from(PAIRS))
+    if kind is Kind.PCT_MOVE:
+        return Rule(
+            pair,
+            kind,
+            pct=D(draw(st.integers(1, 10))),
+            window_s=draw(st.integers(60, 600)),
+            direction=draw(st.sampled_from(DIRECTIONS)),
+            **common,
+        )
+    level = D(draw(st.integers(93, 107)))
+    band = D(draw(st.integers(0, 6))) / 2
+    return Rule(pair, kind, level=level, hysteresis=band, **common)
+
+
+@st.composite
+def saved_states(draw: st.DrawFn) -> RuleState:
+    """A fresh state, or one as a rule loaded at start may have saved."""
+    if draw(st.booleans()):
+        return RuleState()
+    fired = draw(st.integers(0, 3))
+    return RuleState(
+        fired=fired,
+        last_fired_ms=None if fired == 0 else draw(st.integers(T0 - 5000, T0 + 5000)),
+        armed_up=draw(st.booleans()),
+        armed_down=draw(st.booleans()),
+        done=draw(st.integers(0, 9)) == 0,
+    )
+
+
+ticks = st.tuples(
+    st.just("ticks"),
+    st.lists(st.tuples(st.sampled_from(PAIRS[:1] * 3 + PAIRS[1:]), prices, steps), max_size=12),
+)
+ops = st.lists(
+    st.one_of(
+        *[ticks] * 4,
+        st.tuples(
+            st.just("add"), rules(), saved_states(), st.sampled_from(["now", "behind", "ahead"])
+        ),
+        st.tuples(st.just("replace"), st.integers(0, 50), rules()),
+        st.tuples(st.just("drop"), st.integers(0, 50)),
+        st.tuples(st.just("replay"), st.integers(1, 10)),
+        st.tuples(st.just("checkpoint")),
+    ),
+    max_size=40,
+)
+starts = st.lists(st.tuples(rules(), saved_states()), min_size=1, max_size=30)
+"""The rules loaded before the first tick."""
+
+
+@dataclass
+class Reference:
+    """The plain loop: every rule of the pair, in the order added."""
+
+    rules: dict[int, tuple[Rule, RuleState]] = field(default_factory=dict)
+    dirty: set[int] = field(default_factory=set)
+
+    def evaluate(self, tick: Tick) -> list[tuple[int, Any, dict[str, Any]]]:
+        out = []
+        for ident, (rule, state) in self.rules.items():
+            if rule.pair != tick.pair:
+                continue
+            before = state.last_tick_id
+            firing = evaluate(rule, state, tick)
+            if state.last_tick_id == before:
+                continue
+            if firing is None:
+                self.dirty.add(ident)
+            else:
+                self.dirty.discard(ident)
+                out.append((ident, firing, state.to_json()))
+        return out
+
+    def checkpoints(self) -> list[tuple[int, dict[str, Any]]]:
+        saved = [(i, self.rules[i][1].to_json()) for i in sorted(self.dirty) if i in self.rules]
+        self.dirty.clear()
+        return saved
+
+
+def engine() -> AlertEngine:
+    # Only the synchronous core is driven here: the store is never reached.
+    return AlertEngine(None, None, FakeClock(), checkpoint_seconds=10.0)  # type: ignore[arg-type]
+
+
+def copy(state: RuleState) -> RuleState:
+    return replace(state, window=None)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(starts, ops)
+def test_the_index_fires_and_saves_as_the_plain_loop(
+    loaded: list[tuple[Rule, RuleState]], script: list[tuple[Any, ...]]
+) -> None:
+    eng, ref = engine(), Reference()
+    history: list[Tick] = []
+    ts, next_rule, version = T0, 1, 0
+
+    def run(ticks: list[Tick]) -> None:
+        got = [(c.rule_id, c.firing, c.state) for c in eng._evaluate(ticks)]
+        want = [change for tick in ticks for change in ref.evaluate(tick)]
+        assert got == want
+
+    def add(ident: int, rule: Rule, state: RuleState) -> None:
+        nonlocal version
+        version += 1
+        eng._add(StoredRule(ident, "local", rule, copy(state), version, 0))
+        ref.rules[ident] = (rule, copy(state))
+
+    def drop(ident: int) -> None:
+        eng._drop(ident)
+        ref.rules.pop(ident, None)
+        ref.dirty.discard(ident)
+
+    for rule, state in loaded:
+        add(next_rule, rule, state)
+        next_rule += 1
+    for op in script:
+        head = history[-1].id if history else 0
+        if op[0] == "ticks":
+            batch = []
+            for pair, price, step in op[1]:
+                ts += step
+                batch.append(Tick(head + len(batch) + 1, pair, price, ts, ("kraken",)))
+            history += batch
+            run(batch)
+        elif op[0] == "add":
+            _, rule, state, when = op
+            start = {"now": head, "behind": max(0, head - 5), "ahead": head + 2}[when]
+            add(next_rule, rule, replace(state, last_tick_id=start))
+            next_rule += 1
+            run([t for t in history if t.id > start])  # the rewind's replay
+        elif op[0] == "replace" and ref.rules:
+            _, pick, rule = op
+            ident = list(ref.rules)[pick % len(ref.rules)]
+            drop(ident)
+            add(ident, rule, RuleState(last_tick_id=head))
+        elif op[0] == "drop" and ref.rules:
+            drop(list(ref.rules)[op[1] % len(ref.rules)])
+        elif op[0] == "replay":
+            run(history[-op[1] :])
+        elif op[0] == "checkpoint":
+            got = [(c.rule_id, c.state) for c in eng._checkpoints()]
+            assert got == ref.checkpoints()
+    final = {e.id: e.state.to_json() for e in eng.rules()}
+    assert final == {ident: state.to_json() for ident, (_, state) in ref.rules.items()}
+    assert [(c.rule_id, c.state) for c in eng._checkpoints()] == ref.checkpoints()
+
+
+def test_a_quiet_tick_visits_no_level_rule() -> None:
+    """Far from every level, a tick evaluates nothing; near one, only that rule."""
+    eng = engine()
+    for i in range(1000):
+        rule = Rule(PAIRS[0], Kind.CROSSES, level=D(1000 + i), hysteresis=D(1))
+        eng._add(StoredRule(i, "local", rule, RuleState(), 1, 0))
+    index: PairIndex = eng._by_pair[PAIRS[0]]
+    first = Tick(1, PAIRS[0], D(500), T0, ("kraken",))
+    assert len(index.evaluate(first)) == 1000  # every rule arms up on its first tick
+    quiet = Tick(2, PAIRS[0], D(501), T0 + 1000, ("kraken",))
+    assert index.evaluate(quiet) == []
+    near = Tick(3, PAIRS[0], D("1000.5"), T0 + 2000, ("kraken",))
+    ((entry, firing),) = index.evaluate(near)
+    assert entry.id == 0 and firing is not None and firing.direction == "up"
+    # every rule still saw every tick; the checkpoint saves those the firing did not
+    assert {e.state.last_tick_id for e in eng.rules()} == {3}
+    assert [c.rule_id for c in eng._checkpoints()] == list(range(1, 1000))
+
+
+def test_a_cooling_state_rule_sleeps_until_its_cooldown_ends() -> None:
+    eng = engine()
+    rule = Rule(PAIRS[0], Kind.ABOVE, level=D(100), frequency=Frequency(True, cooldown_s=3))
+    eng._add(StoredRule(1, "local", rule, RuleState(), 1, 0))
+    index: PairIndex = eng._by_pair[PAIRS[0]]
+    visited = [
+        len(index.evaluate(Tick(i + 1, PAIRS[0], D(101), T0 + i * 1000, ("kraken",))))
+        for i in range(7)
+    ]
+    assert visited == [1, 0, 0, 1, 0, 0, 1]  # fired at 0, 3 and 6; asleep between

@@ -41,6 +41,10 @@ MAX_PENDING = 10_000
 REPLAY_PAGE = 1000
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 """Seconds before the first retry of a failed commit, and the most between two."""
+CATCH_UP_TICKS = 10_000
+"""Tick ids between two saves of the rules no tick visited (``PairIndex.catch_up``): the
+most ticks a restart replays for them, against one write of every such rule per this
+many ids instead of one per checkpoint."""
 WARM_LIMIT = 100_000
 """Stored ticks read to refill one ``pct_move`` window at start."""
 
@@ -90,13 +94,22 @@ class AlertEngine:
 
     def rules(self) -> list[Entry]:
         """The loaded rules (for tests and metrics), each state as of the latest tick."""
-        self._catch_up()
+        self._catch_up(0)
         return list(self._rules.values())
 
     async def load(self, head: int) -> None:
         """Load every rule and refill windows; ``head``: the tick log's ``last_id``."""
         self._head = self._cursor = head
-        for stored in await self._alerts.all():
+        loaded = await self._alerts.all()
+        # Each pair's index starts at its lowest saved id: the rules saved there (most of
+        # them, after a catch-up) are synced at once; the others join on the replay.
+        lowest: dict[str, int] = {}
+        for stored in loaded:
+            if not stored.state.done:
+                pair, seen = stored.rule.pair, stored.state.last_tick_id
+                lowest[pair] = min(lowest.get(pair, seen), seen)
+        self._by_pair.update((pair, PairIndex(low)) for pair, low in lowest.items())
+        for stored in loaded:
             self._add(stored)
             if not stored.state.done:
                 self._rewind(stored.state.last_tick_id)
@@ -206,14 +219,14 @@ class AlertEngine:
                 changes.append(Commit(entry.id, entry.version, state, firing, now_ms))
         return changes
 
-    def _catch_up(self) -> None:
-        # Rules the index did not visit saw the ticks all the same: their last_tick_id
-        # moved, so they are saved at the checkpoint exactly as if each tick had visited.
+    def _catch_up(self, every: int) -> None:
+        # Rules the index did not visit saw the ticks all the same; only their
+        # last_tick_id moved, which is saved now and then (see PairIndex.catch_up).
         for index in self._by_pair.values():
-            self._dirty.update(entry.id for entry in index.lagging())
+            self._dirty.update(entry.id for entry in index.catch_up(every))
 
     def _checkpoints(self) -> list[Commit]:
-        self._catch_up()
+        self._catch_up(CATCH_UP_TICKS)
         now_ms = round(self._clock.time() * 1000)
         changes = [
             Commit(e.id, e.version, e.state.to_json(), None, now_ms)
@@ -278,7 +291,10 @@ class AlertEngine:
     def _add(self, stored: StoredRule) -> None:
         entry = Entry(stored.id, stored.owner, stored.rule, stored.state, stored.version)
         self._rules[entry.id] = entry
-        self._by_pair.setdefault(entry.rule.pair, PairIndex()).add(entry)
+        index = self._by_pair.get(entry.rule.pair)
+        if index is None:
+            index = self._by_pair[entry.rule.pair] = PairIndex(entry.state.last_tick_id)
+        index.add(entry)
         self._count()
 
     def _drop(self, rule_id: int) -> None:

@@ -28,7 +28,11 @@ Round = Callable[[argparse.Namespace, Path, int], dict[str, Any]]
 
 
 def parse(
-    doc: str | None, default_out: Path, argv: list[str] | None, extra: Callable[[Any], None]
+    doc: str | None,
+    default_out: Path,
+    argv: list[str] | None,
+    extra: Callable[[Any], None],
+    settle: float = 3.0,
 ) -> argparse.Namespace:
     """The common options (and ``extra``'s), with run.py's interpreter and core settings."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n", 1)[0] if doc else None)
@@ -36,7 +40,7 @@ def parse(
     ap.add_argument("--n", type=int, default=10_000, help="subscribers")
     ap.add_argument("--window", type=float, default=20.0, help="measured seconds per round")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of each variant")
-    ap.add_argument("--settle", type=float, default=3.0)
+    ap.add_argument("--settle", type=float, default=settle, help="seconds before the window")
     ap.add_argument("--out", type=Path, default=default_out)
     extra(ap)
     opts, rest = ap.parse_known_args(argv)

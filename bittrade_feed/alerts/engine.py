@@ -11,8 +11,10 @@ same firings and states as running every rule; its docstring says why.
 
 Durability: a firing, its rule's new state and its outbox rows are one transaction
 (``AlertStore.commit``), retried until it succeeds before anything later is evaluated. A
-rule's state is saved with each firing and, otherwise, every ``checkpoint_seconds``. At
-start the engine replays the stored ticks above the lowest saved ``last_tick_id``:
+rule's state is saved with each firing and, when a tick changed it without a firing, at
+the next checkpoint (every ``checkpoint_seconds``); a rule no tick changed is saved once
+every ``CATCH_UP_TICKS`` ids, only to bound the replay. At start the engine replays the
+stored ticks above the lowest saved ``last_tick_id``:
 evaluation runs on tick time, so the replay makes again exactly the firings a crash lost
 (a firing is unique per rule and tick, so one that was saved is not saved twice).
 """

@@ -141,22 +141,31 @@ def alerts_on(opts: argparse.Namespace, workdir: Path, i: int) -> dict[str, Any]
 # -- the micro-benchmark -----------------------------------------------------------------
 
 
-def walk(ticks: int, seed: int = 0) -> list[Tick]:
+def walk(ticks: int, seed: int = 0, volatility: float = VOLATILITY) -> list[Tick]:
     """A Gaussian walk from CENTER like the simulated source's, one tick a second."""
     rng, price, t0 = random.Random(seed), Decimal(CENTER), 1_800_000_000_000
     made = []
     for i in range(ticks):
-        price = (price * Decimal(repr(1.0 + rng.gauss(0.0, VOLATILITY)))).quantize(Decimal("0.01"))
+        step = Decimal(repr(1.0 + rng.gauss(0.0, volatility)))
+        price = (price * step).quantize(Decimal("0.01"))
         made.append(Tick(i + 1, PAIR, price, t0 + i * 1000, ("simulated",)))
     return made
 
 
-def micro(n: int, ticks: int, *, moves: bool = True, catch_up_every: int = 10) -> dict[str, Any]:
+def micro(
+    n: int,
+    ticks: int,
+    *,
+    moves: bool = True,
+    volatility: float = VOLATILITY,
+    catch_up_every: int = 10,
+) -> dict[str, Any]:
     """µs per tick of the index and of the plain loop on the same rules and walk.
 
-    ``moves=False`` leaves the ``pct_move`` rules out (every tick visits all of them).
+    ``moves=False`` leaves the ``pct_move`` rules out (every tick visits all of them);
+    ``volatility=0``: the price stands still (no level is ever reached after the first).
     """
-    feed = walk(ticks)
+    feed = walk(ticks, volatility=volatility)
     rules = [r for r in rule_set(n, feed[0].ts_ms) if moves or r.kind is not Kind.PCT_MOVE]
     index, plain = PairIndex(0), []
     for i, rule in enumerate(rules):
@@ -239,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         "all_kinds": micro(opts.rules, opts.micro_ticks),
         "without_pct_move": micro(opts.rules, opts.micro_ticks, moves=False),
+        "without_pct_move_still_price": micro(
+            opts.rules, opts.micro_ticks, moves=False, volatility=0.0
+        ),
     }
     run.log(f"micro: {figures}")
     if opts.micro:

@@ -28,6 +28,7 @@ Kinds:
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,8 +125,8 @@ class Window:
     def add(self, ts_ms: int, price: Decimal) -> None:
         """Take in one price and forget what fell out of the window."""
         bucket = ts_ms // self._bucket_ms
-        _push(self._lo, bucket, price, lambda kept, new: kept <= new)
-        _push(self._hi, bucket, price, lambda kept, new: kept >= new)
+        _push(self._lo, bucket, price, operator.le)
+        _push(self._hi, bucket, price, operator.ge)
         oldest = (ts_ms - self._window_ms) // self._bucket_ms
         for side in (self._lo, self._hi):
             while side and side[0][0] < oldest:

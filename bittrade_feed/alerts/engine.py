@@ -103,16 +103,8 @@ class AlertEngine:
         """Load every rule and refill windows; ``head``: the tick log's ``last_id``."""
         self._head = self._cursor = head
         loaded = await self._alerts.all()
-        # Each pair's index starts at its lowest saved id: the rules saved there (most of
-        # them, after a catch-up) are synced at once; the others join on the replay.
-        lowest: dict[str, int] = {}
+        self._add_all(loaded)
         for stored in loaded:
-            if not stored.state.done:
-                pair, seen = stored.rule.pair, stored.state.last_tick_id
-                lowest[pair] = min(lowest.get(pair, seen), seen)
-        self._by_pair.update((pair, PairIndex(low)) for pair, low in lowest.items())
-        for stored in loaded:
-            self._add(stored)
             if not stored.state.done:
                 self._rewind(stored.state.last_tick_id)
             if stored.rule.kind is Kind.PCT_MOVE and not stored.state.done:
@@ -289,6 +281,22 @@ class AlertEngine:
         """Delete a rule, its firings and its undelivered outbox rows."""
         await self._alerts.delete(owner, rule_id, version=version)
         self._drop(rule_id)
+
+    def _add_all(self, rules: Iterable[StoredRule]) -> None:
+        """``_add`` each rule (in order); the rules of a pair not indexed yet are indexed
+        from their lowest ``last_tick_id``, so all the rules saved there (most, after a
+        catch-up) are synced at once and the rest join as the replay reaches them. (One
+        ``_add`` at a time would sync the first rule's id instead.) Rewinding is the
+        caller's."""
+        rules = list(rules)
+        lowest: dict[str, int] = {}
+        for stored in rules:
+            if not stored.state.done and stored.rule.pair not in self._by_pair:
+                pair, seen = stored.rule.pair, stored.state.last_tick_id
+                lowest[pair] = min(lowest.get(pair, seen), seen)
+        self._by_pair.update((pair, PairIndex(low)) for pair, low in lowest.items())
+        for stored in rules:
+            self._add(stored)
 
     def _add(self, stored: StoredRule) -> None:
         entry = Entry(stored.id, stored.owner, stored.rule, stored.state, stored.version)

@@ -77,7 +77,13 @@ def interleave(
     workdir = Path(tempfile.mkdtemp(prefix=prefix, dir="/dev/shm"))
     started = time.time()
     results: dict[str, Any] = {
-        "params": {"n": opts.n, "window": opts.window, "rounds": opts.rounds, **(params or {})},
+        "params": {
+            "n": opts.n,
+            "window": opts.window,
+            "settle": opts.settle,
+            "rounds": opts.rounds,
+            **(params or {}),
+        },
         "machine": run.machine(opts.base),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "daemon_code_start": run.code_version(),

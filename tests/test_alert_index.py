@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from bittrade_feed.alerts import engine as engine_module
 from bittrade_feed.alerts.engine import AlertEngine
-from bittrade_feed.alerts.index import PairIndex
+from bittrade_feed.alerts.index import Entry, PairIndex
 from bittrade_feed.alerts.rules import (
     DIRECTIONS,
     Frequency,
@@ -308,3 +308,17 @@ def test_a_cooling_state_rule_sleeps_until_its_cooldown_ends() -> None:
         for i in range(7)
     ]
     assert visited == [1, 0, 0, 1, 0, 0, 1]  # fired at 0, 3 and 6; asleep between
+
+
+def test_removed_rules_leave_no_heap_entries_behind_for_long() -> None:
+    index = PairIndex(0)
+    rule = Rule(PAIRS[0], Kind.ABOVE, level=D(100), expires_ms=T0 + 5000)
+    for i in range(300):
+        index.add(Entry(i, "local", rule, RuleState(), 1))
+    for i in range(250):
+        index.remove(i)
+    assert len(index._expiry) <= 2 * len(index) + 64
+    # the rules left still end at their expiry, and only they are visited
+    ended = index.evaluate(Tick(1, PAIRS[0], D(50), T0 + 5000, ("kraken",)))
+    assert sorted(e.id for e, _ in ended) == list(range(250, 300))
+    assert all(e.state.done for e, _ in ended)

@@ -168,6 +168,13 @@ class PairIndex:
         self._unsynced.pop(seq, None)
         if slot.synced and not slot.entry.state.done:
             self._synced -= 1
+        # Heap entries of removed rules are skipped when popped, but one with a far
+        # expiry may wait long: rebuild once they outnumber the rules (edits are rare).
+        if len(self._expiry) + len(self._sleep) > 2 * len(self._slots) + 64:
+            self._expiry = [e for e in self._expiry if e[1] in self._slots]
+            self._sleep = [e for e in self._sleep if e[1] in self._slots]
+            heapq.heapify(self._expiry)
+            heapq.heapify(self._sleep)
 
     def evaluate(self, tick: Tick) -> list[Advanced]:
         """Evaluate ``tick`` (of this pair) on every rule it can change, in rule order."""

@@ -95,7 +95,11 @@ class AlertEngine:
         return self._cursor
 
     def rules(self) -> list[Entry]:
-        """The loaded rules (for tests and metrics), each state as of the latest tick."""
+        """The loaded rules (for tests), each state as of the latest tick.
+
+        Brings every lagging ``last_tick_id`` up to date, so the next checkpoint saves
+        those rules: not for a hot path.
+        """
         self._catch_up(0)
         return list(self._rules.values())
 

@@ -183,10 +183,14 @@ class Daemon(Server):
         ready: bool = True,
         reuse_port: bool = False,
         limits: str = BENCH_LIMITS,
+        database: Path | None = None,
     ) -> None:
         # port/extra/core/ready let bench/cluster.py start several daemons on one port;
-        # limits ([stream] keys) lets bench/auth.py compare limits off and on.
+        # limits ([stream] keys) lets bench/auth.py compare limits off and on; database
+        # (a prepared SQLite file, copied) lets bench/alerts.py start with rules loaded.
         self.dir = Path(tempfile.mkdtemp(prefix="daemon-", dir=workdir))
+        if database is not None:
+            shutil.copyfile(database, self.dir / "feed.sqlite3")
         port = port or free_port()
         config = self.dir / "bench.toml"
         config.write_text(

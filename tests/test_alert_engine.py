@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bittrade_feed.alerts import engine as engine_module
 from bittrade_feed.alerts.engine import AlertEngine
 from bittrade_feed.alerts.rules import Frequency, Kind, Rule, RuleState, evaluate
 from bittrade_feed.alerts.store import (
@@ -115,11 +116,33 @@ async def test_checkpoint_saves_states_that_fired_nothing(rig: Rig) -> None:
     (saved,) = await rig.alerts.all()
     assert saved.state.last_tick_id == 0
     rig.clock.jump(10.0)
-    await rig.tick(98)
+    await rig.tick(98)  # changes nothing: the rule is saved as of tick 1, which armed it
     await rig.drain()
     (saved,) = await rig.alerts.all()
-    assert saved.state.last_tick_id == 2
+    assert saved.state.last_tick_id == 1
     assert saved.state.armed_up
+
+
+async def test_rules_no_tick_changed_are_saved_once_per_catch_up(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Their last_tick_id alone moved: saved only every CATCH_UP_TICKS ids, all at once."""
+    monkeypatch.setattr(engine_module, "CATCH_UP_TICKS", 3)
+    first = await rig.engine.create("local", UP, max_rules=10)
+    await rig.tick(99)  # arms the first rule (id 1)
+    second = await rig.engine.create("local", UP, max_rules=10)
+    for price in (98, 97, 96):  # tick 2 arms the second; neither changes after that
+        await rig.tick(price)
+        rig.clock.jump(10.0)  # every step is a checkpoint
+        await rig.drain()
+    saved = {r.id: r.state.last_tick_id for r in await rig.alerts.all()}
+    assert saved == {first.id: 3, second.id: 3}  # caught up at tick 3: 3 ids after 0
+    again = Rig(rig.path, rig.store, rig.clock)
+    await again.start()  # both start synced at 3: the replay of 4 fires nothing
+    await again.tick(101)
+    await again.drain()
+    for rule in (first, second):
+        assert [f.tick_id for f in await again.alerts.firings("local", rule.id, 10)] == [5]
 
 
 async def test_rules_see_only_ticks_after_their_creation(rig: Rig) -> None:

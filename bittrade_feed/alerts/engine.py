@@ -1,16 +1,20 @@
-"""The alert engine: every committed tick through every rule of its pair, saved durably.
+"""The alert engine: every committed tick through the rules of its pair, saved durably.
 
 The tick log calls ``on_tick`` (a listener: synchronous, cheap, never raises) which only
 queues the tick; the engine's own task (``run``) evaluates and commits, so alert work
 never delays the broadcast. The queue is bounded: when it overflows, or when a rule is
 created or edited, the engine drops what is queued and reads the stored ticks again from
 its cursor ("resync"). Evaluation skips every tick at or below a rule's
-``last_tick_id``, so reading a tick twice fires nothing twice.
+``last_tick_id``, so reading a tick twice fires nothing twice. Each pair's rules are in a
+``PairIndex`` (``alerts.index``): a tick visits only the rules it can change, with the
+same firings and states as running every rule; its docstring says why.
 
 Durability: a firing, its rule's new state and its outbox rows are one transaction
 (``AlertStore.commit``), retried until it succeeds before anything later is evaluated. A
-rule's state is saved with each firing and, otherwise, every ``checkpoint_seconds``. At
-start the engine replays the stored ticks above the lowest saved ``last_tick_id``:
+rule's state is saved with each firing and, when a tick changed it without a firing, at
+the next checkpoint (every ``checkpoint_seconds``); a rule no tick changed is saved once
+every ``CATCH_UP_TICKS`` ids, only to bound the replay. At start the engine replays the
+stored ticks above the lowest saved ``last_tick_id``:
 evaluation runs on tick time, so the replay makes again exactly the firings a crash lost
 (a firing is unique per rule and tick, so one that was saved is not saved twice).
 """
@@ -20,12 +24,12 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 import structlog
 
 from bittrade_feed.alerts.backend import RuleBackend
-from bittrade_feed.alerts.rules import Kind, Rule, RuleState, Window, evaluate
+from bittrade_feed.alerts.index import Entry, PairIndex
+from bittrade_feed.alerts.rules import Kind, Rule, RuleState, Window
 from bittrade_feed.alerts.store import Commit, StoredFiring, StoredRule
 from bittrade_feed.clock import Clock
 from bittrade_feed.errors import StoreError
@@ -40,22 +44,17 @@ MAX_PENDING = 10_000
 REPLAY_PAGE = 1000
 RETRY_FIRST, RETRY_MAX = 0.5, 30.0
 """Seconds before the first retry of a failed commit, and the most between two."""
+CATCH_UP_TICKS = 10_000
+"""Tick ids between two saves of the rules no tick visited (``PairIndex.catch_up``): the
+most ticks a restart replays for them, against one write of every such rule per this
+many ids instead of one per checkpoint."""
 WARM_LIMIT = 100_000
 """Stored ticks read to refill one ``pct_move`` window at start."""
 
 OnFired = Callable[[str, StoredFiring], None]
 """Called with the owner and each firing once it is committed (delivery hooks in here)."""
 
-
-@dataclass(slots=True)
-class Entry:
-    """A loaded rule: its definition, the version it has, and its live state."""
-
-    id: int
-    owner: str
-    rule: Rule
-    state: RuleState
-    version: int
+__all__ = ["AlertEngine", "Entry", "OnFired"]
 
 
 class AlertEngine:
@@ -78,7 +77,7 @@ class AlertEngine:
         self._metrics = metrics
         self._on_fired = on_fired
         self._rules: dict[int, Entry] = {}
-        self._by_pair: dict[str, list[Entry]] = {}
+        self._by_pair: dict[str, PairIndex] = {}
         self._pending: deque[Tick] = deque()
         self._resync = False
         self._wake = asyncio.Event()
@@ -97,14 +96,20 @@ class AlertEngine:
         return self._cursor
 
     def rules(self) -> list[Entry]:
-        """The loaded rules (for tests and metrics)."""
+        """The loaded rules (for tests), each state as of the latest tick.
+
+        Brings every lagging ``last_tick_id`` up to date, so the next checkpoint saves
+        those rules: not for a hot path.
+        """
+        self._catch_up(0)
         return list(self._rules.values())
 
     async def load(self, head: int) -> None:
         """Load every rule and refill windows; ``head``: the tick log's ``last_id``."""
         self._head = self._cursor = head
-        for stored in await self._alerts.all():
-            self._add(stored)
+        loaded = await self._alerts.all()
+        self._add_all(loaded)
+        for stored in loaded:
             if not stored.state.done:
                 self._rewind(stored.state.last_tick_id)
             if stored.rule.kind is Kind.PCT_MOVE and not stored.state.done:
@@ -201,11 +206,10 @@ class AlertEngine:
         changes: list[Commit] = []
         now_ms = round(self._clock.time() * 1000)
         for tick in ticks:
-            for entry in self._by_pair.get(tick.pair, ()):
-                before = entry.state.last_tick_id
-                firing = evaluate(entry.rule, entry.state, tick)
-                if entry.state.last_tick_id == before:
-                    continue
+            index = self._by_pair.get(tick.pair)
+            if index is None:
+                continue
+            for entry, firing in index.evaluate(tick):
                 if firing is None:
                     self._dirty.add(entry.id)
                     continue
@@ -214,7 +218,14 @@ class AlertEngine:
                 changes.append(Commit(entry.id, entry.version, state, firing, now_ms))
         return changes
 
+    def _catch_up(self, every: int) -> None:
+        # Rules the index did not visit saw the ticks all the same; only their
+        # last_tick_id moved, which is saved now and then (see PairIndex.catch_up).
+        for index in self._by_pair.values():
+            self._dirty.update(entry.id for entry in index.catch_up(every))
+
     def _checkpoints(self) -> list[Commit]:
+        self._catch_up(CATCH_UP_TICKS)
         now_ms = round(self._clock.time() * 1000)
         changes = [
             Commit(e.id, e.version, e.state.to_json(), None, now_ms)
@@ -293,21 +304,39 @@ class AlertEngine:
             if not stored.state.done:
                 self._rewind(stored.state.last_tick_id)
 
+    def _add_all(self, rules: Iterable[StoredRule]) -> None:
+        """``_add`` each rule (in order); the rules of a pair not indexed yet are indexed
+        from their lowest ``last_tick_id``, so all the rules saved there (most, after a
+        catch-up) are synced at once and the rest join as the replay reaches them. (One
+        ``_add`` at a time would sync the first rule's id instead.) Rewinding is the
+        caller's."""
+        rules = list(rules)
+        lowest: dict[str, int] = {}
+        for stored in rules:
+            if not stored.state.done and stored.rule.pair not in self._by_pair:
+                pair, seen = stored.rule.pair, stored.state.last_tick_id
+                lowest[pair] = min(lowest.get(pair, seen), seen)
+        self._by_pair.update((pair, PairIndex(low)) for pair, low in lowest.items())
+        for stored in rules:
+            self._add(stored)
+
     def _add(self, stored: StoredRule) -> None:
         entry = Entry(stored.id, stored.owner, stored.rule, stored.state, stored.version)
         self._rules[entry.id] = entry
-        self._by_pair.setdefault(entry.rule.pair, []).append(entry)
+        index = self._by_pair.get(entry.rule.pair)
+        if index is None:
+            index = self._by_pair[entry.rule.pair] = PairIndex(entry.state.last_tick_id)
+        index.add(entry)
         self._count()
 
     def _drop(self, rule_id: int) -> None:
         entry = self._rules.pop(rule_id, None)
         self._dirty.discard(rule_id)
-        if entry is not None:
-            others = [e for e in self._by_pair.get(entry.rule.pair, []) if e.id != rule_id]
-            if others:
-                self._by_pair[entry.rule.pair] = others
-            else:
-                self._by_pair.pop(entry.rule.pair, None)
+        index = None if entry is None else self._by_pair.get(entry.rule.pair)
+        if entry is not None and index is not None:
+            index.remove(rule_id)
+            if not index:
+                del self._by_pair[entry.rule.pair]
         self._count()
 
     def _rewind(self, tick_id: int) -> None:

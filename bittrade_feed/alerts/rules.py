@@ -28,6 +28,7 @@ Kinds:
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -124,8 +125,8 @@ class Window:
     def add(self, ts_ms: int, price: Decimal) -> None:
         """Take in one price and forget what fell out of the window."""
         bucket = ts_ms // self._bucket_ms
-        _push(self._lo, bucket, price, lambda kept, new: kept <= new)
-        _push(self._hi, bucket, price, lambda kept, new: kept >= new)
+        _push(self._lo, bucket, price, operator.le)
+        _push(self._hi, bucket, price, operator.ge)
         oldest = (ts_ms - self._window_ms) // self._bucket_ms
         for side in (self._lo, self._hi):
             while side and side[0][0] < oldest:
@@ -276,18 +277,30 @@ Hit = tuple[str | None, str, Decimal | None]
 
 
 def _condition(rule: Rule, state: RuleState, tick: Tick) -> Hit | None:
+    # The detail text is made only for a hit: most evaluations are misses.
     price, level = tick.price, rule.level
-    name = f"{rule.pair} {plain(price)}"
     if rule.kind is Kind.ABOVE:
-        return (None, f"{name} is above {plain(level)}", None) if price > level else None
+        if price > level:
+            return None, f"{_name(rule, price)} is above {plain(level)}", None
+        return None
     if rule.kind is Kind.BELOW:
-        return (None, f"{name} is below {plain(level)}", None) if price < level else None
+        if price < level:
+            return None, f"{_name(rule, price)} is below {plain(level)}", None
+        return None
     if rule.kind in EDGE_KINDS:
-        return _crossing(rule, state, price, name)
-    return _moved(rule, state, tick, name)
+        return _crossing(rule, state, price)
+    return _moved(rule, state, tick)
 
 
-def _crossing(rule: Rule, state: RuleState, price: Decimal, name: str) -> Hit | None:
+def _name(rule: Rule, price: Decimal) -> str:
+    return f"{rule.pair} {plain(price)}"
+
+
+WANTED = {Kind.CROSSES_UP: "up", Kind.CROSSES_DOWN: "down"}
+"""The one direction an edge kind reports (``crosses`` reports both)."""
+
+
+def _crossing(rule: Rule, state: RuleState, price: Decimal) -> Hit | None:
     level, band = rule.level, rule.hysteresis
     # Both directions are tracked for every edge kind, so a rule's arming does not
     # depend on which direction it reports.
@@ -302,14 +315,13 @@ def _crossing(rule: Rule, state: RuleState, price: Decimal, name: str) -> Hit | 
         state.armed_up = True
     if price >= level + band:
         state.armed_down = True
-    wanted = {Kind.CROSSES_UP: "up", Kind.CROSSES_DOWN: "down"}.get(rule.kind, crossed)
-    if crossed is None or crossed != wanted:
+    if crossed is None or crossed != WANTED.get(rule.kind, crossed):
         return None
     word = "above" if crossed == "up" else "below"
-    return crossed, f"{name} crossed {word} {plain(level)}", None
+    return crossed, f"{_name(rule, price)} crossed {word} {plain(level)}", None
 
 
-def _moved(rule: Rule, state: RuleState, tick: Tick, name: str) -> Hit | None:
+def _moved(rule: Rule, state: RuleState, tick: Tick) -> Hit | None:
     if state.window is None:
         state.window = Window(rule.window_s)
     window = state.window
@@ -318,11 +330,12 @@ def _moved(rule: Rule, state: RuleState, tick: Tick, name: str) -> Hit | None:
     low, high = window.low(), window.high()
     assert low is not None
     assert high is not None
-    span = f"within {rule.window_s} s"
     if rule.direction in ("up", "either") and price >= low * (1 + share) and low > 0:
-        return "up", f"{name} rose {_pct(price, low)} % from {plain(low)} {span}", low
+        rose = f"rose {_pct(price, low)} % from {plain(low)}"
+        return "up", f"{_name(rule, price)} {rose} within {rule.window_s} s", low
     if rule.direction in ("down", "either") and price <= high * (1 - share):
-        return "down", f"{name} fell {_pct(high, price, high)} % from {plain(high)} {span}", high
+        fell = f"fell {_pct(high, price, high)} % from {plain(high)}"
+        return "down", f"{_name(rule, price)} {fell} within {rule.window_s} s", high
     return None
 
 

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from bittrade_feed.auth.keys import KeyStore, new_key, write_key_file
 from bittrade_feed.auth.scopes import parse_scopes
 from bittrade_feed.server.alerts import ALERT_STORE
+from bittrade_feed.server.state import HUB
 from tests.daemon import PAIR
 
 WAIT = 5.0
@@ -119,6 +120,12 @@ async def test_an_alert_fired_before_the_first_one_arrived_is_not_missed(
     async with AlertsAPI(daemon.url) as api:
         rule = await api.create_rule(crossing("73600"))
         earlier = await api.test_rule(rule.id)  # before the client: not its business
+        hub = daemon.app[HUB]
+
+        async def published() -> bool:  # by the fan-out, which reads it back from the store
+            return hub.alert_latest == earlier.id
+
+        await until(published)
         async with FeedClient(daemon.url, max_delay=0.3) as feed:
             await daemon.tick("73300")  # below the level: the rule's first price
             await until(has_price(feed))

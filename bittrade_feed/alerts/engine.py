@@ -95,6 +95,11 @@ class AlertEngine:
         """The highest tick id evaluated and committed."""
         return self._cursor
 
+    @property
+    def rule_count(self) -> int:
+        """How many rules are loaded (cheap: for logs and metrics)."""
+        return len(self._rules)
+
     def rules(self) -> list[Entry]:
         """The loaded rules (for tests), each state as of the latest tick.
 

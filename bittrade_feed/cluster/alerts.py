@@ -199,7 +199,7 @@ class ClusterAlerts:
             # they load is read again from the feed (refresh ignores a version it has).
             position = await self._retry("rule changes", self._rule_feed_end)
             engine = await self._retry("alert rules", self._loaded_engine)
-            log.info("alerts: evaluating on this node", rules=len(engine.rules()))
+            log.info("alerts: evaluating on this node", rules=engine.rule_count)
             async with asyncio.TaskGroup() as group:
                 group.create_task(engine.run())
                 group.create_task(self._follow_rules(engine, position))

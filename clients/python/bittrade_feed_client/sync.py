@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Coroutine, Iterable, Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import Future, InvalidStateError
 from typing import Any, TypedDict, TypeVar, Unpack
 
 import aiohttp
@@ -60,9 +60,9 @@ def subscribe(
     feed = FeedClient(url, pairs, token, **options)
     loop = _LoopThread()
     try:
-        loop.run(_enter(feed))
+        loop.run(lambda: _enter(feed))
         while True:
-            tick = loop.run(_next(feed))
+            tick = loop.run(lambda: _next(feed))
             if tick is None:
                 return
             yield tick
@@ -70,7 +70,7 @@ def subscribe(
         try:
             # A hung close must not replace the exception that ended the loop.
             with contextlib.suppress(TimeoutError):
-                loop.run(feed.aclose(), timeout=CLOSE_TIMEOUT)
+                loop.run(feed.aclose, timeout=CLOSE_TIMEOUT)
         finally:
             loop.stop()
 
@@ -98,9 +98,29 @@ class _LoopThread:
         )
         self.thread.start()
 
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
-        """Run ``coro`` on the loop and wait; interrupting the wait cancels it."""
-        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+    def run(self, make: Callable[[], Coroutine[Any, Any, T]], timeout: float | None = None) -> T:
+        """Run ``make()`` on the loop and wait; interrupting the wait cancels it.
+
+        The coroutine is made on the loop's thread, not here: made here, a Ctrl-C landing
+        between making it and handing it over would drop it unrun, and Python would warn
+        "coroutine ... was never awaited" as the script exits.
+        """
+        future: Future[T] = Future()
+
+        def start() -> None:
+            if future.cancelled():
+                return  # the caller stopped waiting before the loop got here: make nothing
+            task = self.loop.create_task(make())
+            task.add_done_callback(lambda done: _settle(future, done))
+
+            def cancel_task(waited: Future[T]) -> None:
+                # Runs on whichever thread cancelled the future; the task is the loop's.
+                if waited.cancelled():
+                    self.loop.call_soon_threadsafe(task.cancel)
+
+            future.add_done_callback(cancel_task)
+
+        self.loop.call_soon_threadsafe(start)
         try:
             return future.result(timeout)
         except BaseException:
@@ -110,11 +130,26 @@ class _LoopThread:
     def stop(self) -> None:
         """Cancel what still runs, stop the loop, join the thread and close the loop."""
         with contextlib.suppress(TimeoutError):
-            self.run(_cancel_others(), timeout=CLOSE_TIMEOUT)
+            self.run(_cancel_others, timeout=CLOSE_TIMEOUT)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.run_until_complete(self.loop.shutdown_asyncgens())
         self.loop.close()
+
+
+def _settle(future: Future[T], task: asyncio.Task[T]) -> None:
+    """Pass the task's outcome to the waiting caller, unless it has stopped waiting."""
+    # The caller may cancel between the check and the set: that race is settled by the
+    # future itself, which refuses the second outcome.
+    with contextlib.suppress(InvalidStateError):
+        if future.cancelled():
+            return
+        if task.cancelled():
+            future.cancel()
+        elif (error := task.exception()) is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(task.result())
 
 
 async def _cancel_others() -> None:

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import random
 import re
 import signal
 import sys
 import threading
+import time
+import warnings
+from typing import Any
 
 import pytest
 from bittrade_feed_client import Tick, Unauthorized, subscribe
+from bittrade_feed_client.sync import _LoopThread
 
 SLOW_CALLBACK = re.compile(r"^Executing .* took \d+\.\d+ seconds$")
 WAIT = 20.0  # a bound for a loaded CI machine, not a speed assertion
@@ -103,3 +109,82 @@ async def test_ctrl_c_while_waiting_for_a_tick_stops_a_script_at_once(daemon) ->
     # "Executing <Task> took 0.1 seconds" notes only say the machine is busy.
     problems = [line for line in errors.decode().splitlines() if not SLOW_CALLBACK.search(line)]
     assert problems == []
+
+
+class Interrupted(BaseException):
+    """Stands in for the KeyboardInterrupt a Ctrl-C raises wherever the main thread is."""
+
+
+def unawaited(caught: list[warnings.WarningMessage]) -> list[str]:
+    """The "coroutine ... was never awaited" warnings among those caught."""
+    gc.collect()  # a dropped coroutine warns when it is collected
+    return [str(w.message) for w in caught if "never awaited" in str(w.message)]
+
+
+def test_an_interrupt_before_the_hand_over_makes_no_coroutine(monkeypatch) -> None:
+    """Ctrl-C landing as the call is handed to the loop leaves nothing made and unrun."""
+    loop = _LoopThread()
+    made: list[str] = []
+
+    async def work() -> str:
+        made.append("ran")
+        return "done"
+
+    real = loop.loop.call_soon_threadsafe
+    calls = 0
+
+    def interrupted_once(callback: Any, *args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise Interrupted  # where a signal may land: just before the hand-over
+        return real(callback, *args)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        monkeypatch.setattr(loop.loop, "call_soon_threadsafe", interrupted_once)
+        with pytest.raises(Interrupted):
+            loop.run(lambda: (made.append("made"), work())[1])
+        monkeypatch.undo()
+        loop.stop()
+        assert made == []
+        assert unawaited(caught) == []
+
+
+@pytest.mark.parametrize("seed", range(200))
+def test_giving_up_on_a_call_never_leaves_a_coroutine_unrun_or_running(seed: int) -> None:
+    """The caller's timeout races the loop starting the call: either outcome is clean.
+
+    Each seed blocks the loop, bounds the caller's wait and sets the call's own length
+    at random, so the caller gives up before the coroutine is made, while it runs, or
+    not at all. Whatever happened, a made coroutine ran (to its end or to its
+    cancellation), an abandoned one was cancelled, and nothing warns.
+    """
+    rng = random.Random(seed)
+    loop = _LoopThread()
+    made: list[str] = []
+
+    async def work(length: float) -> str:
+        made.append("started")
+        try:
+            await asyncio.sleep(length)
+        except asyncio.CancelledError:
+            made.append("cancelled")
+            raise
+        made.append("finished")
+        return "done"
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loop.loop.call_soon_threadsafe(time.sleep, rng.uniform(0, 0.002))  # the loop is busy
+        length = rng.choice([0.0, rng.uniform(0, 0.002)])
+        try:
+            outcome = loop.run(lambda: work(length), timeout=rng.uniform(0, 0.003))
+        except TimeoutError:
+            outcome = "gave up"
+        loop.stop()
+        assert unawaited(caught) == []
+    if outcome == "done":
+        assert made == ["started", "finished"]
+    else:
+        assert made in ([], ["started", "cancelled"], ["started", "finished"])
